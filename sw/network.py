@@ -1,0 +1,259 @@
+"""SqueezeNet definitions in torchvision's layout and parameter names.
+
+A network is a list of layers (conv, max pool, Fire, global average pool). SqueezeNet v1.0,
+v1.1 and v1.0 with simple bypass are built in; :func:`design_space` builds any Fire stack of
+the paper's design-space study (base_e, incr_e, pct3x3, freq, SR), and :func:`squeezenet`
+takes an explicit list of ``(s1x1, e1x1, e3x3)`` per Fire module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ops import pool_output_size
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    prefix: str  # torchvision parameter prefix, e.g. "features.0"
+    cin: int
+    cout: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    relu: bool = True
+
+    def out_hw(self, h, w):
+        return ((h + 2 * self.pad - self.kernel) // self.stride + 1,
+                (w + 2 * self.pad - self.kernel) // self.stride + 1)
+
+    @property
+    def params(self) -> dict[str, tuple[int, ...]]:
+        return {f"{self.prefix}.weight": (self.cout, self.cin, self.kernel, self.kernel),
+                f"{self.prefix}.bias": (self.cout,)}
+
+    def macs(self, out_h, out_w) -> int:
+        return out_h * out_w * self.cout * self.cin * self.kernel * self.kernel
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    name: str
+    kernel: int = 3
+    stride: int = 2
+
+    def out_hw(self, h, w):
+        return pool_output_size(h, self.kernel, self.stride), pool_output_size(w, self.kernel,
+                                                                                self.stride)
+
+
+@dataclass(frozen=True)
+class Fire:
+    name: str
+    prefix: str
+    cin: int
+    s1x1: int
+    e1x1: int
+    e3x3: int
+    bypass: bool = False
+
+    def __post_init__(self):
+        if self.bypass and self.cin != self.cout:
+            raise ValueError(f"{self.name}: simple bypass needs Cin == e1x1 + e3x3 "
+                             f"({self.cin} != {self.cout})")
+
+    @property
+    def cout(self) -> int:
+        return self.e1x1 + self.e3x3
+
+    def out_hw(self, h, w):
+        return h, w
+
+    @property
+    def convs(self) -> dict[str, Conv]:
+        p = self.prefix
+        return {
+            "squeeze": Conv(f"{self.name}.squeeze", f"{p}.squeeze", self.cin, self.s1x1, 1),
+            "expand1x1": Conv(f"{self.name}.expand1x1", f"{p}.expand1x1", self.s1x1,
+                              self.e1x1, 1),
+            "expand3x3": Conv(f"{self.name}.expand3x3", f"{p}.expand3x3", self.s1x1,
+                              self.e3x3, 3, pad=1),
+        }
+
+    @property
+    def params(self) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for conv in self.convs.values():
+            out.update(conv.params)
+        return out
+
+    def macs(self, h, w) -> int:
+        return sum(c.macs(h, w) for c in self.convs.values())
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    name: str = "avgpool"
+
+    def out_hw(self, h, w):
+        return 1, 1
+
+
+Layer = Conv | MaxPool | Fire | GlobalAvgPool
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    layers: tuple[Layer, ...]
+    num_classes: int = 1000
+    in_channels: int = 3
+    default_input: int = 224
+    description: str = ""
+
+    @property
+    def fires(self) -> list[Fire]:
+        return [layer for layer in self.layers if isinstance(layer, Fire)]
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for layer in self.layers:
+            if isinstance(layer, (Conv, Fire)):
+                out.update(layer.params)
+        return out
+
+    @property
+    def params(self) -> int:
+        total = 0
+        for shape in self.param_shapes.values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"{self.name} has no layer {name!r}")
+
+    def shapes(self, size: int | tuple[int, int] | None = None) -> list[dict]:
+        """Per-layer rows: name, kind, input/output HWC, params and MACs."""
+        h, w = (size, size) if isinstance(size, int) else (size or (self.default_input,) * 2)
+        c = self.in_channels
+        rows = []
+        for layer in self.layers:
+            oh, ow = layer.out_hw(h, w)
+            if oh < 1 or ow < 1:
+                raise ValueError(f"input {size} is too small: {layer.name} has no output")
+            cout = getattr(layer, "cout", c)
+            params = sum(_numel(s) for s in getattr(layer, "params", {}).values())
+            macs = layer.macs(oh, ow) if hasattr(layer, "macs") else 0
+            rows.append({"name": layer.name, "kind": type(layer).__name__,
+                         "input": [h, w, c], "output": [oh, ow, cout],
+                         "params": params, "macs": macs})
+            h, w, c = oh, ow, cout
+        return rows
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass
+class _Builder:
+    """Assigns torchvision's ``features.N`` indices as layers are appended."""
+
+    layers: list = field(default_factory=list)
+    index: int = 0
+    pools: int = 0
+
+    def conv1(self, cout, kernel, stride):
+        self.layers.append(Conv("conv1", "features.0", 3, cout, kernel, stride))
+        self.index = 2  # features.1 is the ReLU
+
+    def pool(self):
+        self.pools += 1
+        self.layers.append(MaxPool(f"maxpool{self.pools}"))
+        self.index += 1
+
+    def fire(self, number, cin, s, e1, e3, bypass):
+        self.layers.append(Fire(f"fire{number}", f"features.{self.index}", cin, s, e1, e3,
+                                bypass))
+        self.index += 1
+
+
+def squeezenet(name: str, fires: list[tuple[int, int, int]], *, conv1=(96, 7, 2),
+               pool_after=(0, 3, 7), bypass=(), num_classes=1000, description="") -> Network:
+    """Build a SqueezeNet from its Fire stack.
+
+    Parameters
+    ----------
+    fires
+        ``(s1x1, e1x1, e3x3)`` for fire2, fire3, ...
+    conv1
+        ``(out_channels, kernel, stride)`` of the first convolution.
+    pool_after
+        Max pools follow conv1 (0) and the Fire modules at these 1-based positions.
+    bypass
+        Fire numbers (2, 3, ...) with a simple bypass.
+    """
+    b = _Builder()
+    b.conv1(*conv1)
+    cin = conv1[0]
+    if 0 in pool_after:
+        b.pool()
+    for i, (s, e1, e3) in enumerate(fires, start=1):
+        b.fire(i + 1, cin, s, e1, e3, (i + 1) in bypass)
+        cin = e1 + e3
+        if i in pool_after:
+            b.pool()
+    b.layers.append(Conv("conv10", "classifier.1", cin, num_classes, 1))
+    b.layers.append(GlobalAvgPool())
+    return Network(name, tuple(b.layers), num_classes, description=description)
+
+
+def design_space(name="squeezenet", *, base_e=128, incr_e=128, pct3x3=0.5, freq=2, sr=0.125,
+                 modules=8, bypass=(), **kw) -> Network:
+    """The paper's microarchitecture metaparameters (Section 5) to a v1.0-style network.
+
+    ``e_i = base_e + incr_e * floor(i / freq)``, ``e3x3 = pct3x3 * e_i``, ``s1x1 = SR * e_i``.
+    """
+    fires = []
+    for i in range(modules):
+        e = base_e + incr_e * (i // freq)
+        e3 = round(e * pct3x3)
+        s = max(1, round(e * sr))
+        fires.append((s, e - e3, e3))
+    return squeezenet(name, fires, bypass=bypass, **kw)
+
+
+_V1_FIRES = [(16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128), (48, 192, 192),
+             (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+
+ARCHS: dict[str, Network] = {
+    "squeezenet1_0": squeezenet("squeezenet1_0", _V1_FIRES, conv1=(96, 7, 2),
+                                pool_after=(0, 3, 7),
+                                description="SqueezeNet v1.0 (torchvision squeezenet1_0)"),
+    "squeezenet1_1": squeezenet("squeezenet1_1", _V1_FIRES, conv1=(64, 3, 2),
+                                pool_after=(0, 2, 4),
+                                description="SqueezeNet v1.1 (torchvision squeezenet1_1)"),
+    "squeezenet1_0_bypass": squeezenet("squeezenet1_0_bypass", _V1_FIRES, conv1=(96, 7, 2),
+                                       pool_after=(0, 3, 7), bypass=(3, 5, 7, 9),
+                                       description="SqueezeNet v1.0 with simple bypass "
+                                                   "around fire3, 5, 7, 9 (paper Section 6)"),
+}
+
+
+def get_arch(name: str) -> Network:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; choose from "
+                         f"{', '.join(ARCHS)}") from None

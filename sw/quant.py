@@ -132,7 +132,8 @@ def scale_and_round(acc, m, n) -> np.ndarray:
     """Exact ``round(acc * m / 2**n)`` (round half up) for integer arrays, broadcast together.
 
     Uses int64 where the product provably fits and Python integers otherwise, so the result
-    is exact for every accumulator width the engine supports.
+    is exact for every accumulator width the engine supports. Results beyond +-2**62 (far
+    outside any activation range, which callers clamp to) saturate there.
     """
     acc = np.asarray(acc, dtype=np.int64)
     m = np.asarray(m, dtype=np.int64)
@@ -144,7 +145,8 @@ def scale_and_round(acc, m, n) -> np.ndarray:
     if (max_acc * max_m) < (1 << 62):
         return rounding_shift(acc * m, n)
     wide = rounding_shift(acc.astype(object) * m.astype(object), n.astype(object))
-    return wide.astype(np.int64)
+    limit = 1 << 62
+    return np.clip(wide, -limit, limit).astype(np.int64)
 
 
 def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8) -> np.ndarray:

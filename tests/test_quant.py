@@ -28,7 +28,13 @@ def exact_round(acc: int, m: int, n: int) -> int:
 @given(st.integers(-(2**47), 2**47), st.integers(0, 2**31 - 1),
        st.integers(SHIFT_MIN, SHIFT_MAX))
 def test_scale_and_round_is_exact(acc, m, n):
-    assert int(scale_and_round(np.array([acc]), m, n)[0]) == exact_round(acc, m, n)
+    limit = 2**62  # documented saturation, far beyond any activation
+    want = min(max(exact_round(acc, m, n), -limit), limit)
+    assert int(scale_and_round(np.array([acc]), m, n)[0]) == want
+
+
+def test_scale_and_round_saturates_wide_results():
+    assert int(scale_and_round(np.array([2**47]), 2**31 - 1, 1)[0]) == 2**62
 
 
 def test_ties_round_up():

@@ -1,0 +1,219 @@
+"""Pipelined integer arithmetic: the requantizer and the bypass adder.
+
+Both implement ``sw.quant``'s definition bit for bit: ``clamp(z + round(v * m / 2**n), lo,
+max)`` with round half up, computed as ``((v * m) >> (n - 1)) + 1) >> 1``, which equals
+``(v * m + 2**(n-1)) >> n`` for every integer. They are fixed-latency pipelines without
+backpressure (``always_ready`` streams): the engine reserves room for their results before it
+issues work, so nothing upstream ever stalls mid-pipeline, and every register maps cleanly to
+DSP pipeline registers.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
+
+#: Operand chunk of the wide multiplier: 17-bit unsigned pieces fit an 18x18 signed
+#: multiplier (ECP5 MULT18X18D) and a DSP48E1 alike.
+CHUNK = 17
+#: Cycles of :func:`round_shift_clamp`.
+ROUND_LATENCY = 4
+
+
+def delay(m: Module, sig, cycles: int, name: str = "d"):
+    """``sig`` delayed by ``cycles`` clock cycles through a register chain."""
+    for i in range(cycles):
+        nxt = Signal.like(sig, name=f"{name}_{i}")
+        m.d.sync += nxt.eq(sig)
+        sig = nxt
+    return sig
+
+
+def multiplier_latency(a_width: int, b_width: int) -> int:
+    """Cycles from operands to product of :func:`wide_multiply`."""
+    terms = -(-a_width // CHUNK) * -(-b_width // CHUNK)
+    return 3 + max(0, (terms - 1).bit_length())
+
+
+def wide_multiply(m: Module, a, b, name: str = "mul"):
+    """Pipelined ``a * b`` (``a`` signed, ``b`` unsigned), built from 18x18-sized products.
+
+    Returns ``(product, latency)``. Registers: operands, products (twice, as the DSP's M and
+    P registers), then one register per level of the partial-product adder tree.
+    """
+    aw, bw = len(a), len(b)
+    a_chunks = [(lo, min(CHUNK, aw - lo)) for lo in range(0, aw, CHUNK)]
+    b_chunks = [(lo, min(CHUNK, bw - lo)) for lo in range(0, bw, CHUNK)]
+    ra = Signal(signed(aw), name=f"{name}_a")
+    rb = Signal(unsigned(bw), name=f"{name}_b")
+    m.d.sync += [ra.eq(a), rb.eq(b)]
+    terms = []
+    for i, (alo, awid) in enumerate(a_chunks):
+        top = i == len(a_chunks) - 1
+        piece_a = ra[alo:alo + awid].as_signed() if top else ra[alo:alo + awid]
+        for j, (blo, bwid) in enumerate(b_chunks):
+            piece_b = rb[blo:blo + bwid]
+            prod = Signal(signed(awid + bwid + 1), name=f"{name}_p{i}{j}")
+            prod_r = Signal.like(prod, name=f"{name}_pr{i}{j}")
+            m.d.sync += [prod.eq(piece_a * piece_b), prod_r.eq(prod)]
+            terms.append((prod_r, alo + blo))
+    latency = 3
+    width = aw + bw + 1
+    while len(terms) > 1:
+        nxt = []
+        for k in range(0, len(terms), 2):
+            if k + 1 == len(terms):
+                carry = Signal(signed(width), name=f"{name}_c{latency}_{k}")
+                m.d.sync += carry.eq(terms[k][0] << terms[k][1])
+                nxt.append((carry, 0))
+                continue
+            s = Signal(signed(width), name=f"{name}_s{latency}_{k}")
+            (x, xs), (y, ys) = terms[k], terms[k + 1]
+            m.d.sync += s.eq((x << xs) + (y << ys))
+            nxt.append((s, 0))
+        terms = nxt
+        latency += 1
+    (p, shift), = terms
+    assert shift == 0 and latency == multiplier_latency(aw, bw)
+    return p, latency
+
+
+def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"):
+    """``clamp(z + round_half_up(value / 2**shift), lo, act_max)``, pipelined.
+
+    ``shift`` is 1 to 63. Returns ``(y, latency)``; ``shift``, ``z`` and ``lo`` must be
+    aligned with ``value`` (they are sampled in the same cycle).
+    """
+    sm1 = Signal(6, name=f"{name}_sm1")
+    m.d.comb += sm1.eq(shift - 1)
+    width = len(value)
+    # Barrel shift by (shift - 1), low three bits then high three bits.
+    q1 = Signal(signed(width), name=f"{name}_q1")
+    hi1 = Signal(3, name=f"{name}_hi1")
+    m.d.sync += [q1.eq(value >> sm1[:3]), hi1.eq(sm1[3:])]
+    q2 = Signal(signed(width), name=f"{name}_q2")
+    m.d.sync += q2.eq(q1 >> (hi1 << 3))
+    # Round half up, then saturate to what can still land inside the output range.
+    r = Signal(signed(width), name=f"{name}_r")
+    m.d.comb += r.eq((q2 + 1) >> 1)
+    bound = 1 << spec.bits
+    rc = Signal(signed(spec.bits + 2), name=f"{name}_rc")
+    m.d.sync += rc.eq(Mux(r > bound, bound, Mux(r < -bound, -bound, r)))
+    z_d, lo_d = delay(m, z, 3, f"{name}_z"), delay(m, lo, 3, f"{name}_lo")
+    total = Signal(signed(spec.bits + 3), name=f"{name}_t")
+    m.d.comb += total.eq(z_d + rc)
+    y = Signal(signed(spec.bits), name=f"{name}_y")
+    m.d.sync += y.eq(Mux(total > spec.act_max, spec.act_max, Mux(total < lo_d, lo_d, total)))
+    return y, ROUND_LATENCY
+
+
+def requant_in_layout(spec: QuantSpec, acc_bits: int, tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({
+        "acc": signed(acc_bits),  # the sum, without the bias
+        "bias": signed(spec.bias_bits),
+        "mult": unsigned(MULT_BITS - 1),
+        "shift": unsigned(SHIFT_MAX.bit_length()),
+        "z": signed(spec.bits),
+        "relu": 1,
+        "tag": unsigned(max(1, tag_bits)),
+    })
+
+
+def result_layout(spec: QuantSpec, tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({"y": signed(spec.bits), "tag": unsigned(max(1, tag_bits))})
+
+
+class Requantizer(wiring.Component):
+    """Per-channel requantization of one accumulator per cycle.
+
+    ``i``: ``acc`` (the sum, at most ``acc_bits``), per-channel ``bias``, ``mult``, ``shift``,
+    the output zero point ``z``, ``relu``, and a ``tag`` carried through unchanged.
+    ``o``: ``y = clamp(z + round((acc + bias) * mult / 2**shift), z if relu else min, max)``,
+    ``latency`` cycles later.
+    """
+
+    def __init__(self, spec: QuantSpec, acc_bits: int, tag_bits: int = 1):
+        self._spec = spec
+        self._acc_bits = acc_bits
+        self._tag_bits = tag_bits
+        super().__init__({
+            "i": In(stream.Signature(requant_in_layout(spec, acc_bits, tag_bits),
+                                     always_ready=True)),
+            "o": Out(stream.Signature(result_layout(spec, tag_bits), always_ready=True)),
+        })
+        self._v_bits = max(acc_bits, spec.bias_bits) + 1
+        #: cycles from ``i`` to ``o``
+        self.latency = 1 + multiplier_latency(self._v_bits, MULT_BITS - 1) + ROUND_LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        spec, p = self._spec, self.i.payload
+        v_bits = self._v_bits
+        v = Signal(signed(v_bits))
+        m.d.sync += v.eq(p.acc + p.bias)
+        prod, mul_lat = wide_multiply(m, v, delay(m, p.mult, 1, "mult"))
+        lead = 1 + mul_lat
+        shift = delay(m, p.shift, lead, "shift")
+        z = delay(m, p.z, lead, "z")
+        relu = delay(m, p.relu, lead, "relu")
+        lo = Signal(signed(spec.bits))
+        m.d.comb += lo.eq(Mux(relu, z, spec.act_min))
+        y, tail = round_shift_clamp(m, prod, shift, z, lo, spec)
+        assert lead + tail == self.latency
+        m.d.comb += [
+            self.o.valid.eq(delay(m, self.i.valid, self.latency, "valid")),
+            self.o.payload.tag.eq(delay(m, p.tag, self.latency, "tag")),
+            self.o.payload.y.eq(y),
+        ]
+        return m
+
+
+def bypass_in_layout(spec: QuantSpec, tag_bits: int = 1) -> data.StructLayout:
+    return data.StructLayout({"a": signed(spec.bits), "b": signed(spec.bits),
+                              "tag": unsigned(max(1, tag_bits))})
+
+
+class BypassAdder(wiring.Component):
+    """The simple-bypass add: ``clamp(z_out + round((A (a - z_a) + B (b - z_b)) / 2**n))``.
+
+    ``a`` is the Fire output, ``b`` the bypass input; the multipliers, shift and zero points are
+    the layer's (held constant while a layer runs).
+    """
+
+    def __init__(self, spec: QuantSpec, tag_bits: int = 1):
+        self._spec = spec
+        b = spec.bits
+        super().__init__({
+            "i": In(stream.Signature(bypass_in_layout(spec, tag_bits), always_ready=True)),
+            "o": Out(stream.Signature(result_layout(spec, tag_bits), always_ready=True)),
+            "z_a": In(signed(b)), "z_b": In(signed(b)), "z_out": In(signed(b)),
+            "mult_a": In(MULT_BITS - 1), "mult_b": In(MULT_BITS - 1),
+            "shift": In(SHIFT_MAX.bit_length()),
+        })
+        #: cycles from ``i`` to ``o``
+        self.latency = 2 + multiplier_latency(b + 1, MULT_BITS - 1) + ROUND_LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        spec, p = self._spec, self.i.payload
+        da = Signal(signed(spec.bits + 1))
+        db = Signal(signed(spec.bits + 1))
+        m.d.sync += [da.eq(p.a - self.z_a), db.eq(p.b - self.z_b)]
+        pa, lat = wide_multiply(m, da, self.mult_a, "mula")
+        pb, _ = wide_multiply(m, db, self.mult_b, "mulb")
+        total = Signal(signed(len(pa) + 1))
+        m.d.sync += total.eq(pa + pb)
+        lead = 1 + lat + 1
+        lo = Signal(signed(spec.bits))
+        m.d.comb += lo.eq(spec.act_min)
+        y, tail = round_shift_clamp(m, total, self.shift, self.z_out, lo, spec, "byp")
+        assert lead + tail == self.latency
+        m.d.comb += [
+            self.o.valid.eq(delay(m, self.i.valid, self.latency, "valid")),
+            self.o.payload.tag.eq(delay(m, p.tag, self.latency, "tag")),
+            self.o.payload.y.eq(y),
+        ]
+        return m

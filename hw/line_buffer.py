@@ -1,0 +1,95 @@
+"""The squeeze buffer: the squeeze output of a Fire layer, which never leaves the chip.
+
+A row of the squeeze map is ``row_words`` words (``W * ceil(S / ic_lanes)``), each word
+``ic_lanes`` activations of one pixel. Rows live in slots: in line mode three slots form a
+ring (row ``r`` in slot ``r mod 3``), enough for the 3x3 expand of row ``y`` while row
+``y + 2`` is squeezed; in retain mode every row has its own slot, so the whole map stays
+for the next output-channel tile. A small table maps rows to slot bases; ``init`` rebuilds it
+for a layer (``rows`` cycles, ``busy`` meanwhile).
+
+Writes are one activation (lane) per cycle, as the requantizer produces them; reads are one
+word per cycle, ``read_latency`` cycles after the request.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import EngineParams
+
+
+class LineBuffer(wiring.Component):
+    read_latency = 2
+
+    def __init__(self, params: EngineParams):
+        self._p = params
+        p = params
+        word = data.ArrayLayout(signed(p.bits), p.ic_lanes)
+        row_range = range(p.max_h + 1)
+        word_range = range(p.squeeze_depth + 1)
+        super().__init__({
+            "row_words": In(word_range),
+            "rows": In(row_range),
+            "retain": In(1),
+            "init": In(1),
+            "busy": Out(1),
+            "w_en": In(1),
+            "w_row": In(row_range),
+            "w_word": In(word_range),
+            "w_lane": In(range(p.ic_lanes)),
+            "w_data": In(signed(p.bits)),
+            "r_row": In(row_range),
+            "r_word": In(word_range),
+            "r_data": Out(word),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        addr_shape = range(p.squeeze_depth + 1)
+        m.submodules.bases = bases = memory.Memory(shape=addr_shape, depth=p.max_h, init=[])
+        m.submodules.store = store = memory.Memory(
+            shape=data.ArrayLayout(signed(p.bits), p.ic_lanes), depth=p.squeeze_depth, init=[])
+        base_w = bases.write_port()
+        base_rd = bases.read_port(domain="comb")
+        base_wr = bases.read_port(domain="comb")
+
+        # Row table: base(r) = slot(r) * row_words.
+        row = Signal(range(p.max_h + 1))
+        slot = Signal(range(3))
+        base = Signal(addr_shape)
+        with m.If(self.init):
+            m.d.sync += [row.eq(0), slot.eq(0), base.eq(0), self.busy.eq(1)]
+        with m.Elif(self.busy):
+            m.d.comb += [base_w.addr.eq(row), base_w.data.eq(base), base_w.en.eq(1)]
+            m.d.sync += row.eq(row + 1)
+            with m.If(~self.retain & (slot == 2)):
+                m.d.sync += [slot.eq(0), base.eq(0)]
+            with m.Else():
+                m.d.sync += [slot.eq(slot + 1), base.eq(base + self.row_words)]
+            with m.If(row + 1 >= self.rows):
+                m.d.sync += self.busy.eq(0)
+
+        # Writes: address registered, then one lane written.
+        wr = store.write_port(granularity=1)
+        m.d.comb += base_wr.addr.eq(self.w_row)
+        w_addr = Signal(addr_shape)
+        w_lane = Signal.like(self.w_lane)
+        w_data = Signal.like(self.w_data)
+        w_en = Signal()
+        m.d.sync += [w_addr.eq(base_wr.data + self.w_word), w_lane.eq(self.w_lane),
+                     w_data.eq(self.w_data), w_en.eq(self.w_en)]
+        m.d.comb += wr.addr.eq(w_addr)
+        for lane in range(p.ic_lanes):
+            m.d.comb += [wr.data[lane].eq(w_data),
+                         wr.en[lane].eq(w_en & (w_lane == lane))]
+
+        # Reads: address registered, then the memory's own read register.
+        rd = store.read_port()
+        m.d.comb += base_rd.addr.eq(self.r_row)
+        r_addr = Signal(addr_shape)
+        m.d.sync += r_addr.eq(base_rd.data + self.r_word)
+        m.d.comb += [rd.addr.eq(r_addr), self.r_data.eq(rd.data)]
+        return m

@@ -1,0 +1,111 @@
+"""The MAC array: ``ic_lanes x oc_lanes`` multipliers shared by squeeze and both expands.
+
+Each cycle it takes ``ic_lanes`` activations of one pixel (broadcast to every output lane),
+a row of ``oc_lanes x ic_lanes`` weights, and accumulates one dot product per output lane.
+``first`` starts a new reduction and ``last`` ends it: ``latency`` cycles after a ``last``
+beat, ``o`` carries the ``oc_lanes`` sums. It never stalls; the engine reserves room for
+its results before issuing.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .arith import delay
+from .params import EngineParams
+
+
+def array_in_layout(p: EngineParams, tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({
+        "act": data.ArrayLayout(signed(p.bits), p.ic_lanes),  # raw activations
+        "weights": data.ArrayLayout(data.ArrayLayout(signed(p.bits), p.ic_lanes), p.oc_lanes),
+        "z": signed(p.bits),  # activation zero point, subtracted before multiplying
+        "pad": 1,  # this tap is padding: it contributes exactly zero
+        "first": 1,
+        "last": 1,
+        "tag": unsigned(max(1, tag_bits)),
+    })
+
+
+def array_out_layout(p: EngineParams, tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({
+        "acc": data.ArrayLayout(signed(p.acc_bits), p.oc_lanes),
+        "tag": unsigned(max(1, tag_bits)),
+    })
+
+
+def tree_registers(terms: int) -> int:
+    """Pipeline registers of the adder tree: one every two levels, and one at the end."""
+    levels = (terms - 1).bit_length()
+    return (levels + 1) // 2 if levels else 0
+
+
+class MacArray(wiring.Component):
+    """Time-shared multiply-accumulate array (see module docstring)."""
+
+    def __init__(self, params: EngineParams, tag_bits: int = 1):
+        self._p = params
+        super().__init__({
+            "i": In(stream.Signature(array_in_layout(params, tag_bits), always_ready=True)),
+            "o": Out(stream.Signature(array_out_layout(params, tag_bits), always_ready=True)),
+        })
+        #: cycles from a ``last`` input beat to its ``o`` beat
+        self.latency = 3 + tree_registers(params.ic_lanes) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        p, i = self._p, self.i.payload
+        ic, oc, bits = p.ic_lanes, p.oc_lanes, p.bits
+
+        # Stage 1: zero-point subtraction. A padded tap becomes a real zero, and so does an
+        # idle cycle, which then leaves the accumulators unchanged.
+        d = [Signal(signed(bits + 1), name=f"d{k}") for k in range(ic)]
+        w = [[Signal(signed(bits), name=f"w{o}_{k}") for k in range(ic)] for o in range(oc)]
+        for k in range(ic):
+            m.d.sync += d[k].eq(Mux(i.pad | ~self.i.valid, 0, i.act[k] - i.z))
+            for o in range(oc):
+                m.d.sync += w[o][k].eq(i.weights[o][k])
+        # Stages 2-3: products, registered twice (the multiplier's M and P registers).
+        sums = []
+        for o in range(oc):
+            terms = []
+            for k in range(ic):
+                prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
+                prod_r = Signal.like(prod, name=f"pr{o}_{k}")
+                m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
+                terms.append(prod_r)
+            sums.append(self._adder_tree(m, terms, f"t{o}"))
+        ctl_delay = 3 + tree_registers(ic)
+        first = delay(m, i.first & self.i.valid, ctl_delay, "first")
+        last = delay(m, i.last & self.i.valid, ctl_delay, "last")
+        tag = delay(m, i.tag, ctl_delay, "tag")
+        # Accumulate; a reduction's result leaves on the cycle after its last beat.
+        for o in range(oc):
+            acc = Signal(signed(p.acc_bits), name=f"acc{o}")
+            m.d.sync += acc.eq(Mux(first, sums[o], acc + sums[o]))
+            m.d.comb += self.o.payload.acc[o].eq(acc)
+        valid = Signal()
+        m.d.sync += valid.eq(last)
+        tag_out = Signal.like(tag)
+        m.d.sync += tag_out.eq(tag)
+        m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag_out)]
+        return m
+
+    @staticmethod
+    def _adder_tree(m, terms, name):
+        level = 0
+        while len(terms) > 1:
+            nxt = []
+            for k in range(0, len(terms), 2):
+                pair = terms[k:k + 2]
+                width = max(len(t) for t in pair) + 1
+                s = Signal(signed(width), name=f"{name}_l{level}_{k}")
+                total = pair[0] + pair[1] if len(pair) == 2 else pair[0]
+                registered = level % 2 == 1 or len(terms) <= 2
+                m.d["sync" if registered else "comb"] += s.eq(total)
+                nxt.append(s)
+            terms = nxt
+            level += 1
+        return terms[0]

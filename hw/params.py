@@ -1,0 +1,254 @@
+"""Engine parameters: the one dataclass that elaborates the gateware, is reported by the
+device on identify, and from which the driver plans its tiles.
+
+Also the run-time layer configuration (a packed struct whose layout both sides derive from the
+parameters) and the error codes the engine reports for a refused configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+
+from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
+
+
+class ParamError(ValueError):
+    """An engine parameter combination that cannot be elaborated."""
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Generator parameters of the Fire engine (elaboration time).
+
+    The engine is one time-shared MAC array of ``ic_lanes x oc_lanes`` multipliers: each
+    cycle it multiplies ``ic_lanes`` input channels of one pixel by ``oc_lanes`` output
+    channels' weights, for the squeeze, expand1x1 and expand3x3 convolutions in turn.
+    """
+
+    bits: int = 8  #: activation and weight width
+    ic_lanes: int = 16  #: input channels per cycle (a power of two)
+    oc_lanes: int = 5  #: output channels per cycle
+    max_h: int = 56
+    max_w: int = 56
+    max_cin: int = 512
+    max_squeeze: int = 64
+    max_e1: int = 256
+    max_e3: int = 256
+    #: weight buffer rows, each ``ic_lanes * oc_lanes`` weights
+    weight_depth: int = 1024
+    #: squeeze buffer words, each ``ic_lanes`` activations
+    squeeze_depth: int = 3072
+    #: support the simple-bypass add
+    bypass: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- derived sizes ------------------------------------------------------------------
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits)
+
+    @property
+    def lanes(self) -> int:
+        return self.ic_lanes * self.oc_lanes
+
+    @property
+    def max_terms(self) -> int:
+        """Longest reduction: the padded squeeze input or the padded 3x3 window."""
+        return max(ceil_div(self.max_cin, self.ic_lanes),
+                   9 * ceil_div(self.max_squeeze, self.ic_lanes)) * self.ic_lanes
+
+    @property
+    def acc_bits(self) -> int:
+        """Accumulator width (bias included) that cannot overflow at the maxima."""
+        return self.spec.acc_bits(self.max_terms)
+
+    @property
+    def input_words(self) -> int:
+        """Words of ``ic_lanes`` channels per input pixel at ``max_cin``."""
+        return ceil_div(self.max_cin, self.ic_lanes)
+
+    @property
+    def squeeze_words(self) -> int:
+        return ceil_div(self.max_squeeze, self.ic_lanes)
+
+    @property
+    def qparam_depth(self) -> int:
+        return self.max_squeeze + self.max_e1 + self.max_e3
+
+    @property
+    def weight_row_bits(self) -> int:
+        return self.lanes * self.bits
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ParamError(f"{name}={getattr(self, name)}: {why}")
+
+        if not 2 <= self.bits <= 16:
+            bad("bits", "activation/weight width must be 2 to 16")
+        if self.ic_lanes < 1 or self.ic_lanes & (self.ic_lanes - 1):
+            bad("ic_lanes", "must be a power of two (addresses split channel words by shifts)")
+        if self.oc_lanes < 1:
+            bad("oc_lanes", "must be at least 1")
+        for name in ("max_h", "max_w", "max_cin", "max_squeeze", "max_e1", "max_e3"):
+            if getattr(self, name) < 1:
+                bad(name, "must be at least 1")
+        if self.max_h > 4096 or self.max_w > 4096:
+            bad("max_h" if self.max_h > 4096 else "max_w", "at most 4096")
+        min_rows = (ceil_div(self.max_cin, self.ic_lanes) * ceil_div(self.max_squeeze,
+                                                                     self.oc_lanes)
+                    + 9 * self.squeeze_words)
+        if self.weight_depth < min_rows:
+            bad("weight_depth", f"must hold the squeeze weights plus one 3x3 output group at "
+                                f"the maxima ({min_rows} rows)")
+        line = 3 * self.max_w * self.squeeze_words
+        if self.squeeze_depth < line:
+            bad("squeeze_depth", f"must hold a 3-row line buffer at max_w={self.max_w}, "
+                                 f"max_squeeze={self.max_squeeze} ({line} words)")
+        if self.acc_bits + MULT_BITS > 96:
+            bad("bits", "accumulator too wide for the requantizer")
+
+    # -- serialization (identify, TOML, --param) ----------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **changes) -> EngineParams:
+        unknown = set(changes) - set(self.field_names())
+        if unknown:
+            raise ParamError(f"unknown engine parameter {sorted(unknown)[0]!r}; known: "
+                             f"{', '.join(self.field_names())}")
+        return dataclasses.replace(self, **changes)
+
+
+class ConfigError(enum.IntEnum):
+    """Why the engine refused a layer configuration (its status register)."""
+
+    OK = 0
+    H = 1  #: height is 0 or above max_h
+    W = 2  #: width is 0 or above max_w
+    CIN = 3  #: input channels 0 or above max_cin
+    SQUEEZE = 4  #: squeeze channels 0 or above max_squeeze
+    E1 = 5  #: expand1x1 channels above max_e1
+    E3 = 6  #: expand3x3 channels above max_e3
+    WEIGHT_ROWS = 7  #: the layer's weights exceed weight_depth
+    SQUEEZE_BUFFER = 8  #: the squeeze rows exceed squeeze_depth
+    BYPASS = 9  #: bypass requested from an engine built without it
+    NOT_LOADED = 10  #: run without weights loaded for this shape
+    NO_SQUEEZE_MAP = 11  #: reuse of a squeeze map that is not retained
+    SHIFT = 12  #: a requantization shift of 0 (the shift is 1 to 63)
+
+    @property
+    def field(self) -> str:
+        return {1: "h", 2: "w", 3: "cin", 4: "s", 5: "e1", 6: "e3", 7: "weights",
+                8: "squeeze buffer", 9: "bypass", 10: "weights", 11: "squeeze map",
+                12: "shift"}.get(self.value, "")
+
+    @property
+    def message(self) -> str:
+        return _ERROR_TEXT[self]
+
+
+_ERROR_TEXT = {
+    ConfigError.OK: "ok",
+    ConfigError.H: "height is 0 or above max_h",
+    ConfigError.W: "width is 0 or above max_w",
+    ConfigError.CIN: "input channels are 0 or above max_cin",
+    ConfigError.SQUEEZE: "squeeze channels are 0 or above max_squeeze",
+    ConfigError.E1: "expand1x1 channels are above max_e1",
+    ConfigError.E3: "expand3x3 channels are above max_e3",
+    ConfigError.WEIGHT_ROWS: "the layer's weights exceed the weight buffer",
+    ConfigError.SQUEEZE_BUFFER: "the squeeze rows exceed the squeeze buffer",
+    ConfigError.BYPASS: "bypass requested from an engine built without it",
+    ConfigError.NOT_LOADED: "no weights loaded for this layer shape",
+    ConfigError.NO_SQUEEZE_MAP: "no retained squeeze map of this shape to reuse",
+    ConfigError.SHIFT: "a requantization shift is 0 (it must be 1 to 63)",
+}
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    name: str
+    width: int
+    signed: bool = False
+
+
+def config_fields(p: EngineParams) -> list[ConfigField]:
+    """Fields of the run-time layer configuration, in packing order (LSB first)."""
+    b = p.bits
+    return [
+        ConfigField("h", (p.max_h).bit_length()),
+        ConfigField("w", (p.max_w).bit_length()),
+        ConfigField("cin", (p.max_cin).bit_length()),
+        ConfigField("s", (p.max_squeeze).bit_length()),
+        ConfigField("e1", (p.max_e1).bit_length()),
+        ConfigField("e3", (p.max_e3).bit_length()),
+        ConfigField("z_in", b, True),  # zero point of the Fire input
+        ConfigField("z_sq", b, True),  # zero point of the squeeze output
+        ConfigField("z_out", b, True),  # zero point of the concat [e1, e3]
+        ConfigField("load", 1),  # expect weights and quantization parameters
+        ConfigField("compute", 1),  # then run on an input
+        ConfigField("squeeze", 1),  # compute the squeeze map (0: reuse the retained one)
+        ConfigField("retain", 1),  # keep the whole squeeze map (for output-channel tiles)
+        ConfigField("bypass", 1),  # add the bypass stream to the output
+        ConfigField("byp_mult_a", MULT_BITS - 1),  # bypass: multiplier of the Fire output
+        ConfigField("byp_mult_b", MULT_BITS - 1),  # bypass: multiplier of the bypass input
+        ConfigField("byp_shift", SHIFT_MAX.bit_length()),
+        ConfigField("byp_z_in", b, True),  # bypass: zero point of the bypass input
+        ConfigField("byp_z_out", b, True),  # bypass: zero point of the sum
+    ]
+
+
+def config_bits(p: EngineParams) -> int:
+    return sum(f.width for f in config_fields(p))
+
+
+def pack_config(p: EngineParams, **values) -> int:
+    """Pack a layer configuration into the integer the engine's ``cfg`` stream carries."""
+    word, offset = 0, 0
+    for f in config_fields(p):
+        v = int(values.pop(f.name, 0))
+        lo = -(1 << (f.width - 1)) if f.signed else 0
+        hi = (1 << (f.width - 1)) - 1 if f.signed else (1 << f.width) - 1
+        if not lo <= v <= hi:
+            raise ValueError(f"config field {f.name}={v} does not fit {f.width} bits")
+        word |= (v & ((1 << f.width) - 1)) << offset
+        offset += f.width
+    if values:
+        raise ValueError(f"unknown config field {sorted(values)[0]!r}")
+    return word
+
+
+def qparam_fields(p: EngineParams) -> list[ConfigField]:
+    """Per-output-channel quantization parameters, packing order (LSB first)."""
+    return [ConfigField("bias", p.spec.bias_bits, True),
+            ConfigField("mult", MULT_BITS - 1),
+            ConfigField("shift", SHIFT_MAX.bit_length())]
+
+
+def qparam_bits(p: EngineParams) -> int:
+    return sum(f.width for f in qparam_fields(p))
+
+
+def pack_fields(fields, values: dict) -> int:
+    word, offset = 0, 0
+    for f in fields:
+        v = int(values[f.name])
+        word |= (v & ((1 << f.width) - 1)) << offset
+        offset += f.width
+    return word
+
+
+def log2(n: int) -> int:
+    return int(math.log2(n))

@@ -1,0 +1,48 @@
+"""Random Fire layers with realistic requantization, for engine tests."""
+
+import numpy as np
+
+from sw import ops
+from sw.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair
+
+
+def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None):
+    wmax = spec.weight_max
+    if extreme == "max":
+        w = np.full((cout, cin, k, k), wmax)
+    elif extreme == "min":
+        w = np.full((cout, cin, k, k), -wmax)
+    else:
+        w = rng.integers(-wmax, wmax + 1, (cout, cin, k, k))
+    bias_lim = min(spec.bias_max, 2**(2 * spec.bits + 2))
+    bias = rng.integers(-bias_lim, bias_lim, cout)
+    # typical |acc| ~ sqrt(terms) * 2**(bits-1) * wmax / 2; aim the output at +-2**(bits-2)
+    typical = np.sqrt(terms) * 2 ** (spec.bits - 1) * wmax / 2
+    scale = rng.uniform(0.3, 3.0, cout) * 2 ** (spec.bits - 2) / typical
+    if extreme == "saturate":
+        scale = scale * 1000
+    pairs = [quantize_multiplier(float(v)) for v in scale]
+    rq = ops.Requant(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]),
+                     int(z_out), relu=True)
+    return ops.ConvLayer(w, bias, rq)
+
+
+def random_fire(rng, cin, s, e1, e3, *, bits=8, bypass=False, extreme=None):
+    spec = QuantSpec(bits)
+    lo, hi = spec.act_min, spec.act_max
+    z_in, z_sq, z_out = (int(v) for v in rng.integers(lo, hi // 2, 3))
+    squeeze = _conv(rng, s, cin, 1, z_sq, spec, cin, extreme)
+    e1c = _conv(rng, e1, s, 1, z_out, spec, s, extreme)
+    e3c = _conv(rng, e3, s, 3, z_out, spec, 9 * s, extreme)
+    add = None
+    if bypass:
+        a, b, n = quantize_multiplier_pair(rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0))
+        add = ops.AddParams(z_out, z_in, a, b, n, int(rng.integers(lo, 0)))
+    return ops.FireLayer(z_in, squeeze, e1c, e3c, add)
+
+
+def random_input(rng, h, w, cin, *, bits=8, fill=None):
+    spec = QuantSpec(bits)
+    if fill is not None:
+        return np.full((h, w, cin), fill, dtype=np.int64)
+    return rng.integers(spec.act_min, spec.act_max + 1, (h, w, cin))

@@ -291,10 +291,10 @@ class FireEngine(wiring.Component):
                     (cfg.compute & (sq_words > p.squeeze_depth), ConfigError.SQUEEZE_BUFFER),
                     (cfg.bypass & Const(not p.bypass), ConfigError.BYPASS),
                     (bypass_on & (cfg.byp_shift == 0), ConfigError.SHIFT),
-                    (cfg.compute & ~cfg.load & (~loaded | (loaded_nw != nw)
-                                                | (loaded_nq != nq)), ConfigError.NOT_LOADED),
                     (cfg.compute & ~cfg.squeeze & (~map_valid | (map_h != h) | (map_w != w)
                                                    | (map_s != s)), ConfigError.NO_SQUEEZE_MAP),
+                    (cfg.compute & ~cfg.load & (~loaded | (loaded_nw != nw)
+                                                | (loaded_nq != nq)), ConfigError.NOT_LOADED),
                 ]
                 with m.If(checks[0][0]):
                     m.d.sync += err.eq(checks[0][1])
@@ -483,24 +483,29 @@ class FireEngine(wiring.Component):
             op.tag.xoff.eq(xoff),
         ]
         # line buffer: its own address register and read register; weights and input
-        # buffer: one more register, so that all operands arrive together with op3
+        # buffer: one more register, so that all operands arrive together at op3
         m.d.comb += [lb.r_row.eq(op.row), lb.r_word.eq(op.word)]
         m.d.sync += [w_rd.addr.eq(op.w_addr), in_rd.addr.eq(op.in_addr)]
         op2 = Signal.like(op)
         op3 = Signal.like(op)
-        m.d.sync += [op2.eq(op), op3.eq(op2)]
+        op4 = Signal.like(op)
+        m.d.sync += [op2.eq(op), op3.eq(op2), op4.eq(op3)]
+        # Block-RAM outputs are registered before any logic (ECP5 EBRs are slow to output).
+        act = Signal.like(in_rd.data)
+        weights = Signal.like(w_rd.data)
+        m.d.sync += [act.eq(Mux(op3.squeeze, in_rd.data, lb.r_data)), weights.eq(w_rd.data)]
 
         m.submodules.array = array = MacArray(p, tag_bits=tag_layout.size)
         ai = array.i.payload
         m.d.comb += [
-            array.i.valid.eq(op3.valid),
-            ai.act.eq(Mux(op3.squeeze, in_rd.data, lb.r_data)),
-            ai.weights.eq(w_rd.data),
-            ai.z.eq(Mux(op3.squeeze, cfg.z_in, cfg.z_sq)),
-            ai.pad.eq(op3.pad),
-            ai.first.eq(op3.first),
-            ai.last.eq(op3.last),
-            ai.tag.eq(op3.tag),
+            array.i.valid.eq(op4.valid),
+            ai.act.eq(act),
+            ai.weights.eq(weights),
+            ai.z.eq(Mux(op4.squeeze, cfg.z_in, cfg.z_sq)),
+            ai.pad.eq(op4.pad),
+            ai.first.eq(op4.first),
+            ai.last.eq(op4.last),
+            ai.tag.eq(op4.tag),
         ]
         assert LineBuffer.read_latency == 2
 
@@ -554,15 +559,23 @@ class FireEngine(wiring.Component):
             r_tag.word.eq(head.tag.xoff + (channel >> log_ic)),
             r_tag.lane.eq(channel[:log_ic] if log_ic else 0),
         ]
+        # and one more register after the parameter memory's output
+        q_valid = Signal()
+        q_data = Signal.like(q_rd.data)
+        q_acc = Signal.like(r_acc)
+        q_tag = Signal.like(r_tag)
+        q_sq = Signal()
+        m.d.sync += [q_valid.eq(r_valid), q_data.eq(q_rd.data), q_acc.eq(r_acc),
+                     q_tag.eq(r_tag), q_sq.eq(r_sq)]
         ri = rq.i.payload
         m.d.comb += [
-            rq.i.valid.eq(r_valid),
-            ri.acc.eq(r_acc), ri.bias.eq(q_rd.data.bias), ri.mult.eq(q_rd.data.mult),
-            ri.shift.eq(q_rd.data.shift), ri.z.eq(Mux(r_sq, cfg.z_sq, cfg.z_out)),
-            ri.relu.eq(1), ri.tag.eq(r_tag),
+            rq.i.valid.eq(q_valid),
+            ri.acc.eq(q_acc), ri.bias.eq(q_data.bias), ri.mult.eq(q_data.mult),
+            ri.shift.eq(q_data.shift), ri.z.eq(Mux(q_sq, cfg.z_sq, cfg.z_out)),
+            ri.relu.eq(1), ri.tag.eq(q_tag),
         ]
         rq_in_flight = Signal(range(rq.latency + 4))
-        m.d.sync += rq_in_flight.eq(rq_in_flight + r_valid - rq.o.valid)
+        m.d.sync += rq_in_flight.eq(rq_in_flight + q_valid - rq.o.valid)
         out_tag = data.View(rq_tag, rq.o.payload.tag)
         m.d.comb += [
             lb.w_en.eq(rq.o.valid & out_tag.squeeze),
@@ -624,7 +637,7 @@ class FireEngine(wiring.Component):
             m.d.sync += last_beat.eq(cycles)
 
         m.d.comb += drained.eq((emit_credit == GROUP_FIFO_DEPTH) & (rq_in_flight == 0)
-                               & ~r_valid & (out_credit == OUTPUT_FIFO_DEPTH)
+                               & ~r_valid & ~q_valid & (out_credit == OUTPUT_FIFO_DEPTH)
                                & (join_in_flight == 0) & (final_credit == OUTPUT_FIFO_DEPTH)
                                & (sq_pending == 0))
         return m

@@ -6,9 +6,9 @@ from amaranth.sim import Simulator
 
 from hw.engine import FireEngine
 from hw.params import EngineParams
+from sim.fire_cases import random_fire, random_input
 from sw import ops
 from sw.tiling import FirePlan, Shape, lanes_to_ints
-from tests.fire_cases import random_fire, random_input
 
 SMALL = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=6, max_w=5, max_cin=8,
                      max_squeeze=4, max_e1=6, max_e3=6, weight_depth=48, squeeze_depth=80,

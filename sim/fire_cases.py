@@ -1,4 +1,4 @@
-"""Random Fire layers with realistic requantization, for engine tests."""
+"""Random Fire layers with realistic requantization, for engine tests and testbenches."""
 
 import numpy as np
 

@@ -1,0 +1,19 @@
+"""What a board definition holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hw.params import EngineParams
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    device: str  #: FPGA part, as its vendor names it
+    family: str  #: "xc7" or "ecp5"
+    clock_hz: int  #: system clock the engine and link run at
+    engine: EngineParams  #: default engine parameters for this device
+    #: device capacity by resource, for fit checks
+    capacity: dict[str, int] = field(default_factory=dict)

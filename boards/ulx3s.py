@@ -1,0 +1,18 @@
+"""Radiona ULX3S with an ECP5-85F: the board with a fully open bitstream flow."""
+
+from __future__ import annotations
+
+from hw.params import EngineParams
+
+from .base import Board
+
+ULX3S = Board(
+    name="ulx3s",
+    description="Radiona ULX3S (LFE5U-85F-6BG381C), FT231X USB-UART",
+    device="LFE5U-85F-6BG381C",
+    family="ecp5",
+    clock_hz=96_000_000,
+    # The Arty A7-35T's engine: this build is also its open timing proxy.
+    engine=EngineParams(),
+    capacity={"LUT": 83640, "FF": 83640, "MULT18X18D": 156, "EBR": 208},
+)

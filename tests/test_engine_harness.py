@@ -1,0 +1,82 @@
+"""The engine's generated Verilog in the compiled Verilator harness: many random layers per
+configuration (4 to 16 bits), full-size SqueezeNet layers, and the engine's cycle counter."""
+
+import numpy as np
+import pytest
+
+from hw.params import EngineParams
+from sim.engine_configs import CONFIGS
+from sim.engine_harness import fire_streams, run_fire, run_streams
+from sim.fire_cases import random_fire, random_input
+from sw import ops
+from sw.tiling import FirePlan, Shape
+
+WIDTHS = dict(CONFIGS, int12=EngineParams(bits=12, ic_lanes=4, oc_lanes=3, max_h=8, max_w=8,
+                                          max_cin=24, max_squeeze=8, max_e1=12, max_e3=12,
+                                          weight_depth=64, squeeze_depth=96, bypass=True))
+
+
+@pytest.mark.parametrize("config", list(WIDTHS))
+def test_random_layers(config):
+    p = WIDTHS[config]
+    rng = np.random.default_rng(sum(map(ord, config)))
+    tiled = 0
+    for case in range(24):
+        h = int(rng.integers(1, min(p.max_h, 6) + 1))
+        w = int(rng.integers(1, min(p.max_w, 6) + 1))
+        s = int(rng.integers(1, p.max_squeeze + 1))
+        e1 = int(rng.integers(0, min(p.max_e1, 48) + 1))
+        e3 = int(rng.integers(0 if e1 else 1, min(p.max_e3, 48) + 1))
+        cin = int(rng.integers(1, min(p.max_cin, 80) + 1))
+        bypass = p.bypass and e1 + e3 <= p.max_cin and case % 2 == 0
+        if bypass:
+            cin = e1 + e3
+        layer = random_fire(rng, cin, s, e1, e3, bits=p.bits, bypass=bypass)
+        x = random_input(rng, h, w, cin, bits=p.bits)
+        plan = FirePlan(p, Shape(h, w, cin, s, e1, e3), bypass=bypass)
+        tiled += len(plan.tiles) > 1
+        got, _ = run_fire(plan, layer, x, gaps=[0, 25][case % 2],
+                          backpressure=[0, 50][case % 3 > 0], seed=case, max_cycles=5_000_000)
+        np.testing.assert_array_equal(got, ops.fire(x, layer, p.spec),
+                                      f"case {case}: {h}x{w}x{cin}/{s}/{e1}/{e3} bypass={bypass}")
+    assert config == "arty_a7" or tiled, "no case exercised output-channel tiling"
+
+
+@pytest.mark.parametrize("shape", [(55, 55, 64, 16, 64, 64), (13, 13, 512, 64, 256, 256)],
+                         ids=["v1.1-fire2", "v1.1-fire9"])
+def test_full_size_layers(shape):
+    p = CONFIGS["arty_a7"]
+    rng = np.random.default_rng(7)
+    h, w, cin, s, e1, e3 = shape
+    layer = random_fire(rng, cin, s, e1, e3)
+    x = random_input(rng, h, w, cin)
+    plan = FirePlan(p, Shape(*shape))
+    got, result = run_fire(plan, layer, x)
+    np.testing.assert_array_equal(got, ops.fire(x, layer))
+    # The engine counts each run from its configuration to its last output beat; the harness
+    # counts every clock from reset to idle, a few dozen more.
+    engine = sum(r.cycles for r in result.runs)
+    assert 0 < result.total_cycles - engine < 100 + 20 * len(plan.tiles)
+
+
+def test_back_to_back_different_layers_without_reset():
+    p = CONFIGS["arty_a7"]
+    rng = np.random.default_rng(8)
+    shapes = [(4, 5, 96, 16, 64, 64), (3, 3, 512, 64, 256, 256), (6, 2, 128, 32, 128, 128)]
+    streams = {k: [] for k in ("cfg", "weights", "qparams", "input", "bypass")}
+    cases = []
+    for shape in shapes:
+        layer = random_fire(rng, *shape[2:])
+        x = random_input(rng, *shape[:3])
+        plan = FirePlan(p, Shape(*shape))
+        for k, v in fire_streams(plan, layer, x).items():
+            streams[k] += v
+        cases.append((plan, layer, x))
+    result = run_streams(p, streams, gaps=20, backpressure=30, seed=3)
+    assert not result.timeout
+    runs = iter(result.runs)
+    for plan, layer, x in cases:
+        outs = [next(runs) for _ in plan.tiles]
+        assert all(r.error == 0 for r in outs)
+        np.testing.assert_array_equal(plan.assemble([r.outputs for r in outs]),
+                                      ops.fire(x, layer))

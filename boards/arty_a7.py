@@ -16,6 +16,7 @@ ARTY_A7 = Board(
     device="xc7a35ticsg324-1L",
     family="xc7",
     clock_hz=SYS_CLOCK_HZ,
+    baud=12_000_000,
     # 16 x 5 = 80 multipliers (+ 4 for the requantizer and 4 for the bypass add) of the 90
     # DSP48E1; weights 1024 rows x 80 bytes, squeeze map 3072 x 16 bytes.
     engine=EngineParams(),
@@ -28,6 +29,7 @@ ARTY_A7_100T = Board(
     device="xc7a100tcsg324-1",
     family="xc7",
     clock_hz=SYS_CLOCK_HZ,
+    baud=12_000_000,
     # Same array (one requantizer lane bounds what more multipliers would gain on fire2/3),
     # twice the weight buffer: fewer output-channel tiles.
     engine=EngineParams(weight_depth=2048, squeeze_depth=4096),

@@ -14,6 +14,7 @@ class Board:
     device: str  #: FPGA part, as its vendor names it
     family: str  #: "xc7" or "ecp5"
     clock_hz: int  #: system clock the engine and link run at
+    baud: int  #: UART rate of the link (fixed when the bitstream is built)
     engine: EngineParams  #: default engine parameters for this device
     #: device capacity by resource, for fit checks
     capacity: dict[str, int] = field(default_factory=dict)

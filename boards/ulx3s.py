@@ -1,4 +1,8 @@
-"""Radiona ULX3S with an ECP5-85F: the board with a fully open bitstream flow."""
+"""Radiona ULX3S with an ECP5-85F: the board with a fully open bitstream flow.
+
+Its 25 MHz oscillator gives 100 MHz from the PLL (96 MHz has no integer ratio); 2 Mbaud is
+an exact divider there and within the FT231X's 3 Mbaud.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ ULX3S = Board(
     description="Radiona ULX3S (LFE5U-85F-6BG381C), FT231X USB-UART",
     device="LFE5U-85F-6BG381C",
     family="ecp5",
-    clock_hz=96_000_000,
+    clock_hz=100_000_000,
+    baud=2_000_000,
     # The Arty A7-35T's engine: this build is also its open timing proxy.
     engine=EngineParams(),
     capacity={"LUT": 83640, "FF": 83640, "MULT18X18D": 156, "EBR": 208},

@@ -69,7 +69,7 @@ class FireEngine(wiring.Component):
     Status: ``busy``; ``error``, the :class:`~hw.params.ConfigError` of the last refused
     configuration (0 when the last one was accepted); ``cycles``, the last run's cycles from
     its configuration to its last output beat; ``runs``, configurations handled (run to the
-    end or refused).
+    end or refused); ``accepted`` and ``refused`` pulse when a configuration is checked.
     """
 
     def __init__(self, params: EngineParams):
@@ -84,6 +84,8 @@ class FireEngine(wiring.Component):
             "error": Out(4),
             "cycles": Out(32),
             "runs": Out(16),
+            "accepted": Out(1),
+            "refused": Out(1),
         }
         if p.bypass:
             members["bypass"] = In(stream.Signature(signed(p.bits)))
@@ -304,13 +306,17 @@ class FireEngine(wiring.Component):
                         m.d.sync += err.eq(code)
                         m.next = "REFUSE"
                 with m.Elif(cfg.load):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [w_count.eq(0), q_count.eq(0), shift_bad.eq(0), loaded.eq(0)]
                     m.next = "LOAD"
                 with m.Elif(cfg.compute):
+                    m.d.comb += self.accepted.eq(1)
                     m.next = "START"
                 with m.Else():
+                    m.d.comb += self.accepted.eq(1)
                     m.next = "FINISH"
             with m.State("REFUSE"):
+                m.d.comb += self.refused.eq(1)
                 m.d.sync += [running.eq(0), self.runs.eq(self.runs + 1), self.cycles.eq(0)]
                 m.next = "IDLE"
             with m.State("LOAD"):
@@ -486,28 +492,34 @@ class FireEngine(wiring.Component):
         # buffer: one more register, so that all operands arrive together at op3
         m.d.comb += [lb.r_row.eq(op.row), lb.r_word.eq(op.word)]
         m.d.sync += [w_rd.addr.eq(op.w_addr), in_rd.addr.eq(op.in_addr)]
-        op2 = Signal.like(op)
-        op3 = Signal.like(op)
-        op4 = Signal.like(op)
-        m.d.sync += [op2.eq(op), op3.eq(op2), op4.eq(op3)]
-        # Block-RAM outputs are registered before any logic (ECP5 EBRs are slow to output).
-        act = Signal.like(in_rd.data)
+        # Block-RAM outputs go straight into registers, logic only after them: an ECP5 EBR
+        # takes ~6 ns from clock to output. The line buffer's word (read_latency after op,
+        # then registered) and the weights and input word (address registered after op, read,
+        # registered twice) meet at op5.
+        op2, op3, op4, op5 = (Signal.like(op, name=f"op{i}") for i in range(2, 6))
+        m.d.sync += [op2.eq(op), op3.eq(op2), op4.eq(op3), op5.eq(op4)]
+        in_q = Signal.like(in_rd.data)
+        in_q2 = Signal.like(in_rd.data)
+        lb_q = Signal.like(lb.r_data)
+        w_q = Signal.like(w_rd.data)
         weights = Signal.like(w_rd.data)
-        m.d.sync += [act.eq(Mux(op3.squeeze, in_rd.data, lb.r_data)), weights.eq(w_rd.data)]
+        m.d.sync += [in_q.eq(in_rd.data), in_q2.eq(in_q), lb_q.eq(lb.r_data),
+                     w_q.eq(w_rd.data), weights.eq(w_q)]
+        act = Mux(op5.squeeze, in_q2, lb_q)
+        assert LineBuffer.read_latency == 3
 
         m.submodules.array = array = MacArray(p, tag_bits=tag_layout.size)
         ai = array.i.payload
         m.d.comb += [
-            array.i.valid.eq(op4.valid),
+            array.i.valid.eq(op5.valid),
             ai.act.eq(act),
             ai.weights.eq(weights),
-            ai.z.eq(Mux(op4.squeeze, cfg.z_in, cfg.z_sq)),
-            ai.pad.eq(op4.pad),
-            ai.first.eq(op4.first),
-            ai.last.eq(op4.last),
-            ai.tag.eq(op4.tag),
+            ai.z.eq(Mux(op5.squeeze, cfg.z_in, cfg.z_sq)),
+            ai.pad.eq(op5.pad),
+            ai.first.eq(op5.first),
+            ai.last.eq(op5.last),
+            ai.tag.eq(op5.tag),
         ]
-        assert LineBuffer.read_latency == 2
 
         # ---------------------------------------------------------------- group FIFO
         entry = data.StructLayout({"acc": data.ArrayLayout(signed(p.acc_bits), OC),
@@ -545,28 +557,34 @@ class FireEngine(wiring.Component):
             m.d.sync += lane.eq(Mux(lane_last, 0, lane + 1))
         qbase = Mux(is_sq, 0, Mux(head.tag.kind == Kind.EXPAND1, s, s + e1))
         channel = head.tag.chan + lane
-        m.d.comb += q_rd.addr.eq(qbase + channel)
-        # one cycle for the qparam read; the rest of the request waits in registers
+        # The request is registered, then its address reads the parameter memory, whose
+        # output is registered once more (EBR outputs feed only registers).
         r_valid = Signal()
+        r_qaddr = Signal.like(q_rd.addr)
         r_acc = Signal(signed(p.acc_bits))
         r_tag = Signal(rq_tag)
         r_sq = Signal()
         m.d.sync += [
-            r_valid.eq(can_rq), r_sq.eq(is_sq),
+            r_valid.eq(can_rq), r_sq.eq(is_sq), r_qaddr.eq(qbase + channel),
             r_acc.eq(head.acc[lane] if OC > 1 else head.acc[0]),
             r_tag.squeeze.eq(is_sq), r_tag.group_end.eq(lane_last),
             r_tag.row.eq(head.tag.row),
             r_tag.word.eq(head.tag.xoff + (channel >> log_ic)),
             r_tag.lane.eq(channel[:log_ic] if log_ic else 0),
         ]
-        # and one more register after the parameter memory's output
+        m.d.comb += q_rd.addr.eq(r_qaddr)
+        r2_valid = Signal()
+        r2_acc = Signal.like(r_acc)
+        r2_tag = Signal.like(r_tag)
+        r2_sq = Signal()
+        m.d.sync += [r2_valid.eq(r_valid), r2_acc.eq(r_acc), r2_tag.eq(r_tag), r2_sq.eq(r_sq)]
         q_valid = Signal()
         q_data = Signal.like(q_rd.data)
         q_acc = Signal.like(r_acc)
         q_tag = Signal.like(r_tag)
         q_sq = Signal()
-        m.d.sync += [q_valid.eq(r_valid), q_data.eq(q_rd.data), q_acc.eq(r_acc),
-                     q_tag.eq(r_tag), q_sq.eq(r_sq)]
+        m.d.sync += [q_valid.eq(r2_valid), q_data.eq(q_rd.data), q_acc.eq(r2_acc),
+                     q_tag.eq(r2_tag), q_sq.eq(r2_sq)]
         ri = rq.i.payload
         m.d.comb += [
             rq.i.valid.eq(q_valid),
@@ -637,7 +655,8 @@ class FireEngine(wiring.Component):
             m.d.sync += last_beat.eq(cycles)
 
         m.d.comb += drained.eq((emit_credit == GROUP_FIFO_DEPTH) & (rq_in_flight == 0)
-                               & ~r_valid & ~q_valid & (out_credit == OUTPUT_FIFO_DEPTH)
+                               & ~r_valid & ~r2_valid & ~q_valid
+                               & (out_credit == OUTPUT_FIFO_DEPTH)
                                & (join_in_flight == 0) & (final_credit == OUTPUT_FIFO_DEPTH)
                                & (sq_pending == 0))
         return m

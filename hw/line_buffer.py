@@ -9,6 +9,11 @@ for a layer (``rows`` cycles, ``busy`` meanwhile).
 
 Writes are one activation (lane) per cycle, as the requantizer produces them; reads are one
 word per cycle, ``read_latency`` cycles after the request.
+
+The store is split into banks of at most ``BANK_DEPTH`` words, each read into a register
+before the bank multiplexer: a block RAM deeper than that would be cascaded in depth by the
+synthesis tool with a multiplexer straight after the RAM outputs, the slowest path of the
+engine on an ECP5.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from amaranth.lib.wiring import In, Out
 
 from .params import EngineParams
 
+#: Words per bank: one ECP5 EBR (1024 x 18) or Xilinx RAMB36 (1024 x 36) deep.
+BANK_DEPTH = 1024
+
 
 class LineBuffer(wiring.Component):
-    read_latency = 2
+    read_latency = 3
 
     def __init__(self, params: EngineParams):
         self._p = params
@@ -50,8 +58,15 @@ class LineBuffer(wiring.Component):
         p = self._p
         addr_shape = range(p.squeeze_depth + 1)
         m.submodules.bases = bases = memory.Memory(shape=addr_shape, depth=p.max_h, init=[])
-        m.submodules.store = store = memory.Memory(
-            shape=data.ArrayLayout(signed(p.bits), p.ic_lanes), depth=p.squeeze_depth, init=[])
+        word = data.ArrayLayout(signed(p.bits), p.ic_lanes)
+        n_banks = -(-p.squeeze_depth // BANK_DEPTH)
+        bank_depth = min(BANK_DEPTH, p.squeeze_depth)
+        banks = []
+        for b in range(n_banks):
+            depth = min(bank_depth, p.squeeze_depth - b * bank_depth)
+            banks.append(memory.Memory(shape=word, depth=depth, init=[]))
+            m.submodules[f"bank{b}"] = banks[-1]
+        bank_bits = (bank_depth - 1).bit_length()
         base_w = bases.write_port()
         base_rd = bases.read_port(domain="comb")
         base_wr = bases.read_port(domain="comb")
@@ -72,8 +87,10 @@ class LineBuffer(wiring.Component):
             with m.If(row + 1 >= self.rows):
                 m.d.sync += self.busy.eq(0)
 
-        # Writes: address registered, then one lane written.
-        wr = store.write_port(granularity=1)
+        def bank_of(addr):
+            return addr[bank_bits:] if n_banks > 1 else 0
+
+        # Writes: address registered, then one lane of one bank written.
         m.d.comb += base_wr.addr.eq(self.w_row)
         w_addr = Signal(addr_shape)
         w_lane = Signal.like(self.w_lane)
@@ -81,15 +98,28 @@ class LineBuffer(wiring.Component):
         w_en = Signal()
         m.d.sync += [w_addr.eq(base_wr.data + self.w_word), w_lane.eq(self.w_lane),
                      w_data.eq(self.w_data), w_en.eq(self.w_en)]
-        m.d.comb += wr.addr.eq(w_addr)
-        for lane in range(p.ic_lanes):
-            m.d.comb += [wr.data[lane].eq(w_data),
-                         wr.en[lane].eq(w_en & (w_lane == lane))]
-
-        # Reads: address registered, then the memory's own read register.
-        rd = store.read_port()
+        # Reads: address registered; every bank reads it; each bank's output registered;
+        # then the bank multiplexer.
         m.d.comb += base_rd.addr.eq(self.r_row)
         r_addr = Signal(addr_shape)
         m.d.sync += r_addr.eq(base_rd.data + self.r_word)
-        m.d.comb += [rd.addr.eq(r_addr), self.r_data.eq(rd.data)]
+        r_bank = Signal(range(n_banks + 1))
+        r_bank2 = Signal.like(r_bank)
+        m.d.sync += [r_bank.eq(bank_of(r_addr)), r_bank2.eq(r_bank)]
+        outputs = []
+        for b, bank in enumerate(banks):
+            wr = bank.write_port(granularity=1)
+            m.d.comb += wr.addr.eq(w_addr[:bank_bits])
+            for lane in range(p.ic_lanes):
+                m.d.comb += [wr.data[lane].eq(w_data),
+                             wr.en[lane].eq(w_en & (w_lane == lane) & (bank_of(w_addr) == b))]
+            rd = bank.read_port()
+            held = Signal(word, name=f"bank{b}_q")
+            m.d.comb += rd.addr.eq(r_addr[:bank_bits])
+            m.d.sync += held.eq(rd.data)
+            outputs.append(held)
+        with m.Switch(r_bank2):
+            for b, held in enumerate(outputs):
+                with m.Case(b):
+                    m.d.comb += self.r_data.eq(held)
         return m

@@ -1,0 +1,201 @@
+"""The board-independent accelerator: link layer, Fire engine, counters.
+
+``AcceleratorCore`` takes and gives a byte stream: the UART PHY on a board (``hw.top``), or
+a direct byte stream in the simulated board (``sim.board``), which is the only difference
+between the two.
+"""
+
+
+from amaranth import Cat, Module, ResetInserter, Signal
+from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .engine import FireEngine
+from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
+from .params import EngineParams, config_bits, qparam_bits
+from .protocol import (
+    COUNTER_FIELDS,
+    MAX_PAYLOAD,
+    RX_SLOTS,
+    Command,
+    Reply,
+    item_bytes,
+    pack_identity,
+)
+
+#: Cycles without any engine progress before the frame feeding it is dropped (44 ms at
+#: 96 MHz: a deadlock, since even at 115200 baud an output value leaves every 87 us).
+DEFAULT_STALL_CYCLES = 1 << 22
+
+_STRUCT_BITS = {"B": 8, "H": 16, "I": 32, "Q": 64}
+
+
+class AcceleratorCore(wiring.Component):
+    """Link layer plus Fire engine (see ``hw.link`` and ``hw.engine``).
+
+    ``rx``/``tx``: bytes from and to the host. ``uart_error``: pulses counted as UART errors.
+    ``busy``: the engine is running (a LED); ``active``: anything but waiting for the host.
+    """
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    uart_error: In(1)
+    busy: Out(1)
+    active: Out(1)
+
+    def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
+                 stall_cycles: int = DEFAULT_STALL_CYCLES):
+        self._p = params
+        self._clock_hz = clock_hz
+        self._baud = baud
+        self._stall = stall_cycles
+        super().__init__()
+
+    @property
+    def params(self) -> EngineParams:
+        return self._p
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        soft_reset = Signal()
+
+        def resettable(name, elaboratable):
+            m.submodules[name] = ResetInserter({"sync": soft_reset})(elaboratable)
+            return elaboratable
+
+        # ---- frames in
+        items = item_bytes(p)
+        m.submodules.receiver = rx = FrameReceiver(items)
+        wiring.connect(m, wiring.flipped(self.rx), rx.rx)
+        m.submodules.slots = slots = memory.Memory(shape=8, depth=RX_SLOTS * MAX_PAYLOAD,
+                                                   init=[])
+        slot_wr = slots.write_port()
+        slot_rd = slots.read_port()
+        m.d.comb += [slot_wr.addr.eq(rx.wr_addr), slot_wr.data.eq(rx.wr_data),
+                     slot_wr.en.eq(rx.wr_en)]
+        commits = resettable("commits", fifo.SyncFIFO(width=FrameMeta.size, depth=RX_SLOTS))
+        m.d.comb += [commits.w_en.eq(rx.commit.valid), commits.w_data.eq(rx.commit.payload),
+                     rx.commit.ready.eq(1)]
+
+        # ---- the engine and the executor feeding it
+        engine = resettable("engine", FireEngine(p))
+        widths = {Command.CONFIGURE: config_bits(p), Command.LOAD_WEIGHTS: p.weight_row_bits,
+                  Command.LOAD_QPARAMS: qparam_bits(p), Command.RUN_INPUT: p.ic_lanes * p.bits}
+        if p.bypass:
+            widths[Command.RUN_BYPASS] = p.bits
+        executor = resettable("executor", Executor(widths, self._stall))
+        m.d.comb += [
+            executor.job.valid.eq(commits.r_rdy), executor.job.payload.eq(commits.r_data),
+            commits.r_en.eq(executor.job.ready),
+            slot_rd.addr.eq(executor.rd_addr), executor.rd_data.eq(slot_rd.data),
+            executor.accepted.eq(engine.accepted), executor.refused.eq(engine.refused),
+            executor.error.eq(engine.error),
+        ]
+        targets = {Command.CONFIGURE: engine.cfg, Command.LOAD_WEIGHTS: engine.weights,
+                   Command.LOAD_QPARAMS: engine.qparams, Command.RUN_INPUT: engine.input}
+        if p.bypass:
+            targets[Command.RUN_BYPASS] = engine.bypass
+        progress = engine.output.valid & engine.output.ready
+        for cmd, target in targets.items():
+            source = executor.stream_for(cmd)
+            m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
+                         target.payload.eq(source.payload)]
+            progress = progress | (target.valid & target.ready)
+        m.d.comb += executor.progress.eq(progress)
+        slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
+        taken = Signal(RX_SLOTS)
+        with m.If(rx.commit.valid):
+            m.d.comb += taken.eq(1 << rx.commit.payload.slot if RX_SLOTS > 1 else 1)
+        with m.If(soft_reset):
+            m.d.sync += slot_free.eq((1 << RX_SLOTS) - 1)
+        with m.Else():
+            m.d.sync += slot_free.eq((slot_free & ~taken) | executor.release)
+        m.d.comb += [rx.slot_free.eq(slot_free & ~taken), self.busy.eq(engine.busy)]
+
+        # ---- replies: receiver errors, executor answers, the ACK of a RESET
+        replies = resettable("replies", fifo.SyncFIFO(width=ReplyReq.size, depth=8))
+        reset_ack = Signal()
+        reset_seq = Signal(8)
+        m.d.comb += soft_reset.eq(rx.reset)
+        with m.If(rx.reset):
+            m.d.sync += [reset_ack.eq(1), reset_seq.eq(rx.reset_seq)]
+        ack = Signal(ReplyReq)
+        m.d.comb += [ack.kind.eq(Reply.ACK), ack.seq.eq(reset_seq)]
+        with m.If(reset_ack & ~soft_reset):
+            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(ack)]
+            m.d.sync += reset_ack.eq(0)
+        with m.Elif(rx.reply.valid):
+            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(rx.reply.payload),
+                         rx.reply.ready.eq(1)]
+        with m.Elif(executor.reply.valid):
+            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(executor.reply.payload),
+                         executor.reply.ready.eq(replies.w_rdy)]
+
+        # ---- frames out
+        framer = resettable("framer", OutputFramer(p.bits))
+        m.submodules.outbuf = outbuf = memory.Memory(shape=8, depth=2 * MAX_PAYLOAD, init=[])
+        out_wr = outbuf.write_port()
+        out_rd = outbuf.read_port()
+        runs_seen = Signal.like(engine.runs)
+        m.d.sync += runs_seen.eq(engine.runs)
+        m.d.comb += [
+            framer.values.valid.eq(engine.output.valid),
+            framer.values.payload.eq(engine.output.payload),
+            engine.output.ready.eq(framer.values.ready),
+            framer.run_done.eq(engine.runs != runs_seen), framer.error.eq(engine.error),
+            framer.cycles.eq(engine.cycles), framer.runs.eq(engine.runs),
+            out_wr.addr.eq(framer.wr_addr), out_wr.data.eq(framer.wr_data),
+            out_wr.en.eq(framer.wr_en),
+        ]
+        jobs = resettable("jobs", fifo.SyncFIFO(width=TxJob.size, depth=4))
+        m.d.comb += [jobs.w_en.eq(framer.job.valid), jobs.w_data.eq(framer.job.payload),
+                     framer.job.ready.eq(jobs.w_rdy)]
+
+        counters = self._counters(m, rx, executor, engine)
+        identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
+                                 stall_cycles=self._stall)
+        tx = resettable("transmitter", Transmitter(identity, len(counters)))
+        half_free = Signal(2, init=0b11)
+        owned = Signal(2)
+        with m.If(framer.job.valid & jobs.w_rdy & (framer.job.payload.kind == Reply.OUTPUT)):
+            m.d.comb += owned.eq(Cat(~framer.job.payload.half, framer.job.payload.half))
+        with m.If(soft_reset):
+            m.d.sync += half_free.eq(0b11)
+        with m.Else():
+            m.d.sync += half_free.eq((half_free & ~owned) | tx.release)
+        m.d.comb += [
+            framer.half_free.eq(half_free & ~owned),
+            tx.replies.valid.eq(replies.r_rdy), tx.replies.payload.eq(replies.r_data),
+            replies.r_en.eq(tx.replies.ready),
+            tx.jobs.valid.eq(jobs.r_rdy), tx.jobs.payload.eq(jobs.r_data),
+            jobs.r_en.eq(tx.jobs.ready),
+            out_rd.addr.eq(tx.rd_addr), tx.rd_data.eq(out_rd.data),
+            tx.counters.eq(counters),
+            self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r_rdy
+                           | replies.r_rdy | jobs.r_rdy | reset_ack),
+        ]
+        wiring.connect(m, tx.tx, wiring.flipped(self.tx))
+        return m
+
+    def _counters(self, m, rx, executor, engine):
+        """Live counter values packed as ``COUNTER_FIELDS`` (little-endian)."""
+        def counter(width, pulse):
+            c = Signal(width)
+            with m.If(pulse):
+                m.d.sync += c.eq(c + 1)
+            return c
+
+        values = {
+            "cycles": engine.cycles, "runs": engine.runs, "error": engine.error,
+            "uptime": counter(64, 1), "frames": counter(32, rx.good_frame),
+            "bad_crc": counter(32, rx.bad_crc), "bad_header": counter(32, rx.bad_header),
+            "uart_errors": counter(32, self.uart_error), "stalls": counter(32, executor.stalled),
+        }
+        packed = Signal(sum(_STRUCT_BITS[c] for _, c in COUNTER_FIELDS))
+        offset = 0
+        for name, code in COUNTER_FIELDS:
+            width = _STRUCT_BITS[code]
+            m.d.comb += packed[offset:offset + width].eq(values[name])
+            offset += width
+        return packed

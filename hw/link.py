@@ -1,0 +1,530 @@
+"""The link layer in gateware: frames in, engine streams, frames out (``hw.protocol``).
+
+``FrameReceiver`` checks each frame's header and payload CRC and stores its payload in one
+of ``RX_SLOTS`` frame buffers; ``Executor`` plays stored frames, in order, into the engine's
+streams (or answers IDENTIFY / READ_COUNTERS); ``OutputFramer`` packs the engine's output
+into OUTPUT frames and closes each run with DONE; ``Transmitter`` sends replies and those
+frames with their CRCs. The receiver accepts a byte every cycle and never stalls (a UART has
+no backpressure): the host's window of ``RX_SLOTS`` unanswered frames keeps buffers free.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .protocol import CRC_INIT, CRC_POLY, MAX_PAYLOAD, RX_SLOTS, SYNC, Command, LinkError, Reply
+
+LEN_BITS = 16
+SLOT_BITS = (RX_SLOTS - 1).bit_length()
+PAYLOAD_ADDR_BITS = (MAX_PAYLOAD - 1).bit_length()
+
+
+def crc16_bytes(crc, data) -> Value:
+    """CRC-16/CCITT-FALSE of ``crc`` (a 16-bit value or int) after the bytes ``data``.
+
+    The CRC is linear: every result bit is the XOR of some bits of ``crc`` and the data,
+    worked out here in Python, so the gateware is one small XOR tree per bit.
+    """
+    # each state bit: (set of (source, bit) terms, constant)
+    if isinstance(crc, int):
+        state = [(frozenset(), (crc >> i) & 1) for i in range(16)]
+        sources = []
+    else:
+        state = [(frozenset({(0, i)}), 0) for i in range(16)]
+        sources = [crc]
+    for byte in data:
+        src = len(sources)
+        sources.append(byte)
+        for i in range(8):
+            top_terms, top_const = state[15]
+            fb = (top_terms ^ {(src, 7 - i)}, top_const)
+            new = [(frozenset(), 0)] + state[:15]
+            for k in range(16):
+                if (CRC_POLY >> k) & 1:
+                    t, c = new[k]
+                    new[k] = (t ^ fb[0], c ^ fb[1])
+            state = new
+    bits = []
+    for terms, const in state:
+        value = Const(const, 1)
+        for src, bit in sorted(terms):
+            value = value ^ sources[src][bit]
+        bits.append(value)
+    return Cat(*bits)
+
+
+def crc16_next(crc, byte) -> Value:
+    """CRC after one more byte."""
+    return crc16_bytes(crc, [byte])
+
+
+FrameMeta = data.StructLayout({"kind": 8, "seq": 8, "length": LEN_BITS, "slot": SLOT_BITS or 1})
+ReplyReq = data.StructLayout({"kind": 8, "seq": 8, "code": 8, "detail": 8})
+
+_COMMANDS = [c.value for c in Command]
+_NO_PAYLOAD = [Command.IDENTIFY, Command.READ_COUNTERS, Command.RESET]
+
+
+class FrameReceiver(wiring.Component):
+    """Hunts for SYNC, checks the header CRC, stores a good frame's payload, checks its CRC.
+
+    ``commit`` offers each intact frame (its slot then holds the payload); ``reply`` offers
+    error replies; ``reset`` pulses on an intact RESET frame (``reset_seq`` its sequence).
+    ``item_bytes`` maps data commands to their item size: a payload must hold whole items.
+    """
+
+    def __init__(self, item_bytes: dict[int, int]):
+        self._items = {int(k): v for k, v in item_bytes.items()}
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "slot_free": In(RX_SLOTS),
+            "wr_addr": Out(SLOT_BITS + PAYLOAD_ADDR_BITS),
+            "wr_data": Out(8),
+            "wr_en": Out(1),
+            "commit": Out(stream.Signature(FrameMeta)),
+            "reply": Out(stream.Signature(ReplyReq)),
+            "reset": Out(1),
+            "reset_seq": Out(8),
+            "good_frame": Out(1),
+            "bad_crc": Out(1),
+            "bad_header": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rx = self.rx
+        m.d.comb += rx.ready.eq(1)  # never stalls
+        byte = rx.payload
+        crc = Signal(16, init=CRC_INIT)
+        kind = Signal(8)
+        seq = Signal(8)
+        length = Signal(LEN_BITS)
+        count = Signal(LEN_BITS)
+        got = Signal(8)
+        item = Signal(range(max(self._items.values()) + 1))
+        item_size = Signal.like(item)
+        slot = Signal(SLOT_BITS or 1)
+        expected = Signal(8)  # the SEQ of the next frame in order
+        # offered replies and commits are held until taken (the core buffers them)
+        with m.If(self.reply.ready):
+            m.d.sync += self.reply.valid.eq(0)
+        with m.If(self.commit.ready):
+            m.d.sync += self.commit.valid.eq(0)
+
+        def reply(code, detail=0):
+            reply_seq(m, self, w_seq, code, detail)
+
+        # The last seven bytes, the newest in window[6]: a header is found wherever they are
+        # SYNC, kind, seq, length, and the CRC of the first five.
+        window = [Signal(8, name=f"win{i}") for i in range(7)]
+        filled = Signal(range(8))
+        new = window[1:] + [byte]  # the window once this byte is in
+        head_crc = crc16_bytes(CRC_INIT, new[:5])
+        header = Signal()
+        m.d.comb += header.eq((filled >= 6) & (new[0] == SYNC) & (Cat(new[5], new[6]) == head_crc))
+        w_kind, w_seq, w_length = new[1], new[2], Cat(new[3], new[4])
+
+        known = Cat(w_kind == c for c in _COMMANDS).any()
+        no_payload = Cat(w_kind == c for c in _NO_PAYLOAD).any()
+        with m.Switch(kind):
+            for cmd, size in self._items.items():
+                with m.Case(cmd):
+                    m.d.comb += item_size.eq(size)
+            with m.Default():
+                m.d.comb += item_size.eq(1)
+        slot_ok = self.slot_free.bit_select(slot, 1)
+
+        m.d.comb += [self.wr_addr.eq(Cat(count[:PAYLOAD_ADDR_BITS], slot)),
+                     self.wr_data.eq(byte)]
+        with m.FSM():
+            with m.State("HUNT"):
+                with m.If(rx.valid):
+                    m.d.sync += [w.eq(n) for w, n in zip(window, new, strict=True)]
+                    m.d.sync += [filled.eq(Mux(filled < 7, filled + 1, 7)), count.eq(0),
+                                 item.eq(0), crc.eq(CRC_INIT), kind.eq(w_kind),
+                                 seq.eq(w_seq), length.eq(w_length)]
+                    with m.If(~header):
+                        with m.If((filled >= 6) & (new[0] == SYNC)):
+                            m.d.comb += self.bad_header.eq(1)
+                    with m.Else():
+                        m.d.sync += filled.eq(0)  # a header consumes its bytes
+                        with m.If(~known):
+                            reply(LinkError.UNKNOWN_COMMAND)
+                        with m.Elif((w_length > MAX_PAYLOAD) | (no_payload & (w_length != 0))
+                                    | (~no_payload & (w_length == 0))):
+                            reply(LinkError.BAD_LENGTH)
+                        with m.Elif((w_kind != Command.RESET) & (w_seq != expected)):
+                            reply(LinkError.SEQUENCE, expected)
+                        with m.Elif((w_kind != Command.RESET) & ~slot_ok):
+                            reply(LinkError.NO_BUFFER)
+                        with m.Elif(w_length == 0):
+                            m.next = "PCRC0"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                with m.If(rx.valid):
+                    m.d.comb += self.wr_en.eq(1)
+                    m.d.sync += [crc.eq(crc16_next(crc, byte)), count.eq(count + 1),
+                                 item.eq(Mux(item + 1 == item_size, 0, item + 1))]
+                    with m.If(count + 1 == length):
+                        m.next = "PCRC0"
+            with m.State("PCRC0"):
+                with m.If(rx.valid):
+                    m.d.sync += got.eq(byte)
+                    m.next = "PCRC1"
+            with m.State("PCRC1"):
+                with m.If(rx.valid):
+                    with m.If(Cat(got, byte) != crc):
+                        m.d.comb += self.bad_crc.eq(1)
+                        reply_seq(m, self, seq, LinkError.BAD_CRC)
+                    with m.Elif(item != 0):
+                        reply_seq(m, self, seq, LinkError.BAD_LENGTH)
+                    with m.Elif(kind == Command.RESET):
+                        m.d.comb += [self.reset.eq(1), self.good_frame.eq(1)]
+                        m.d.sync += [self.reset_seq.eq(seq), expected.eq(seq + 1)]
+                    with m.Else():
+                        m.d.comb += self.good_frame.eq(1)
+                        m.d.sync += expected.eq(seq + 1)
+                        m.d.sync += [self.commit.valid.eq(1), self.commit.payload.kind.eq(kind),
+                                     self.commit.payload.seq.eq(seq),
+                                     self.commit.payload.length.eq(length),
+                                     self.commit.payload.slot.eq(slot)]
+                        if RX_SLOTS > 1:
+                            m.d.sync += slot.eq(slot + 1)
+                    m.next = "HUNT"
+        return m
+
+
+def reply_seq(m, rx, seq, code, detail=0):
+    """Offer an ERROR reply for frame ``seq`` on ``rx.reply``."""
+    m.d.sync += [rx.reply.valid.eq(1), rx.reply.payload.kind.eq(Reply.ERROR),
+                 rx.reply.payload.seq.eq(seq), rx.reply.payload.code.eq(code),
+                 rx.reply.payload.detail.eq(detail)]
+
+
+class Executor(wiring.Component):
+    """Plays stored frames, in order, into the engine's streams; answers each frame.
+
+    Data frames are read a byte at a time from their buffer and assembled into items
+    (little-endian) for the matching engine stream. A CONFIGURE frame is answered once the
+    engine has accepted or refused the configuration. An engine stream that takes nothing
+    for ``stall_cycles`` drops the rest of the frame (ERROR STALL), so a host that sends
+    frames out of order gets an answer, never a hung device. Any ``progress`` of the engine
+    (a beat taken or given on any stream) restarts the count: only a deadlock times out.
+    """
+
+    def __init__(self, engine_streams: dict[int, int], stall_cycles: int):
+        # engine_streams: command -> item width in bits
+        self._streams = {int(k): v for k, v in engine_streams.items()}
+        self._stall = stall_cycles
+        item_bytes = max(-(-w // 8) for w in self._streams.values())
+        members = {
+            "job": In(stream.Signature(FrameMeta)),
+            "rd_addr": Out(SLOT_BITS + PAYLOAD_ADDR_BITS),
+            "rd_data": In(8),
+            "release": Out(RX_SLOTS),  # pulses: this frame buffer is free again
+            "reply": Out(stream.Signature(ReplyReq)),
+            "accepted": In(1),  # the engine accepted a configuration (pulse)
+            "refused": In(1),  # the engine refused one (pulse); its code on ``error``
+            "error": In(8),
+            "progress": In(1),
+            "stalled": Out(1),
+            "idle": Out(1),
+        }
+        for cmd, width in self._streams.items():
+            members[f"s{cmd}"] = Out(stream.Signature(unsigned(width)))
+        self._item_bits = 8 * item_bytes
+        super().__init__(members)
+
+    def stream_for(self, command: int):
+        return getattr(self, f"s{int(command)}")
+
+    def elaborate(self, platform):
+        m = Module()
+        job = Signal(FrameMeta)
+        index = Signal(LEN_BITS)
+        item = Signal(self._item_bits)
+        item_fill = Signal(range(self._item_bits // 8 + 1))
+        stall = Signal(range(self._stall + 1))
+        with m.If(self.reply.ready):
+            m.d.sync += self.reply.valid.eq(0)
+
+        def answer(kind, code=0, detail=0):
+            m.d.sync += [self.reply.valid.eq(1), self.reply.payload.kind.eq(kind),
+                         self.reply.payload.seq.eq(job.seq), self.reply.payload.code.eq(code),
+                         self.reply.payload.detail.eq(detail)]
+
+        def release():
+            m.d.comb += self.release.eq(1 << job.slot if RX_SLOTS > 1 else 1)
+
+        item_bytes = Signal(range(self._item_bits // 8 + 1))
+        with m.Switch(job.kind):
+            for cmd, width in self._streams.items():
+                with m.Case(cmd):
+                    m.d.comb += item_bytes.eq(-(-width // 8))
+            with m.Default():
+                m.d.comb += item_bytes.eq(1)
+        m.d.comb += self.rd_addr.eq(Cat(index[:PAYLOAD_ADDR_BITS], job.slot))
+
+        # the stream of the current job offers the assembled item
+        offering = Signal()
+        taken = Signal()
+        for cmd, width in self._streams.items():
+            s = self.stream_for(cmd)
+            low = self._item_bits - 8 * -(-width // 8)
+            m.d.comb += [s.payload.eq(item[low:low + width]),
+                         s.valid.eq(offering & (job.kind == cmd))]
+            with m.If(job.kind == cmd):
+                m.d.comb += taken.eq(s.valid & s.ready)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.job.ready.eq(~self.reply.valid), self.idle.eq(1)]
+                with m.If(self.job.valid & ~self.reply.valid):
+                    m.d.sync += [job.eq(self.job.payload), index.eq(0), item_fill.eq(0),
+                                 stall.eq(0)]
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                with m.If(job.kind == Command.IDENTIFY):
+                    answer(Reply.IDENTITY)
+                    release()
+                    m.next = "IDLE"
+                with m.Elif(job.kind == Command.READ_COUNTERS):
+                    answer(Reply.COUNTERS)
+                    release()
+                    m.next = "IDLE"
+                with m.Elif((job.kind == Command.CONFIGURE)
+                            & (job.length != -(-self._streams[Command.CONFIGURE] // 8))):
+                    answer(Reply.ERROR, LinkError.BAD_LENGTH)
+                    release()
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "READ"
+            with m.State("READ"):  # the byte at ``index`` arrives next cycle
+                m.next = "BYTE"
+            with m.State("BYTE"):
+                # bytes shift in from the top: an item of n bytes ends in the top n bytes
+                m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), index.eq(index + 1)]
+                with m.If(item_fill + 1 == item_bytes):
+                    m.d.sync += [item_fill.eq(0), stall.eq(0)]
+                    m.next = "OFFER"
+                with m.Else():
+                    m.d.sync += item_fill.eq(item_fill + 1)
+                    m.next = "READ"
+            with m.State("OFFER"):
+                m.d.comb += offering.eq(1)
+                with m.If(taken):
+                    with m.If(job.kind == Command.CONFIGURE):
+                        m.d.sync += stall.eq(0)
+                        m.next = "VERDICT"
+                    with m.Elif(index == job.length):
+                        answer(Reply.ACK)
+                        release()
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "READ"
+                with m.Elif(stall == self._stall):
+                    m.d.comb += self.stalled.eq(1)
+                    answer(Reply.ERROR, LinkError.STALL)
+                    release()
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += stall.eq(Mux(self.progress, 0, stall + 1))
+            with m.State("VERDICT"):  # the engine checks the configuration
+                with m.If(self.accepted):
+                    answer(Reply.ACK)
+                    release()
+                    m.next = "IDLE"
+                with m.Elif(self.refused):
+                    answer(Reply.ERROR, LinkError.CONFIG, self.error)
+                    release()
+                    m.next = "IDLE"
+                with m.Elif(stall == self._stall):
+                    m.d.comb += self.stalled.eq(1)
+                    answer(Reply.ERROR, LinkError.STALL)
+                    release()
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += stall.eq(stall + 1)
+        return m
+
+
+TxJob = data.StructLayout({"kind": 8, "seq": 8, "length": LEN_BITS, "half": 1,
+                           "error": 8, "cycles": 32, "runs": 16})
+
+
+class OutputFramer(wiring.Component):
+    """Packs the engine's output values into OUTPUT frames; closes each run with DONE.
+
+    Values go into one half of a double buffer of ``MAX_PAYLOAD``-byte halves; a full half
+    (or the last bytes of a run) becomes a frame job for the transmitter, which returns the
+    half when sent. While both halves wait, the engine's output waits too.
+    """
+
+    def __init__(self, value_bits: int):
+        self._bits = value_bits
+        self._bytes = -(-value_bits // 8)
+        assert MAX_PAYLOAD % self._bytes == 0
+        super().__init__({
+            "values": In(stream.Signature(unsigned(value_bits))),
+            "run_done": In(1),  # pulse: the engine finished (or refused) a configuration
+            "error": In(8), "cycles": In(32), "runs": In(16),
+            "job": Out(stream.Signature(TxJob)),
+            "wr_addr": Out(1 + PAYLOAD_ADDR_BITS), "wr_data": Out(8), "wr_en": Out(1),
+            "half_free": In(2),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        half = Signal()
+        fill = Signal(range(MAX_PAYLOAD + 1))
+        seq = Signal(8)
+        value = Signal(8 * self._bytes)
+        part = Signal(range(self._bytes + 1))  # bytes of ``value`` still to write
+        done_pending = Signal()
+        done = Signal(TxJob)
+        with m.If(self.job.ready):
+            m.d.sync += self.job.valid.eq(0)
+        with m.If(self.run_done):
+            m.d.sync += [done_pending.eq(1), done.kind.eq(Reply.DONE), done.error.eq(self.error),
+                         done.cycles.eq(self.cycles), done.runs.eq(self.runs)]
+        half_ok = self.half_free.bit_select(half, 1)
+        m.d.comb += [self.wr_addr.eq(Cat(fill[:PAYLOAD_ADDR_BITS], half)),
+                     self.wr_data.eq(value[:8])]
+
+        def post(kind, length):
+            m.d.sync += [self.job.valid.eq(1), self.job.payload.kind.eq(kind),
+                         self.job.payload.seq.eq(seq), self.job.payload.length.eq(length),
+                         self.job.payload.half.eq(half), seq.eq(seq + 1)]
+
+        busy = self.job.valid
+        with m.If(part != 0):
+            # write the value's bytes, low first
+            m.d.comb += self.wr_en.eq(1)
+            m.d.sync += [value.eq(value >> 8), part.eq(part - 1), fill.eq(fill + 1)]
+        with m.Elif(busy):
+            pass
+        with m.Elif(fill == MAX_PAYLOAD):
+            post(Reply.OUTPUT, MAX_PAYLOAD)
+            m.d.sync += [half.eq(~half), fill.eq(0)]
+        with m.Elif(done_pending & (fill != 0)):
+            post(Reply.OUTPUT, fill)
+            m.d.sync += [half.eq(~half), fill.eq(0)]
+        with m.Elif(done_pending):
+            m.d.sync += [self.job.valid.eq(1), self.job.payload.eq(done),
+                         self.job.payload.seq.eq(seq), seq.eq(seq + 1), done_pending.eq(0)]
+        with m.Elif(half_ok):
+            m.d.comb += self.values.ready.eq(1)
+            with m.If(self.values.valid):
+                m.d.sync += [value.eq(self.values.payload), part.eq(self._bytes)]
+        return m
+
+
+class Transmitter(wiring.Component):
+    """Sends reply frames and the framer's jobs, computing both CRCs on the fly.
+
+    Replies (small, from ``replies``) go first. Payloads: ERROR ``[code, detail]``; IDENTITY
+    the ``identity`` bytes; COUNTERS the ``counters`` value, latched when the frame starts;
+    DONE ``[error, cycles, runs]``; OUTPUT from the output buffer half, which is returned
+    on ``release`` once sent.
+    """
+
+    def __init__(self, identity: bytes, counters_bits: int):
+        self._identity = identity
+        self._counters_bits = counters_bits
+        super().__init__({
+            "replies": In(stream.Signature(ReplyReq)),
+            "jobs": In(stream.Signature(TxJob)),
+            "tx": Out(stream.Signature(8)),
+            "rd_addr": Out(1 + PAYLOAD_ADDR_BITS), "rd_data": In(8),
+            "release": Out(2),
+            "counters": In(counters_bits),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        kind = Signal(8)
+        seq = Signal(8)
+        length = Signal(LEN_BITS)
+        job = Signal(TxJob)
+        is_output = Signal()
+        # payloads other than OUTPUT, as one little-endian value
+        small = Signal(max(8 * 7, self._counters_bits, 8 * len(self._identity)))
+        assert len(small) <= 8 * 128
+        index = Signal(LEN_BITS + 4)  # byte of the frame being sent
+        crc = Signal(16)
+        out = Signal(8)
+        identity = Const(int.from_bytes(self._identity, "little"), 8 * len(self._identity))
+        n_counters = self._counters_bits // 8
+        lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
+                   Reply.COUNTERS: n_counters}
+
+        m.d.comb += self.rd_addr.eq(Cat((index - 7)[:PAYLOAD_ADDR_BITS], job.half))
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.idle.eq(~self.replies.valid & ~self.jobs.valid)
+                with m.If(self.replies.valid):
+                    m.d.comb += self.replies.ready.eq(1)
+                    r = self.replies.payload
+                    m.d.sync += [kind.eq(r.kind), seq.eq(r.seq), is_output.eq(0),
+                                 small.eq(Mux(r.kind == Reply.COUNTERS, self.counters,
+                                              Mux(r.kind == Reply.IDENTITY, identity,
+                                                  Cat(r.code, r.detail))))]
+                    with m.Switch(r.kind):
+                        for k, n in lengths.items():
+                            with m.Case(k):
+                                m.d.sync += length.eq(n)
+                    m.next = "START"
+                with m.Elif(self.jobs.valid):
+                    m.d.comb += self.jobs.ready.eq(1)
+                    j = self.jobs.payload
+                    m.d.sync += [kind.eq(j.kind), seq.eq(j.seq), job.eq(j),
+                                 is_output.eq(j.kind == Reply.OUTPUT),
+                                 length.eq(Mux(j.kind == Reply.OUTPUT, j.length, 7)),
+                                 small.eq(Cat(j.error, j.cycles, j.runs))]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += [index.eq(0), crc.eq(CRC_INIT)]
+                m.next = "PREP"
+            with m.State("PREP"):  # choose byte ``index`` (an output byte is read now)
+                payload_index = index - 7
+                with m.If(index == 0):
+                    m.d.sync += out.eq(SYNC)
+                with m.Elif(index == 1):
+                    m.d.sync += out.eq(kind)
+                with m.Elif(index == 2):
+                    m.d.sync += out.eq(seq)
+                with m.Elif(index == 3):
+                    m.d.sync += out.eq(length[:8])
+                with m.Elif(index == 4):
+                    m.d.sync += out.eq(length[8:])
+                with m.Elif(index == 5):
+                    m.d.sync += out.eq(crc[:8])
+                with m.Elif(index == 6):
+                    m.d.sync += [out.eq(crc[8:]), crc.eq(CRC_INIT)]
+                with m.Elif(index < 7 + length):
+                    with m.If(~is_output):
+                        m.d.sync += out.eq(small.word_select(payload_index[:7], 8))
+                with m.Elif(index == 7 + length):
+                    m.d.sync += out.eq(crc[:8])
+                with m.Else():
+                    m.d.sync += out.eq(crc[8:])
+                m.next = "SEND"
+            with m.State("SEND"):
+                payload = (index >= 7) & (index < 7 + length)
+                byte = Mux(payload & is_output, self.rd_data, out)
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
+                with m.If(self.tx.ready):
+                    with m.If((index < 5) | payload):
+                        m.d.sync += crc.eq(crc16_next(crc, byte))
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index == 7 + length + 1):
+                        with m.If(is_output):
+                            m.d.comb += self.release.eq(Mux(job.half, 0b10, 0b01))
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "PREP"
+        return m

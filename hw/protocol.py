@@ -1,0 +1,224 @@
+"""The wire protocol between host and board: defined once, imported by the gateware
+(``hw.link``) and the driver (``sw.driver``).
+
+Every frame, either way::
+
+    SYNC  KIND  SEQ  LEN_LO LEN_HI  HCRC_LO HCRC_HI  PAYLOAD[LEN]  PCRC_LO PCRC_HI
+
+``HCRC`` is the CRC of the five bytes before it, ``PCRC`` the CRC of the payload (of no
+bytes when ``LEN`` is 0): CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF), which is
+Python's ``binascii.crc_hqx(data, 0xFFFF)``. A receiver hunts for ``SYNC`` and trusts a
+header only when its CRC matches, so it resynchronizes on the next frame after any garbage.
+
+Host to device, each frame is answered by exactly one reply with the same ``SEQ``: ``ACK``
+once the frame is consumed, or ``ERROR`` (bad payload CRC, unknown command, bad length, no
+free frame buffer, a refused configuration, an engine that stopped making progress, a frame
+out of order), or ``IDENTITY`` / ``COUNTERS``. The device accepts frames strictly in ``SEQ``
+order (go-back-N: after a dropped frame the host resends it and everything after it); a
+``RESET`` sets the order anew and is acted on as soon as it is received, even while other
+frames wait. The device holds ``rx_slots`` frames; the host keeps at most that many
+unanswered, so a UART without flow control is never overrun.
+
+Device to host, unasked: ``OUTPUT`` frames carry the engine's output values (their own
+``SEQ`` counts up), and ``DONE`` closes each accepted configuration with its status.
+
+Data frames hold whole items, little-endian: configuration words, weight rows, parameter
+entries, input words, bypass and output values (sizes in :func:`item_bytes`).
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import struct
+from dataclasses import dataclass
+
+from .params import EngineParams, config_bits, qparam_bits
+
+PROTOCOL_VERSION = 1
+SYNC = 0xA5
+HEADER_BYTES = 7
+CRC_BYTES = 2
+#: Largest payload of a frame (one frame buffer).
+MAX_PAYLOAD = 4096
+#: Frame buffers on the device: frames the host may send ahead of their replies.
+RX_SLOTS = 2
+CRC_POLY = 0x1021
+CRC_INIT = 0xFFFF
+
+
+class Command(enum.IntEnum):
+    """Host-to-device frame kinds."""
+
+    IDENTIFY = 0x01  #: reply IDENTITY: protocol version, clock, engine parameters
+    CONFIGURE = 0x02  #: one configuration word: start a load and/or a run
+    LOAD_WEIGHTS = 0x03  #: weight rows
+    LOAD_QPARAMS = 0x04  #: per-channel quantization parameters
+    RUN_INPUT = 0x05  #: input words of the running layer
+    RUN_BYPASS = 0x06  #: bypass values of the running layer
+    READ_COUNTERS = 0x07  #: reply COUNTERS
+    RESET = 0x08  #: reset engine and link state at once; reply ACK
+
+
+class Reply(enum.IntEnum):
+    """Device-to-host frame kinds."""
+
+    ACK = 0x81
+    ERROR = 0x82  #: payload: code (:class:`LinkError`), detail
+    IDENTITY = 0x83
+    COUNTERS = 0x84
+    OUTPUT = 0x85  #: output values
+    DONE = 0x86  #: payload: error, cycles (u32), runs (u16)
+
+
+class LinkError(enum.IntEnum):
+    """``ERROR`` reply codes; ``detail`` is the engine's ConfigError for CONFIG."""
+
+    BAD_CRC = 1  #: the payload CRC did not match: the frame was dropped
+    UNKNOWN_COMMAND = 2
+    BAD_LENGTH = 3  #: above MAX_PAYLOAD, or not whole items for the command
+    NO_BUFFER = 4  #: a frame arrived with every frame buffer full
+    CONFIG = 5  #: the engine refused the configuration (detail: ConfigError)
+    STALL = 6  #: the engine made no progress for ``stall_cycles``: the frame was dropped
+    SEQUENCE = 7  #: not the next frame in order (detail: the SEQ expected): dropped
+
+
+def crc16(data: bytes, crc: int = CRC_INIT) -> int:
+    return binascii.crc_hqx(bytes(data), crc)
+
+
+def encode_frame(kind: int, seq: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    head = struct.pack("<BBBH", SYNC, int(kind), seq & 0xFF, len(payload))
+    return (head + struct.pack("<H", crc16(head)) + bytes(payload)
+            + struct.pack("<H", crc16(payload)))
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    seq: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Host-side frame parser: feed bytes, collect frames; counts what it had to skip."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self.skipped = 0  #: bytes discarded while hunting for a valid header
+        self.bad_payloads = 0  #: frames whose payload CRC failed
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames = []
+        while True:
+            start = self._buf.find(SYNC)
+            if start < 0:
+                self.skipped += len(self._buf)
+                self._buf.clear()
+                return frames
+            if start:
+                self.skipped += start
+                del self._buf[:start]
+            if len(self._buf) < HEADER_BYTES:
+                return frames
+            head = bytes(self._buf[:5])
+            if struct.unpack("<H", self._buf[5:7])[0] != crc16(head):
+                self.skipped += 1
+                del self._buf[:1]
+                continue
+            _, kind, seq, length = struct.unpack("<BBBH", head)
+            if length > MAX_PAYLOAD:
+                self.skipped += 1
+                del self._buf[:1]
+                continue
+            end = HEADER_BYTES + length + CRC_BYTES
+            if len(self._buf) < end:
+                return frames
+            payload = bytes(self._buf[HEADER_BYTES:HEADER_BYTES + length])
+            pcrc = struct.unpack("<H", self._buf[end - 2:end])[0]
+            del self._buf[:end]
+            if pcrc != crc16(payload):
+                self.bad_payloads += 1
+                continue
+            frames.append(Frame(kind, seq, payload))
+
+
+def item_bytes(params: EngineParams) -> dict[int, int]:
+    """Bytes of one item of each data command (payloads hold whole items)."""
+    return {
+        Command.CONFIGURE: -(-config_bits(params) // 8),
+        Command.LOAD_WEIGHTS: -(-params.weight_row_bits // 8),
+        Command.LOAD_QPARAMS: -(-qparam_bits(params) // 8),
+        Command.RUN_INPUT: -(-(params.ic_lanes * params.bits) // 8),
+        Command.RUN_BYPASS: -(-params.bits // 8),
+    }
+
+
+def value_bytes(params: EngineParams) -> int:
+    """Bytes of one output value in OUTPUT frames."""
+    return -(-params.bits // 8)
+
+
+#: IDENTITY payload: these fields, then every EngineParams field as u32, in its order.
+IDENTITY_FIELDS = [("version", "H"), ("clock_hz", "I"), ("baud", "I"), ("max_payload", "H"),
+                   ("rx_slots", "B"), ("stall_cycles", "I")]
+
+#: COUNTERS payload.
+COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to last output
+                  ("runs", "I"),  # configurations the engine handled
+                  ("error", "B"),  # the engine's last ConfigError
+                  ("uptime", "Q"),  # clock cycles since power-up
+                  ("frames", "I"),  # frames received intact
+                  ("bad_crc", "I"),  # frames dropped for a payload CRC error
+                  ("bad_header", "I"),  # headers discarded while hunting
+                  ("uart_errors", "I"),  # UART framing errors and overruns
+                  ("stalls", "I")]  # frames dropped because the engine stopped taking data
+
+DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("runs", "H")]
+
+
+def _fmt(fields) -> str:
+    return "<" + "".join(code for _, code in fields)
+
+
+def pack_identity(params: EngineParams, *, clock_hz: int, baud: int,
+                  stall_cycles: int) -> bytes:
+    head = struct.pack(_fmt(IDENTITY_FIELDS), PROTOCOL_VERSION, clock_hz, baud, MAX_PAYLOAD,
+                       RX_SLOTS, stall_cycles)
+    values = [int(v) for v in params.to_dict().values()]
+    return head + struct.pack(f"<{len(values)}I", *values)
+
+
+@dataclass(frozen=True)
+class Identity:
+    version: int
+    clock_hz: int
+    baud: int
+    max_payload: int
+    rx_slots: int
+    stall_cycles: int
+    params: EngineParams
+
+
+def unpack_identity(payload: bytes) -> Identity:
+    fmt = _fmt(IDENTITY_FIELDS)
+    size = struct.calcsize(fmt)
+    head = struct.unpack(fmt, payload[:size])
+    names = EngineParams.field_names()
+    values = struct.unpack(f"<{len(names)}I", payload[size:size + 4 * len(names)])
+    fields = dict(zip(names, values, strict=True))
+    fields["bypass"] = bool(fields["bypass"])
+    return Identity(*head, params=EngineParams(**fields))
+
+
+def unpack_fields(fields, payload: bytes) -> dict:
+    fmt = _fmt(fields)
+    return dict(zip([n for n, _ in fields], struct.unpack(fmt, payload[:struct.calcsize(fmt)]),
+                    strict=True))
+
+
+def fields_size(fields) -> int:
+    return struct.calcsize(_fmt(fields))

@@ -1,0 +1,279 @@
+"""``Accelerator``: a Fire-engine device (a board, or the simulated board) from the host.
+
+    with Accelerator.open("/dev/ttyUSB1", baud=12_000_000) as acc:   # a board
+    with Accelerator.simulated() as acc:                              # the simulated board
+        acc.identify()                 # engine parameters, read from the device
+        out = acc.run_fire(layer, x)   # one Fire layer, tiled as the device needs
+        acc.counters()
+
+Tiles are planned from the parameters the device reports (``sw.tiling``), never from
+constants of the host's own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.params import EngineParams
+from hw.protocol import (
+    COUNTER_FIELDS,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Command,
+    Identity,
+    Reply,
+    item_bytes,
+    unpack_fields,
+    unpack_identity,
+    value_bytes,
+)
+from sw.ops import FireLayer
+from sw.tiling import FirePlan, Shape, lanes_to_ints
+
+from .errors import DeviceError, DriverError, OutputLost, PortError, ProtocolError
+from .link import Collected, Link
+
+
+@dataclass
+class FireResult:
+    output: np.ndarray  #: (H, W, E1 + E3) int
+    cycles: int  #: device cycles, summed over the runs (tiles)
+    runs: int
+    seconds: float  #: wall time of the whole exchange
+    bytes_down: int
+    bytes_up: int
+    payload_down: int
+    payload_up: int
+
+
+def _items(values: list[int], size: int) -> bytes:
+    return b"".join(int(v).to_bytes(size, "little", signed=False) for v in values)
+
+
+def _chunks(data: bytes, item: int) -> list[bytes]:
+    """Split into frame payloads of whole items."""
+    step = (MAX_PAYLOAD // item) * item
+    return [data[i:i + step] for i in range(0, len(data), step)]
+
+
+class Accelerator:
+    """A connected accelerator. Methods raise :class:`~sw.driver.errors.DriverError`s."""
+
+    def __init__(self, port, *, timeout: float = 10.0, retries: int = 4, run_retries: int = 2,
+                 closer=None, description: str = ""):
+        self.link = Link(port, timeout=timeout, retries=retries)
+        self.run_retries = run_retries
+        self.description = description
+        self._closer = closer
+        self._identity: Identity | None = None
+        self._loaded = None  # (layer id, shape, bypass) whose weights the device holds
+
+    # -- opening ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, port: str, baud: int = 12_000_000, **kw) -> Accelerator:
+        """Open a board on a serial port (resets it and reads its parameters)."""
+        import serial
+
+        try:
+            ser = serial.Serial(port, baudrate=baud, timeout=0.05, write_timeout=30)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortError(f"cannot open serial port {port}: {exc}") from None
+        acc = cls(ser, closer=ser.close, description=f"{port} at {baud} baud", **kw)
+        try:
+            acc.reset()
+            acc.identify()
+        except BaseException:
+            acc.close()
+            raise
+        return acc
+
+    @classmethod
+    def simulated(cls, board: str = "arty_a7", **kw) -> Accelerator:
+        """Start the simulated board (the core's RTL under Verilator, behind a pty)."""
+        from sim.board import SimulatedBoard
+
+        sim = SimulatedBoard(board).start()
+        try:
+            acc = cls.open(sim.port, sim.baud, **kw)
+        except BaseException:
+            sim.stop()
+            raise
+        inner = acc._closer
+
+        def close():
+            inner()
+            sim.stop()
+
+        acc._closer = close
+        acc.description = f"simulated {board} ({sim.port})"
+        acc.simulator = sim
+        return acc
+
+    def close(self) -> None:
+        if self._closer:
+            closer, self._closer = self._closer, None
+            closer()
+
+    def __enter__(self) -> Accelerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- commands -----------------------------------------------------------------------
+    def reset(self) -> None:
+        self.link.reset()
+        self._loaded = None
+
+    def identify(self) -> Identity:
+        frame = self._guard(lambda: self.link.request(Command.IDENTIFY))
+        if frame.kind != Reply.IDENTITY:
+            raise ProtocolError(f"IDENTIFY answered with {frame.kind:#x}")
+        ident = unpack_identity(frame.payload)
+        if ident.version != PROTOCOL_VERSION:
+            raise ProtocolError(f"device speaks protocol {ident.version}, this driver "
+                                f"{PROTOCOL_VERSION}")
+        self._identity = ident
+        self.link.window = ident.rx_slots
+        return ident
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity or self.identify()
+
+    @property
+    def params(self) -> EngineParams:
+        return self.identity.params
+
+    def counters(self) -> dict:
+        frame = self._guard(lambda: self.link.request(Command.READ_COUNTERS))
+        if frame.kind != Reply.COUNTERS:
+            raise ProtocolError(f"READ_COUNTERS answered with {frame.kind:#x}")
+        return unpack_fields(COUNTER_FIELDS, frame.payload)
+
+    def plan(self, shape: Shape, bypass: bool = False) -> FirePlan:
+        return FirePlan(self.params, shape, bypass=bypass)
+
+    # -- Fire layers --------------------------------------------------------------------
+    def run_fire(self, layer: FireLayer, x: np.ndarray, *, progress=None) -> FireResult:
+        """Run one Fire layer on ``x`` (H, W, Cin) int; returns its (H, W, E1+E3) output.
+
+        A run whose output came back incomplete or corrupted is run again (after a
+        device reset), at most ``run_retries`` times; it is never returned short.
+        """
+        x = np.asarray(x, dtype=np.int64)
+        cin, s, e1, e3 = layer.shape
+        h, w = x.shape[:2]
+        if x.shape[2] != cin:
+            raise DriverError(f"input has {x.shape[2]} channels, the layer expects {cin}")
+        plan = self.plan(Shape(h, w, cin, s, e1, e3), bypass=layer.bypass is not None)
+        for attempt in range(self.run_retries + 1):
+            try:
+                return self._guard(lambda: self._run_plan(plan, layer, x, progress))
+            except OutputLost:
+                if attempt == self.run_retries:
+                    raise
+                self.reset()
+        raise AssertionError("unreachable")
+
+    def _run_plan(self, plan: FirePlan, layer: FireLayer, x, progress) -> FireResult:
+        p, sizes = plan.p, item_bytes(plan.p)
+        stats0 = _snapshot(self.link.stats)
+        start = time.perf_counter()
+        outputs, cycles = [], 0
+        key = (id(layer), plan.shape, plan.bypass)
+        for tile in plan.tiles:
+            reuse = len(plan.tiles) == 1 and self._loaded == key
+            frames = [(Command.CONFIGURE, _items([plan.config(tile, layer, load=not reuse,
+                                                              compute=True)],
+                                                 sizes[Command.CONFIGURE]))]
+            if not reuse:
+                weights = _items(lanes_to_ints(plan.weight_rows(tile, layer), p.bits),
+                                 sizes[Command.LOAD_WEIGHTS])
+                frames += [(Command.LOAD_WEIGHTS, c)
+                           for c in _chunks(weights, sizes[Command.LOAD_WEIGHTS])]
+                qparams = _items(plan.qparams(tile, layer), sizes[Command.LOAD_QPARAMS])
+                frames += [(Command.LOAD_QPARAMS, c)
+                           for c in _chunks(qparams, sizes[Command.LOAD_QPARAMS])]
+            frames += self._data_frames(plan, tile, x)
+            self._loaded = None
+            expected = int(np.prod(plan.tile_output_shape(tile))) * value_bytes(p)
+            collect = Collected()
+            if progress is not None:
+                progress(0, len(frames))
+            self.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
+            done = collect.done[-1]
+            if done.error:
+                raise DeviceError(f"the device failed the run: error {done.error}",
+                                  code=done.error)
+            if len(collect.output) != expected:
+                raise OutputLost(f"expected {expected} output bytes, got "
+                                 f"{len(collect.output)}")
+            outputs.append(_values(bytes(collect.output), p.bits))
+            cycles += done.cycles
+            if progress is not None:
+                progress(len(frames), len(frames))
+        if len(plan.tiles) == 1:
+            self._loaded = key
+        stats = _snapshot(self.link.stats)
+        delta = {k: stats[k] - stats0[k] for k in stats}
+        return FireResult(plan.assemble(outputs), cycles, len(plan.tiles),
+                          time.perf_counter() - start, delta["bytes_down"], delta["bytes_up"],
+                          delta["payload_down"], delta["payload_up"])
+
+    def _data_frames(self, plan: FirePlan, tile, x) -> list[tuple[int, bytes]]:
+        """Input and bypass rows interleaved in the order the engine takes them: input rows
+        0 and 1, bypass row 0, input row 2, bypass row 1, ... (see docs/engine.md)."""
+        p, sizes = plan.p, item_bytes(plan.p)
+        h = plan.shape.h
+        rows_in, rows_byp = [], []
+        if tile.squeeze:
+            words = lanes_to_ints(plan.input_words(x), p.bits)
+            per_row = len(words) // h
+            rows_in = [_items(words[r * per_row:(r + 1) * per_row], sizes[Command.RUN_INPUT])
+                       for r in range(h)]
+        if plan.bypass:
+            values = plan.bypass_values(tile, x)
+            mask = (1 << p.bits) - 1
+            per_row = len(values) // h
+            rows_byp = [_items([int(v) & mask for v in values[r * per_row:(r + 1) * per_row]],
+                               sizes[Command.RUN_BYPASS]) for r in range(h)]
+        frames = []
+        for r in range(h + 1):
+            if rows_in and r < h:
+                frames += [(Command.RUN_INPUT, c)
+                           for c in _chunks(rows_in[r], sizes[Command.RUN_INPUT])]
+            if rows_byp and (r >= 1 or not rows_in):
+                row = r - 1 if rows_in else r
+                if 0 <= row < h:
+                    frames += [(Command.RUN_BYPASS, c)
+                               for c in _chunks(rows_byp[row], sizes[Command.RUN_BYPASS])]
+        return frames
+
+    def _guard(self, action):
+        """Run ``action``; on Ctrl-C, reset the device so the next command works."""
+        try:
+            return action()
+        except KeyboardInterrupt:
+            try:
+                self.reset()
+            except DriverError:
+                pass
+            raise
+
+
+def _values(data: bytes, bits: int) -> np.ndarray:
+    size = -(-bits // 8)
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, size).astype(np.int64)
+    v = np.zeros(len(raw), dtype=np.int64)
+    for i in range(size):
+        v |= raw[:, i] << (8 * i)
+    v &= (1 << bits) - 1
+    return np.where(v >> (bits - 1), v - (1 << bits), v)
+
+
+def _snapshot(stats) -> dict:
+    return dict(vars(stats))

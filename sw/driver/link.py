@@ -206,7 +206,7 @@ class Link:
         """RESET: the device drops everything; frame order and output SEQ start anew."""
         self.decoder = FrameDecoder()
         seq = self.seq
-        for attempt in range(self.retries + 1):
+        for _ in range(self.retries + 1):
             self._write(encode_frame(Command.RESET, seq))
             deadline = time.monotonic() + min(self.timeout, 2.0)
             while time.monotonic() < deadline:

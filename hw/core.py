@@ -44,8 +44,9 @@ class AcceleratorCore(wiring.Component):
     active: Out(1)
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, lut_multipliers: bool = False):
         self._p = params
+        self._lut_multipliers = lut_multipliers
         self._clock_hz = clock_hz
         self._baud = baud
         self._stall = stall_cycles
@@ -79,7 +80,7 @@ class AcceleratorCore(wiring.Component):
                      rx.commit.ready.eq(1)]
 
         # ---- the engine and the executor feeding it
-        engine = resettable("engine", FireEngine(p))
+        engine = resettable("engine", FireEngine(p, lut_multipliers=self._lut_multipliers))
         widths = {Command.CONFIGURE: config_bits(p), Command.LOAD_WEIGHTS: p.weight_row_bits,
                   Command.LOAD_QPARAMS: qparam_bits(p), Command.RUN_INPUT: p.ic_lanes * p.bits}
         if p.bypass:

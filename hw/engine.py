@@ -72,8 +72,9 @@ class FireEngine(wiring.Component):
     end or refused); ``accepted`` and ``refused`` pulse when a configuration is checked.
     """
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, *, lut_multipliers: bool = False):
         self._p = p = params
+        self._lut_multipliers = lut_multipliers
         members = {
             "cfg": In(stream.Signature(config_layout(p))),
             "weights": In(stream.Signature(unsigned(p.weight_row_bits))),
@@ -353,14 +354,18 @@ class FireEngine(wiring.Component):
                 m.next = "IDLE"
 
         # ---------------------------------------------------------------- sequencer
-        klim = Mux(phase == Kind.SQUEEZE, kc, ks)
-        glim = Mux(phase == Kind.SQUEEZE, gs, Mux(phase == Kind.EXPAND1, g1, g3))
-        k_last = k + 1 == klim
+        # loop limits minus one, set at configuration, so the "last" compares need no adder
+        kc_m1, ks_m1 = Signal.like(kc), Signal.like(ks)
+        gs_m1, g1_m1, g3_m1 = Signal.like(gs), Signal.like(g1), Signal.like(g3)
+        w_m1, h_m1 = Signal.like(w), Signal.like(h)
+        m.d.sync += [kc_m1.eq(kc - 1), ks_m1.eq(ks - 1), gs_m1.eq(gs - 1), g1_m1.eq(g1 - 1),
+                     g3_m1.eq(g3 - 1), w_m1.eq(w - 1), h_m1.eq(h - 1)]
+        k_last = k == Mux(phase == Kind.SQUEEZE, kc_m1, ks_m1)
         tap_last = (phase != Kind.EXPAND3) | ((tap_y == 2) & (tap_x == 2))
-        g_last = g + 1 == glim
+        g_last = g == Mux(phase == Kind.SQUEEZE, gs_m1, Mux(phase == Kind.EXPAND1, g1_m1, g3_m1))
         group_last = k_last & tap_last
         pixel_last = group_last & g_last & ((phase != Kind.EXPAND1) | (g3 == 0))
-        x_last = x + 1 == w
+        x_last = x == w_m1
         pixel_start = (g == 0) & (k == 0) & (tap_y == 0) & (tap_x == 0)
         need_input = (phase == Kind.SQUEEZE) & pixel_start
         input_ok = ~need_input | in_full.bit_select(in_slot_r, 1)
@@ -373,7 +378,7 @@ class FireEngine(wiring.Component):
         op_word = Signal(range(p.squeeze_depth + 1))
         op_pad = Signal()
         row_edge_top = ey == 0
-        row_edge_bot = ey + 1 == h
+        row_edge_bot = ey == h_m1
         col_left = x == 0
         col_right = x_last
         with m.If(phase == Kind.EXPAND3):
@@ -508,7 +513,8 @@ class FireEngine(wiring.Component):
         act = Mux(op5.squeeze, in_q2, lb_q)
         assert LineBuffer.read_latency == 3
 
-        m.submodules.array = array = MacArray(p, tag_bits=tag_layout.size)
+        m.submodules.array = array = MacArray(p, tag_bits=tag_layout.size,
+                                              lut_multipliers=self._lut_multipliers)
         ai = array.i.payload
         m.d.comb += [
             array.i.valid.eq(op5.valid),

@@ -71,7 +71,8 @@ class FrameReceiver(wiring.Component):
     """Hunts for SYNC, checks the header CRC, stores a good frame's payload, checks its CRC.
 
     ``commit`` offers each intact frame (its slot then holds the payload); ``reply`` offers
-    error replies; ``reset`` pulses on an intact RESET frame (``reset_seq`` its sequence).
+    error replies; ``reset`` pulses on an intact RESET frame (``reset_seq`` its sequence,
+    valid with the pulse).
     ``item_bytes`` maps data commands to their item size: a payload must hold whole items.
     """
 
@@ -182,8 +183,9 @@ class FrameReceiver(wiring.Component):
                     with m.Elif(item != 0):
                         reply_seq(m, self, seq, LinkError.BAD_LENGTH)
                     with m.Elif(kind == Command.RESET):
-                        m.d.comb += [self.reset.eq(1), self.good_frame.eq(1)]
-                        m.d.sync += [self.reset_seq.eq(seq), expected.eq(seq + 1)]
+                        m.d.comb += [self.reset.eq(1), self.good_frame.eq(1),
+                                     self.reset_seq.eq(seq)]
+                        m.d.sync += expected.eq(seq + 1)
                     with m.Else():
                         m.d.comb += self.good_frame.eq(1)
                         m.d.sync += expected.eq(seq + 1)

@@ -5,6 +5,11 @@ a row of ``oc_lanes x ic_lanes`` weights, and accumulates one dot product per ou
 ``first`` starts a new reduction and ``last`` ends it: ``latency`` cycles after a ``last``
 beat, ``o`` carries the ``oc_lanes`` sums. It never stalls; the engine reserves room for
 its results before issuing.
+
+``lut_multipliers`` builds the products from shifted partial products in the fabric instead
+of leaving them to the synthesis tool's DSP mapping: ECP5 multipliers are only combinational
+there (3.9 ns plus their routing), so this is how the ULX3S build meets 100 MHz. The two
+product registers stay where they are, so the latency is the same.
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ def tree_registers(terms: int) -> int:
 class MacArray(wiring.Component):
     """Time-shared multiply-accumulate array (see module docstring)."""
 
-    def __init__(self, params: EngineParams, tag_bits: int = 1):
+    def __init__(self, params: EngineParams, tag_bits: int = 1, *,
+                 lut_multipliers: bool = False):
         self._p = params
+        self._lut = lut_multipliers
         super().__init__({
             "i": In(stream.Signature(array_in_layout(params, tag_bits), always_ready=True)),
             "o": Out(stream.Signature(array_out_layout(params, tag_bits), always_ready=True)),
@@ -72,9 +79,12 @@ class MacArray(wiring.Component):
         for o in range(oc):
             terms = []
             for k in range(ic):
-                prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
-                prod_r = Signal.like(prod, name=f"pr{o}_{k}")
-                m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
+                prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}")
+                if self._lut:
+                    self._lut_multiply(m, d[k], w[o][k], prod_r, f"lm{o}_{k}")
+                else:
+                    prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
+                    m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
                 terms.append(prod_r)
             sums.append(self._adder_tree(m, terms, f"t{o}"))
         ctl_delay = 3 + tree_registers(ic)
@@ -92,6 +102,25 @@ class MacArray(wiring.Component):
         m.d.sync += tag_out.eq(tag)
         m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag_out)]
         return m
+
+    @staticmethod
+    def _lut_multiply(m, a, b, out, name):
+        """``out`` = ``a * b`` (both signed) two registers later, from partial products:
+        bit ``j`` of ``b`` selects ``a << j`` (the sign bit with negative weight); all but the
+        last adder level before the first register, the last level before the second."""
+        n = len(b)
+        terms = []
+        for j in range(n):
+            t = Signal(signed(len(a) + n + 1), name=f"{name}_pp{j}")
+            shifted = a.as_signed() << j
+            m.d.comb += t.eq(Mux(b[j], -shifted if j == n - 1 else shifted, 0))
+            terms.append(t)
+        while len(terms) > 2:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        half = [Signal(signed(len(a) + n + 1), name=f"{name}_h{i}") for i in range(len(terms))]
+        m.d.sync += [h.eq(t) for h, t in zip(half, terms, strict=True)]
+        m.d.sync += out.eq(sum(half[1:], half[0]))
 
     @staticmethod
     def _adder_tree(m, terms, name):

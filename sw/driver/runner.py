@@ -1,0 +1,82 @@
+"""Whole-network inference: the host runs conv1, the pools, conv10 and the average pool with
+the golden model; every Fire layer runs on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sw import ops
+from sw.quantize import QuantizedNetwork
+
+from .accelerator import Accelerator, FireResult
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    where: str  #: "device" or "host"
+    seconds: float
+    cycles: int | None = None
+    runs: int | None = None
+    match: bool | None = None  #: bit-exact with the golden model (with check=True)
+    shape: list[int] = field(default_factory=list)
+    fire: FireResult | None = None
+
+    def as_dict(self) -> dict:
+        d = {"name": self.name, "where": self.where, "seconds": self.seconds,
+             "cycles": self.cycles, "match": self.match, "shape": self.shape}
+        if self.fire is not None:
+            d.update(runs=self.fire.runs, bytes_down=self.fire.bytes_down,
+                     bytes_up=self.fire.bytes_up, payload_down=self.fire.payload_down,
+                     payload_up=self.fire.payload_up)
+        return d
+
+
+@dataclass
+class NetworkResult:
+    logits: np.ndarray  #: dequantized, float
+    layers: list[LayerRecord]
+    seconds: float
+
+    @property
+    def all_match(self) -> bool:
+        return all(r.match for r in self.layers if r.where == "device")
+
+    @property
+    def device_cycles(self) -> int:
+        return sum(r.cycles or 0 for r in self.layers if r.where == "device")
+
+
+def run_network(acc: Accelerator, qnet: QuantizedNetwork, image: np.ndarray, *,
+                check: bool = False, on_layer=None) -> NetworkResult:
+    """Infer one float HWC image; Fire layers on ``acc``. ``on_layer(record)`` after each."""
+    records: list[LayerRecord] = []
+    started = [time.perf_counter()]
+
+    def fire_on_device(name, layer, x):
+        result = acc.run_fire(layer, x)
+        match = None
+        if check:
+            match = bool(np.array_equal(result.output, ops.fire(x, layer, qnet.spec)))
+        records.append(LayerRecord(name, "device", result.seconds, result.cycles,
+                                   result.runs, match, list(result.output.shape), result))
+        return result.output
+
+    def after(name, x_in, y):
+        now = time.perf_counter()
+        if not records or records[-1].name != name:
+            records.append(LayerRecord(name, "host", now - started[0], shape=list(y.shape)))
+        else:
+            records[-1].seconds = now - started[0]
+        started[0] = now
+        if on_layer is not None:
+            on_layer(records[-1])
+
+    start = time.perf_counter()
+    out = qnet.forward(qnet.quantize_input(image), fire_executor=fire_on_device,
+                       on_layer=after)
+    return NetworkResult(qnet.dequantize_output(out), records, time.perf_counter() - start)

@@ -1,0 +1,26 @@
+"""The board top (UART PHY + link + engine) under cocotb, UART at the bit level."""
+
+from functools import cache
+
+import pytest
+from amaranth.back import verilog
+
+from hw.top import UartTop
+from sim.cocotb_runner import run_cocotb
+from sim.engine_configs import CONFIGS
+
+CLOCK_HZ, BAUD = 96_000_000, 12_000_000
+
+
+@cache
+def uart_top_verilog(config: str) -> str:
+    return verilog.convert(UartTop(CONFIGS[config], clock_hz=CLOCK_HZ, baud=BAUD),
+                           name="uart_top")
+
+
+@pytest.mark.parametrize("config", ["arty_a7", "small4"])
+def test_board_top(config, request):
+    run_cocotb(name=f"board_{config}", verilog=uart_top_verilog(config), toplevel="uart_top",
+               test_module="sim.tb_board", sim=request.config.getoption("--sim"),
+               extra_env={"BOARD_CONFIG": config, "BOARD_CLOCK_HZ": str(CLOCK_HZ),
+                          "BOARD_BAUD": str(BAUD)})

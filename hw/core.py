@@ -6,7 +6,7 @@ between the two.
 """
 
 
-from amaranth import Cat, Module, ResetInserter, Signal
+from amaranth import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,9 +23,11 @@ from .protocol import (
     pack_identity,
 )
 
-#: Cycles without any engine progress before the frame feeding it is dropped (44 ms at
-#: 96 MHz: a deadlock, since even at 115200 baud an output value leaves every 87 us).
-DEFAULT_STALL_CYCLES = 1 << 22
+#: Cycles without any engine progress, while a frame waits for the engine, before that frame
+#: is dropped (11 ms at 96 MHz). Frames arrive in the order the engine takes them, and a
+#: running engine moves a value at least every 87 us even at 115200 baud: a wait this long
+#: is a deadlock (frames out of order), not a slow link.
+DEFAULT_STALL_CYCLES = 1 << 20
 
 _STRUCT_BITS = {"B": 8, "H": 16, "I": 32, "Q": 64}
 
@@ -138,8 +140,9 @@ class AcceleratorCore(wiring.Component):
         m.submodules.outbuf = outbuf = memory.Memory(shape=8, depth=2 * MAX_PAYLOAD, init=[])
         out_wr = outbuf.write_port()
         out_rd = outbuf.read_port()
+        # reset with the engine: a RESET must not look like the end of a run
         runs_seen = Signal.like(engine.runs)
-        m.d.sync += runs_seen.eq(engine.runs)
+        m.d.sync += runs_seen.eq(Mux(soft_reset, 0, engine.runs))
         m.d.comb += [
             framer.values.valid.eq(engine.output.valid),
             framer.values.payload.eq(engine.output.payload),

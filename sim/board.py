@@ -66,6 +66,8 @@ class SimulatedBoard:
         if self._proc is not None:
             if self._proc.stdin:
                 self._proc.stdin.close()  # the harness exits when its stdin closes
+            if self._proc.stdout:
+                self._proc.stdout.close()
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

@@ -156,33 +156,40 @@ class Link:
             now = time.monotonic()
             if frames_in:
                 last_progress = now
+            go_back = None  # the oldest frame the device dropped: resend from there
             for frame in frames_in:
                 if frame.kind in (Reply.OUTPUT, Reply.DONE):
                     self._side_frame(frame, collect)
                     continue
                 i = next((k for k in range(base, sent) if seq_of(k) == frame.seq), None)
-                if i is None:
-                    continue  # an answer to a frame already settled (a resend's twin)
+                if i is None or (go_back is not None and i >= go_back):
+                    continue  # settled already, or about to be sent again
                 if frame.kind == Reply.ERROR:
                     code, detail = frame.payload[0], frame.payload[1]
                     if code in _RESEND:
-                        self.stats.resends += sent - i
-                        sent = i  # go back: resend it and everything after it
-                        break
-                    if code == LinkError.SEQUENCE:
+                        go_back = i
+                    elif code == LinkError.SEQUENCE:
+                        # the device expects frame ``expected``: everything before it was
+                        # taken (their answers were lost), everything after must follow it
                         expected = (detail - first_seq) & 0xFF
-                        if base <= expected <= sent and expected > i:
-                            for k in range(base, expected):  # done, answers lost
-                                pending[k].reply = pending[k].reply or Frame(Reply.ACK,
-                                                                             seq_of(k), b"")
-                        self.stats.resends += max(0, sent - max(expected, base))
-                        sent = max(base, min(expected, sent))
-                        break
-                    raise self._device_error(name(i), code, detail)
+                        if i < expected <= sent:
+                            for k in range(base, expected):
+                                if pending[k].reply is None:
+                                    pending[k].reply = Frame(Reply.ACK, seq_of(k), b"")
+                        elif base <= expected < sent:
+                            go_back = expected
+                        else:
+                            go_back = i
+                    else:
+                        raise self._device_error(name(i), code, detail)
+                    continue
                 pending[i].reply = frame
-                while base < len(pending) and pending[base].reply is not None:
-                    self.stats.payload_down += len(pending[base].payload)
-                    base += 1
+            while base < len(pending) and pending[base].reply is not None:
+                self.stats.payload_down += len(pending[base].payload)
+                base += 1
+            if go_back is not None and go_back >= base:
+                self.stats.resends += sent - go_back
+                sent = go_back
             if now - last_progress > self.timeout:
                 if base < len(pending):
                     if pending[base].tries > self.retries:

@@ -1,0 +1,228 @@
+"""The host driver end to end through the simulated board (the core's RTL under Verilator,
+behind a pty), with faults injected on the transport: every fault is detected and then
+retried or reported; a wrong result is never returned."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from hw.protocol import Command
+from sim.fire_cases import random_fire, random_input
+from sw import ops
+from sw.driver import Accelerator, CRCError, DeviceError, LinkTimeout, OutputLost
+from sw.driver.__main__ import main as driver_main
+
+
+class FaultyPort:
+    """A serial port with faults: ``corrupt_writes``/``drop_writes`` name the write calls
+    (host to device) to damage, ``corrupt_reads`` the read calls (device to host), and
+    ``stall`` makes the device deaf and mute; ``interrupt_after`` raises KeyboardInterrupt
+    on that write, as Ctrl-C would."""
+
+    def __init__(self, port):
+        self.port = port
+        self.writes = self.reads = 0
+        self.corrupt_writes: set[int] = set()
+        self.drop_writes: set[int] = set()
+        self.corrupt_reads: set[int] = set()
+        self.stall = False
+        self.interrupt_after = None
+
+    @property
+    def in_waiting(self):
+        return self.port.in_waiting
+
+    @property
+    def timeout(self):
+        return self.port.timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        self.port.timeout = value
+
+    def write(self, data):
+        self.writes += 1
+        if self.interrupt_after is not None and self.writes >= self.interrupt_after:
+            self.interrupt_after = None
+            raise KeyboardInterrupt
+        if self.stall:
+            return len(data)
+        data = bytearray(data)
+        if self.writes in self.corrupt_writes and len(data) > 9:
+            data[len(data) // 2] ^= 0x5A
+        if self.writes in self.drop_writes and len(data) > 20:
+            del data[10:15]
+        return self.port.write(bytes(data))
+
+    def read(self, n):
+        data = self.port.read(n)
+        if self.stall:
+            return b""
+        if data:
+            self.reads += 1
+            if self.reads in self.corrupt_reads:
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0xFF
+                data = bytes(data)
+        return data
+
+    def close(self):
+        self.port.close()
+
+
+@pytest.fixture(scope="module")
+def board():
+    acc = Accelerator.simulated(timeout=3.0, retries=3)
+    faulty = FaultyPort(acc.link.port)
+    acc.link.port = faulty
+    yield acc, faulty
+    acc.close()
+
+
+@pytest.fixture
+def acc(board):
+    acc, faulty = board
+    faulty.corrupt_writes.clear()
+    faulty.drop_writes.clear()
+    faulty.corrupt_reads.clear()
+    faulty.stall = False
+    faulty.interrupt_after = None
+    acc.link.timeout = 3.0
+    acc.reset()
+    return acc, faulty
+
+
+def layer_case(seed, shape=(4, 5, 128, 32, 128, 128), bypass=False):
+    rng = np.random.default_rng(seed)
+    h, w, cin, s, e1, e3 = shape
+    layer = random_fire(rng, cin, s, e1, e3, bypass=bypass)
+    x = random_input(rng, h, w, cin)
+    return layer, x, ops.fire(x, layer)
+
+
+def test_identify_reads_the_engine_parameters(acc):
+    a, _ = acc
+    ident = a.identify()
+    assert ident.params.lanes == 80 and ident.clock_hz == 96_000_000
+    assert ident.rx_slots >= 1 and ident.max_payload == 4096
+
+
+def test_layers_bit_exact_single_and_tiled(acc):
+    a, _ = acc
+    for seed, shape, bypass in [(1, (4, 5, 128, 32, 128, 128), False),
+                                (2, (3, 3, 512, 64, 256, 256), True)]:
+        layer, x, want = layer_case(seed, shape, bypass)
+        r = a.run_fire(layer, x)
+        np.testing.assert_array_equal(r.output, want)
+        assert r.cycles > 0 and r.runs == (1 if shape[2] == 128 else 3)
+    c = a.counters()
+    assert c["runs"] >= 3 and c["bad_crc"] == 0
+
+
+def test_corrupted_bytes_to_the_device_are_resent(acc):
+    a, faulty = acc
+    layer, x, want = layer_case(3)
+    faulty.corrupt_writes.update({faulty.writes + 3, faulty.writes + 7})
+    before = a.link.stats.resends
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+    assert a.link.stats.resends > before
+    assert a.counters()["bad_crc"] >= 2
+
+
+def test_dropped_bytes_to_the_device_are_resent(acc):
+    a, faulty = acc
+    layer, x, want = layer_case(4)
+    faulty.drop_writes.add(faulty.writes + 4)
+    before = a.link.stats.resends
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+    assert a.link.stats.resends > before
+
+
+def test_corrupted_output_is_never_returned(acc):
+    a, faulty = acc
+    layer, x, want = layer_case(5)
+    # damage what comes back: the run is detected as incomplete and run again
+    faulty.corrupt_reads.update({faulty.reads + 5, faulty.reads + 9})
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+    # damage every read: no result at all rather than a wrong one
+    a.run_retries, saved = 1, a.run_retries
+    try:
+        faulty.corrupt_reads.update(range(faulty.reads + 1, faulty.reads + 100000))
+        with pytest.raises((OutputLost, LinkTimeout, CRCError)):
+            a.run_fire(layer, x)
+    finally:
+        a.run_retries = saved
+        faulty.corrupt_reads.clear()
+
+
+def test_a_stalled_device_times_out_naming_the_command(acc):
+    a, faulty = acc
+    a.link.timeout = 0.5
+    faulty.stall = True
+    with pytest.raises(LinkTimeout, match="READ_COUNTERS"):
+        a.counters()
+    faulty.stall = False
+    a.reset()
+    assert a.counters()["error"] == 0
+
+
+def test_device_error_names_the_field(acc):
+    a, _ = acc
+    layer, x, _ = layer_case(6, (8, 8, 64, 16, 64, 64))
+    real = a.identity
+    # a host that believes the engine is bigger than it is (63 rows packs like 56): the
+    # device still refuses
+    big = dataclasses.replace(real, params=real.params.replace(max_h=63))
+    a._identity = big
+    try:
+        xx = np.concatenate([x] * 8, axis=0)[:60]  # 60 rows > max_h = 56
+        with pytest.raises(DeviceError, match="h: height is 0 or above max_h") as info:
+            a.run_fire(layer, xx)
+        assert info.value.field == "h"
+    finally:
+        a._identity = real
+    a.reset()
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, ops.fire(x, layer))
+
+
+def test_ctrl_c_leaves_the_device_usable(acc):
+    a, faulty = acc
+    layer, x, want = layer_case(7)
+    faulty.interrupt_after = faulty.writes + 6
+    with pytest.raises(KeyboardInterrupt):
+        a.run_fire(layer, x)
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+
+
+def test_out_of_order_frames_get_a_stall_or_error_not_a_hang(acc):
+    a, _ = acc
+    a.link.timeout = 30.0  # the device's stall timeout is 2**20 cycles of simulation
+    # input for a layer that was never configured: the device answers (no hang)
+    with pytest.raises(DeviceError, match="no progress during RUN_INPUT"):
+        a.link.request(Command.RUN_INPUT, bytes(16))
+    a.reset()
+    assert a.counters()["stalls"] >= 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert driver_main(["info", "--port", str(tmp_path / "ttyNOPE")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open serial port") and err.count("\n") == 1
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert driver_main(["infer", "--port", str(tmp_path / "x"), "--image",
+                        str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable PNG or JPEG" in err and err.count("\n") == 1
+    np.savez(tmp_path / "w.npz", junk=np.zeros(3))
+    assert driver_main(["infer", "--weights", str(tmp_path / "w.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit squeezenet1_1" in err and err.count("\n") == 1
+
+
+def test_cli_run_fire_json(capsys):
+    assert driver_main(["run-fire", "--layer", "fire9", "--input", "96", "--calib", "2",
+                        "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["match"] is True and out["runs"] == 3 and out["cycles"] > 0

@@ -81,10 +81,11 @@ def wide_multiply(m: Module, a, b, name: str = "mul"):
     return p, latency
 
 
-def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"):
-    """``clamp(z + round_half_up(value / 2**shift), lo, act_max)``, pipelined.
+def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq", hi=None):
+    """``clamp(z + round_half_up(value / 2**shift), lo, hi)``, pipelined (``hi`` defaults to
+    the largest activation).
 
-    ``shift`` is 1 to 63. Returns ``(y, latency)``; ``shift``, ``z`` and ``lo`` must be
+    ``shift`` is 1 to 63. Returns ``(y, latency)``; ``shift``, ``z``, ``lo`` and ``hi`` must be
     aligned with ``value`` (they are sampled in the same cycle).
     """
     sm1 = Signal(6, name=f"{name}_sm1")
@@ -103,10 +104,11 @@ def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"
     rc = Signal(signed(spec.bits + 2), name=f"{name}_rc")
     m.d.sync += rc.eq(Mux(r > bound, bound, Mux(r < -bound, -bound, r)))
     z_d, lo_d = delay(m, z, 3, f"{name}_z"), delay(m, lo, 3, f"{name}_lo")
+    hi_d = spec.act_max if hi is None else delay(m, hi, 3, f"{name}_hi")
     total = Signal(signed(spec.bits + 3), name=f"{name}_t")
     m.d.comb += total.eq(z_d + rc)
     y = Signal(signed(spec.bits), name=f"{name}_y")
-    m.d.sync += y.eq(Mux(total > spec.act_max, spec.act_max, Mux(total < lo_d, lo_d, total)))
+    m.d.sync += y.eq(Mux(total > hi_d, hi_d, Mux(total < lo_d, lo_d, total)))
     return y, ROUND_LATENCY
 
 
@@ -118,6 +120,7 @@ def requant_in_layout(spec: QuantSpec, acc_bits: int, tag_bits: int) -> data.Str
         "shift": unsigned(SHIFT_MAX.bit_length()),
         "z": signed(spec.bits),
         "relu": 1,
+        "hi": signed(spec.bits),  # ceiling of the result (the largest activation normally)
         "tag": unsigned(max(1, tag_bits)),
     })
 
@@ -130,8 +133,8 @@ class Requantizer(wiring.Component):
     """Per-channel requantization of one accumulator per cycle.
 
     ``i``: ``acc`` (the sum, at most ``acc_bits``), per-channel ``bias``, ``mult``, ``shift``,
-    the output zero point ``z``, ``relu``, and a ``tag`` carried through unchanged.
-    ``o``: ``y = clamp(z + round((acc + bias) * mult / 2**shift), z if relu else min, max)``,
+    the output zero point ``z``, ``relu``, the ceiling ``hi``, and a ``tag`` carried through.
+    ``o``: ``y = clamp(z + round((acc + bias) * mult / 2**shift), z if relu else min, hi)``,
     ``latency`` cycles later.
     """
 
@@ -159,9 +162,10 @@ class Requantizer(wiring.Component):
         shift = delay(m, p.shift, lead, "shift")
         z = delay(m, p.z, lead, "z")
         relu = delay(m, p.relu, lead, "relu")
+        hi = delay(m, p.hi, lead, "hi")
         lo = Signal(signed(spec.bits))
         m.d.comb += lo.eq(Mux(relu, z, spec.act_min))
-        y, tail = round_shift_clamp(m, prod, shift, z, lo, spec)
+        y, tail = round_shift_clamp(m, prod, shift, z, lo, spec, hi=hi)
         assert lead + tail == self.latency
         m.d.comb += [
             self.o.valid.eq(delay(m, self.i.valid, self.latency, "valid")),

@@ -570,8 +570,10 @@ class FireEngine(wiring.Component):
         r_acc = Signal(signed(p.acc_bits))
         r_tag = Signal(rq_tag)
         r_sq = Signal()
+        r_kind = Signal(Kind)
         m.d.sync += [
             r_valid.eq(can_rq), r_sq.eq(is_sq), r_qaddr.eq(qbase + channel),
+            r_kind.eq(head.tag.kind),
             r_acc.eq(head.acc[lane] if OC > 1 else head.acc[0]),
             r_tag.squeeze.eq(is_sq), r_tag.group_end.eq(lane_last),
             r_tag.row.eq(head.tag.row),
@@ -583,20 +585,25 @@ class FireEngine(wiring.Component):
         r2_acc = Signal.like(r_acc)
         r2_tag = Signal.like(r_tag)
         r2_sq = Signal()
-        m.d.sync += [r2_valid.eq(r_valid), r2_acc.eq(r_acc), r2_tag.eq(r_tag), r2_sq.eq(r_sq)]
+        r2_kind = Signal(Kind)
+        m.d.sync += [r2_valid.eq(r_valid), r2_acc.eq(r_acc), r2_tag.eq(r_tag), r2_sq.eq(r_sq),
+                     r2_kind.eq(r_kind)]
         q_valid = Signal()
         q_data = Signal.like(q_rd.data)
         q_acc = Signal.like(r_acc)
         q_tag = Signal.like(r_tag)
         q_sq = Signal()
+        q_kind = Signal(Kind)
         m.d.sync += [q_valid.eq(r2_valid), q_data.eq(q_rd.data), q_acc.eq(r2_acc),
-                     q_tag.eq(r2_tag), q_sq.eq(r2_sq)]
+                     q_tag.eq(r2_tag), q_sq.eq(r2_sq), q_kind.eq(r2_kind)]
         ri = rq.i.payload
         m.d.comb += [
             rq.i.valid.eq(q_valid),
             ri.acc.eq(q_acc), ri.bias.eq(q_data.bias), ri.mult.eq(q_data.mult),
             ri.shift.eq(q_data.shift), ri.z.eq(Mux(q_sq, cfg.z_sq, cfg.z_out)),
             ri.relu.eq(1), ri.tag.eq(q_tag),
+            ri.hi.eq(Mux(q_kind == Kind.SQUEEZE, p.spec.act_max,
+                         Mux(q_kind == Kind.EXPAND1, cfg.e1_max, cfg.e3_max))),
         ]
         rq_in_flight = Signal(range(rq.latency + 4))
         m.d.sync += rq_in_flight.eq(rq_in_flight + q_valid - rq.o.valid)

@@ -281,12 +281,18 @@ class Executor(wiring.Component):
             with m.If(job.kind == cmd):
                 m.d.comb += taken.eq(s.valid & s.ready)
 
+        # Bytes stream from the frame buffer one per cycle (the read lands a cycle later),
+        # shifting into ``item``; a complete item is offered, and reading pauses meanwhile.
+        pending = Signal()  # a byte read last cycle arrives now
+        fill = item_fill
+        full = fill == item_bytes
+        read = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [self.job.ready.eq(~self.reply.valid), self.idle.eq(1)]
                 with m.If(self.job.valid & ~self.reply.valid):
                     m.d.sync += [job.eq(self.job.payload), index.eq(0), item_fill.eq(0),
-                                 stall.eq(0)]
+                                 stall.eq(0), pending.eq(0)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(job.kind == Command.IDENTIFY):
@@ -303,37 +309,32 @@ class Executor(wiring.Component):
                     release()
                     m.next = "IDLE"
                 with m.Else():
-                    m.next = "READ"
-            with m.State("READ"):  # the byte at ``index`` arrives next cycle
-                m.next = "BYTE"
-            with m.State("BYTE"):
-                # bytes shift in from the top: an item of n bytes ends in the top n bytes
-                m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), index.eq(index + 1)]
-                with m.If(item_fill + 1 == item_bytes):
-                    m.d.sync += [item_fill.eq(0), stall.eq(0)]
-                    m.next = "OFFER"
-                with m.Else():
-                    m.d.sync += item_fill.eq(item_fill + 1)
-                    m.next = "READ"
-            with m.State("OFFER"):
-                m.d.comb += offering.eq(1)
-                with m.If(taken):
-                    with m.If(job.kind == Command.CONFIGURE):
-                        m.d.sync += stall.eq(0)
-                        m.next = "VERDICT"
-                    with m.Elif(index == job.length):
-                        answer(Reply.ACK)
+                    m.next = "STREAM"
+            with m.State("STREAM"):
+                m.d.comb += read.eq((index < job.length) & (fill + pending < item_bytes))
+                m.d.sync += pending.eq(read)
+                with m.If(read):
+                    m.d.sync += index.eq(index + 1)
+                with m.If(pending):
+                    # bytes shift in from the top: an item of n bytes ends in the top n bytes
+                    m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), fill.eq(fill + 1)]
+                with m.If(full):
+                    m.d.comb += offering.eq(1)
+                    with m.If(taken):
+                        m.d.sync += [fill.eq(0), stall.eq(0)]
+                        with m.If(job.kind == Command.CONFIGURE):
+                            m.next = "VERDICT"
+                        with m.Elif(index == job.length):
+                            answer(Reply.ACK)
+                            release()
+                            m.next = "IDLE"
+                    with m.Elif(stall == self._stall):
+                        m.d.comb += self.stalled.eq(1)
+                        answer(Reply.ERROR, LinkError.STALL)
                         release()
                         m.next = "IDLE"
                     with m.Else():
-                        m.next = "READ"
-                with m.Elif(stall == self._stall):
-                    m.d.comb += self.stalled.eq(1)
-                    answer(Reply.ERROR, LinkError.STALL)
-                    release()
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += stall.eq(Mux(self.progress, 0, stall + 1))
+                        m.d.sync += stall.eq(Mux(self.progress, 0, stall + 1))
             with m.State("VERDICT"):  # the engine checks the configuration
                 with m.If(self.accepted):
                     answer(Reply.ACK)
@@ -458,13 +459,17 @@ class Transmitter(wiring.Component):
         assert len(small) <= 8 * 128
         index = Signal(LEN_BITS + 4)  # byte of the frame being sent
         crc = Signal(16)
-        out = Signal(8)
         identity = Const(int.from_bytes(self._identity, "little"), 8 * len(self._identity))
         n_counters = self._counters_bits // 8
         lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
                    Reply.COUNTERS: n_counters}
 
-        m.d.comb += self.rd_addr.eq(Cat((index - 7)[:PAYLOAD_ADDR_BITS], job.half))
+        # An OUTPUT byte comes from the buffer, read a cycle ahead: the address follows the
+        # index the next cycle will have, so every byte can go in consecutive cycles.
+        handshake = self.tx.valid & self.tx.ready
+        next_index = Signal.like(index)
+        m.d.comb += [next_index.eq(index + handshake),
+                     self.rd_addr.eq(Cat((next_index - 7)[:PAYLOAD_ADDR_BITS], job.half))]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.idle.eq(~self.replies.valid & ~self.jobs.valid)
@@ -490,43 +495,40 @@ class Transmitter(wiring.Component):
                     m.next = "START"
             with m.State("START"):
                 m.d.sync += [index.eq(0), crc.eq(CRC_INIT)]
-                m.next = "PREP"
-            with m.State("PREP"):  # choose byte ``index`` (an output byte is read now)
-                payload_index = index - 7
-                with m.If(index == 0):
-                    m.d.sync += out.eq(SYNC)
-                with m.Elif(index == 1):
-                    m.d.sync += out.eq(kind)
-                with m.Elif(index == 2):
-                    m.d.sync += out.eq(seq)
-                with m.Elif(index == 3):
-                    m.d.sync += out.eq(length[:8])
-                with m.Elif(index == 4):
-                    m.d.sync += out.eq(length[8:])
-                with m.Elif(index == 5):
-                    m.d.sync += out.eq(crc[:8])
-                with m.Elif(index == 6):
-                    m.d.sync += [out.eq(crc[8:]), crc.eq(CRC_INIT)]
-                with m.Elif(index < 7 + length):
-                    with m.If(~is_output):
-                        m.d.sync += out.eq(small.word_select(payload_index[:7], 8))
-                with m.Elif(index == 7 + length):
-                    m.d.sync += out.eq(crc[:8])
-                with m.Else():
-                    m.d.sync += out.eq(crc[8:])
                 m.next = "SEND"
             with m.State("SEND"):
                 payload = (index >= 7) & (index < 7 + length)
-                byte = Mux(payload & is_output, self.rd_data, out)
+                byte = Signal(8)
+                with m.If(index == 0):
+                    m.d.comb += byte.eq(SYNC)
+                with m.Elif(index == 1):
+                    m.d.comb += byte.eq(kind)
+                with m.Elif(index == 2):
+                    m.d.comb += byte.eq(seq)
+                with m.Elif(index == 3):
+                    m.d.comb += byte.eq(length[:8])
+                with m.Elif(index == 4):
+                    m.d.comb += byte.eq(length[8:])
+                with m.Elif(index == 5):
+                    m.d.comb += byte.eq(crc[:8])
+                with m.Elif(index == 6):
+                    m.d.comb += byte.eq(crc[8:])
+                with m.Elif(payload):
+                    m.d.comb += byte.eq(Mux(is_output, self.rd_data,
+                                            small.word_select((index - 7)[:7], 8)))
+                with m.Elif(index == 7 + length):
+                    m.d.comb += byte.eq(crc[:8])
+                with m.Else():
+                    m.d.comb += byte.eq(crc[8:])
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
                 with m.If(self.tx.ready):
                     with m.If((index < 5) | payload):
                         m.d.sync += crc.eq(crc16_next(crc, byte))
+                    with m.Elif(index == 6):
+                        m.d.sync += crc.eq(CRC_INIT)
                     m.d.sync += index.eq(index + 1)
                     with m.If(index == 7 + length + 1):
                         with m.If(is_output):
                             m.d.comb += self.release.eq(Mux(job.half, 0b10, 0b01))
                         m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PREP"
         return m

@@ -182,6 +182,7 @@ class ConfigField:
     name: str
     width: int
     signed: bool = False
+    default: int | None = None  #: packed when a configuration leaves the field out
 
 
 def config_fields(p: EngineParams) -> list[ConfigField]:
@@ -197,6 +198,9 @@ def config_fields(p: EngineParams) -> list[ConfigField]:
         ConfigField("z_in", b, True),  # zero point of the Fire input
         ConfigField("z_sq", b, True),  # zero point of the squeeze output
         ConfigField("z_out", b, True),  # zero point of the concat [e1, e3]
+        # ceilings of the expand outputs (an expand's own range in a QDQ model)
+        ConfigField("e1_max", b, True, default=(1 << (b - 1)) - 1),
+        ConfigField("e3_max", b, True, default=(1 << (b - 1)) - 1),
         ConfigField("load", 1),  # expect weights and quantization parameters
         ConfigField("compute", 1),  # then run on an input
         ConfigField("squeeze", 1),  # compute the squeeze map (0: reuse the retained one)
@@ -218,7 +222,7 @@ def pack_config(p: EngineParams, **values) -> int:
     """Pack a layer configuration into the integer the engine's ``cfg`` stream carries."""
     word, offset = 0, 0
     for f in config_fields(p):
-        v = int(values.pop(f.name, 0))
+        v = int(values.pop(f.name, f.default or 0))
         lo = -(1 << (f.width - 1)) if f.signed else 0
         hi = (1 << (f.width - 1)) - 1 if f.signed else (1 << f.width) - 1
         if not lo <= v <= hi:

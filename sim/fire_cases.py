@@ -6,7 +6,7 @@ from sw import ops
 from sw.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair
 
 
-def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None):
+def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None, ceiling=False):
     wmax = spec.weight_max
     if extreme == "max":
         w = np.full((cout, cin, k, k), wmax)
@@ -22,8 +22,11 @@ def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None):
     if extreme == "saturate":
         scale = scale * 1000
     pairs = [quantize_multiplier(float(v)) for v in scale]
+    # a ceiling below the largest activation, as a QDQ model's expand branch imposes
+    hi = int(rng.integers(z_out + 1, spec.act_max + 1)) if ceiling and rng.random() < 0.5 \
+        else None
     rq = ops.Requant(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]),
-                     int(z_out), relu=True)
+                     int(z_out), relu=True, hi=hi)
     return ops.ConvLayer(w, bias, rq)
 
 
@@ -32,8 +35,8 @@ def random_fire(rng, cin, s, e1, e3, *, bits=8, bypass=False, extreme=None):
     lo, hi = spec.act_min, spec.act_max
     z_in, z_sq, z_out = (int(v) for v in rng.integers(lo, hi // 2, 3))
     squeeze = _conv(rng, s, cin, 1, z_sq, spec, cin, extreme)
-    e1c = _conv(rng, e1, s, 1, z_out, spec, s, extreme)
-    e3c = _conv(rng, e3, s, 3, z_out, spec, 9 * s, extreme)
+    e1c = _conv(rng, e1, s, 1, z_out, spec, s, extreme, ceiling=True)
+    e3c = _conv(rng, e3, s, 3, z_out, spec, 9 * s, extreme, ceiling=True)
     add = None
     if bypass:
         a, b, n = quantize_multiplier_pair(rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0))

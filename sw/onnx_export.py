@@ -103,3 +103,45 @@ def quantize_qdq(float_path: str, out_path: str, calibration: list[np.ndarray]) 
     quantize_static(float_path, out_path, Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8)
+
+
+def main(argv=None) -> int:
+    """python -m sw.onnx_export --arch squeezenet1_1 --size 96 --out m.onnx [--qdq q.onnx]"""
+    import argparse
+    import sys
+
+    import onnx
+
+    from .images import random_images
+    from .model import get_weights
+    from .network import ARCHS, get_arch
+
+    ap = argparse.ArgumentParser(prog="python -m sw.onnx_export",
+                                 description="Write a network as a float ONNX model (torch "
+                                             "export layout) and, optionally, onnxruntime's "
+                                             "QDQ quantization of it.")
+    ap.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS))
+    ap.add_argument("--weights", help=".npz or .pth (default: deterministic random init)")
+    ap.add_argument("--size", type=int, default=224, help="input size (default: 224)")
+    ap.add_argument("--out", required=True, help="float model path")
+    ap.add_argument("--qdq", help="also write onnxruntime's QDQ quantization here")
+    ap.add_argument("--calib", type=int, default=16,
+                    help="random calibration images for the quantizer (default: 16)")
+    args = ap.parse_args(argv)
+    try:
+        net = get_arch(args.arch)
+        weights = get_weights(net, args.weights)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    onnx.save(export_float(net, weights, args.size), args.out)
+    print(f"wrote {args.out} ({net.name}, {weights.source}, input {args.size})")
+    if args.qdq:
+        calib = [im.transpose(2, 0, 1) for im in random_images(args.calib, args.size, seed=1)]
+        quantize_qdq(args.out, args.qdq, calib)
+        print(f"wrote {args.qdq} (onnxruntime quantize_static: QDQ, per-channel int8)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

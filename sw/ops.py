@@ -41,9 +41,11 @@ class Requant:
     n: np.ndarray
     z_out: int
     relu: bool
+    hi: int | None = None  #: ceiling below the largest activation (None: no other)
 
     def __call__(self, acc: np.ndarray, spec: QuantSpec = INT8) -> np.ndarray:
-        return requantize(acc, self.m, self.n, self.z_out, relu=self.relu, spec=spec)
+        return requantize(acc, self.m, self.n, self.z_out, relu=self.relu, spec=spec,
+                          hi=self.hi)
 
 
 def conv2d(x, w, bias, z_x: int, rq: Requant, *, stride=1, pad=0, spec=INT8) -> np.ndarray:

@@ -149,11 +149,15 @@ def scale_and_round(acc, m, n) -> np.ndarray:
     return np.clip(wide, -limit, limit).astype(np.int64)
 
 
-def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8) -> np.ndarray:
-    """``clamp(z_out + round(acc * m / 2**n), lo, act_max)``; ``lo = z_out`` with ReLU."""
+def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8,
+               hi: int | None = None) -> np.ndarray:
+    """``clamp(z_out + round(acc * m / 2**n), lo, hi)``; ``lo = z_out`` with ReLU, else the
+    smallest activation; ``hi`` the largest activation unless given (a lower ceiling saturates
+    like an intermediate quantization would, e.g. a Fire expand's own range in a QDQ model)."""
     lo = z_out if relu else spec.act_min
+    hi = spec.act_max if hi is None else hi
     y = z_out + scale_and_round(acc, m, n)
-    return np.clip(y, lo, spec.act_max).astype(np.int64)
+    return np.clip(y, lo, hi).astype(np.int64)
 
 
 def choose_qparams(lo: float, hi: float, spec: QuantSpec = INT8) -> tuple[float, int]:

@@ -64,10 +64,14 @@ class Shape:
 class FirePlan:
     """The runs of one Fire layer on one engine, and their packed streams."""
 
-    def __init__(self, params: EngineParams, shape: Shape, *, bypass: bool = False):
+    def __init__(self, params: EngineParams, shape: Shape, *, bypass: bool = False,
+                 retain: bool = True):
+        """``retain=False`` plans every tile to squeeze its input again: a batch can then run
+        tile by tile with each tile's weights loaded once."""
         self.p = p = params
         self.shape = sh = shape
         self.bypass = bypass
+        self.allow_retain = retain
         limits = [("h", sh.h, p.max_h), ("w", sh.w, p.max_w), ("cin", sh.cin, p.max_cin),
                   ("s", sh.s, p.max_squeeze), ("e1", sh.e1, p.max_e1),
                   ("e3", sh.e3, p.max_e3)]
@@ -97,7 +101,7 @@ class FirePlan:
         depth = p.weight_depth
         if self.squeeze_rows + self.rows(sh.e1, sh.e3) <= depth:
             return [Tile(range(sh.e1), range(sh.e3), squeeze=True, retain=False)]
-        retain = sh.h * row_words <= p.squeeze_depth
+        retain = self.allow_retain and sh.h * row_words <= p.squeeze_depth
         oc = p.oc_lanes
         groups = [(1, lo) for lo in range(0, sh.e1, oc)] + [(3, lo) for lo in range(0, sh.e3, oc)]
         tiles, current, used = [], [], 0
@@ -130,8 +134,11 @@ class FirePlan:
     # -- streams ------------------------------------------------------------------------
     def config(self, tile: Tile, layer: FireLayer, *, load: bool, compute: bool) -> int:
         sh = self.shape
+        top = self.p.spec.act_max
         fields = dict(h=sh.h, w=sh.w, cin=sh.cin, s=sh.s, e1=len(tile.e1), e3=len(tile.e3),
                       z_in=layer.z_in, z_sq=layer.z_squeeze, z_out=layer.expand1x1.rq.z_out,
+                      e1_max=top if layer.expand1x1.rq.hi is None else layer.expand1x1.rq.hi,
+                      e3_max=top if layer.expand3x3.rq.hi is None else layer.expand3x3.rq.hi,
                       load=int(load), compute=int(compute), squeeze=int(tile.squeeze),
                       retain=int(tile.retain))
         if self.bypass:

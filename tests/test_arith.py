@@ -48,12 +48,17 @@ def test_requantizer_matches_golden(bits):
     shift = rng.integers(1, 64, n_items)
     z = rng.integers(spec.act_min, spec.act_max + 1, n_items)
     relu = rng.integers(0, 2, n_items)
-    items = list(zip(acc, bias, mult, shift, z, relu, strict=True))
+    # the ceiling: mostly the largest activation, sometimes lower (down to the zero point)
+    hi = np.where(rng.random(n_items) < 0.7, spec.act_max,
+                  rng.integers(0, spec.act_max + 1, n_items) + np.minimum(z, 0) // 2)
+    hi = np.maximum(hi, np.where(relu == 1, z, spec.act_min))
+    items = list(zip(acc, bias, mult, shift, z, relu, hi, strict=True))
     dut = Requantizer(spec, acc_bits, tag_bits=16)
 
     def set_inputs(ctx, item):
-        a, b, mu, sh, zz, r = (int(v) for v in item)
+        a, b, mu, sh, zz, r, h = (int(v) for v in item)
         p = dut.i.payload
+        ctx.set(p.hi, h)
         ctx.set(p.acc, a)
         ctx.set(p.bias, b)
         ctx.set(p.mult, mu)
@@ -64,7 +69,8 @@ def test_requantizer_matches_golden(bits):
     out = run_pipeline(dut, items, set_inputs)
     assert [t for t, _ in out] == list(range(n_items))
     want = [int(requantize(np.array([int(a) + int(b)]), int(mu), int(sh), int(zz),
-                           relu=bool(r), spec=spec)[0]) for a, b, mu, sh, zz, r in items]
+                           relu=bool(r), spec=spec, hi=int(h))[0])
+            for a, b, mu, sh, zz, r, h in items]
     np.testing.assert_array_equal([y for _, y in out], want)
 
 

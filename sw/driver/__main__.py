@@ -100,13 +100,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_run_fire(args) -> int:
-    net, weights, qnet = quantized(args, args.input)
+    net, weights, qnet = quantized(args, args.size)
     layer = net.layer(args.layer) if args.layer in [f.name for f in net.fires] else None
     if not isinstance(layer, Fire):
         raise DriverError(f"{args.arch} has no Fire layer {args.layer!r}; choose from "
                           f"{', '.join(f.name for f in net.fires)}")
     inputs = {}
-    qnet.forward(qnet.quantize_input(random_images(1, args.input, seed=3)[0]),
+    qnet.forward(qnet.quantize_input(random_images(1, args.size, seed=3)[0]),
                  on_layer=lambda name, x, y: inputs.__setitem__(name, x))
     x = inputs[args.layer]
     qlayer = qnet.layers[args.layer]
@@ -131,11 +131,11 @@ def cmd_run_fire(args) -> int:
 def _run(args, want_check: bool):
     from tqdm import tqdm
 
-    net, weights, qnet = quantized(args, args.input)
+    net, weights, qnet = quantized(args, args.size)
     if args.image:
-        image, label = load_image(args.image, args.input), args.image
+        image, label = load_image(args.image, args.size), args.image
     else:
-        image, label = random_images(1, args.input, seed=3)[0], "a random input (seed 3)"
+        image, label = random_images(1, args.size, seed=3)[0], "a random input (seed 3)"
     with device(args) as acc:
         ident = acc.identity
         bar = tqdm(total=len(net.layers), desc=net.name, unit="layer", file=sys.stderr,
@@ -147,7 +147,95 @@ def _run(args, want_check: bool):
     return net, weights, label, ident, result
 
 
+def cmd_infer_onnx(args) -> int:
+    from sw.onnx_import import load_model
+
+    from .runner import run_network_batch
+
+    imported = load_model(args.model)
+    h, w = imported.input_size
+    if args.input:
+        try:
+            batch = np.load(args.input)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"--input {args.input}: not a readable .npy file: {exc}") from None
+        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
+            raise ImageError(f"--input {args.input}: expected a float32 batch (N, 3, {h}, {w}) "
+                             f"for this model, got {batch.shape}")
+        images = [b.transpose(1, 2, 0).astype(np.float32) for b in batch]
+        labels = [f"{args.input}[{i}]" for i in range(len(images))]
+    else:
+        if h != w:
+            raise ImageError(f"the model takes {h}x{w} inputs: give them as --input X.npy")
+        if args.image:
+            images, labels = [load_image(args.image, h)], [args.image]
+        else:
+            images, labels = random_images(1, h, seed=3), ["a random input (seed 3)"]
+    if imported.quantized:
+        qnet = imported.qnet
+        how = "the model's own QDQ quantization"
+    else:
+        qnet = imported.quantize(calibration_images(args, h))
+        how = ("post-training quantization on " + (args.calibrate or
+                                                   f"{args.calib} random images"))
+    with device(args) as acc:
+        outs, records = run_network_batch(acc, qnet, [qnet.quantize_input(im) for im in images],
+                                          check=args.check)
+    results = []
+    for label, out in zip(labels, outs, strict=True):
+        logits = qnet.dequantize_output(out)
+        results.append({"input": label, "logits": logits.tolist(), "top5": top5(logits)})
+    layers = [r.as_dict() for r in records]
+    out = {"model": args.model, "quantization": how, "input_size": [h, w],
+           "inputs": results, "layers": layers,
+           "top5": results[0]["top5"], "logits": results[0]["logits"]}
+    if args.check:
+        out["all_match"] = all(r.match for r in records if r.where == "device")
+    lines = [f"{args.model} ({how}), input {h}x{w}"]
+    for r in results:
+        best = ", ".join(f"{t['class']} {t['name']} {t['prob'] * 100:.1f}%"
+                         for t in r["top5"][:3])
+        lines.append(f"{r['input']}: {best}")
+    lines.append(f"Fire layers on the device: {sum(r.cycles or 0 for r in records):,} cycles"
+                 + (f"; bit-exact: {'yes' if out['all_match'] else 'NO'}" if args.check else ""))
+    emit(args, out, "\n".join(lines))
+    return 0 if (not args.check or out["all_match"]) else 1
+
+
+def cmd_compare_onnx(args) -> int:
+    from sw.onnx_compare import compare
+    from sw.onnx_import import load_model
+
+    from .runner import run_network_batch
+
+    imported = load_model(args.model)
+    with device(args) as acc:
+        result = compare(
+            imported,
+            run_fires=lambda name, layer, xs: [r.output for r in acc.run_fire_batch(layer, xs)],
+            run_network=lambda qnet, xs: run_network_batch(acc, qnet, xs)[0],
+            inputs=args.inputs)
+    conf = result["top1_agreement_confident"]
+    text = "\n".join([
+        f"{args.model} on {result['inputs']} random {result['input_size'][0]}x"
+        f"{result['input_size'][1]} inputs, against onnxruntime:",
+        f"Fire outputs (fed onnxruntime's inputs): at most {result['fire_max_lsb']} LSB off, "
+        f"{result['fire_identical_fraction'] * 100:.2f}% of {result['fire_values']:,} values "
+        "identical",
+        f"logits SQNR {result['logits_sqnr_db']:.2f} dB",
+        f"top-1 agreement {result['top1_agreement'] * 100:.1f}% overall; "
+        + (f"{conf * 100:.1f}% of the {result['confident_inputs']} inputs whose top-1 leads by "
+           "more than 2 LSB" if conf is not None else "no input leads by more than 2 LSB"),
+    ])
+    emit(args, result, text)
+    return 0
+
+
 def cmd_infer(args) -> int:
+    if args.model or args.input:
+        if not args.model:
+            raise ImageError("--input X.npy goes with --model")
+        return cmd_infer_onnx(args)
     net, weights, label, ident, result = _run(args, args.check)
     best = top5(result.logits)
     layers = [r.as_dict() for r in result.layers]
@@ -222,6 +310,8 @@ COMMANDS = {
     "run-fire": (cmd_run_fire, "run one Fire layer of a network on the device"),
     "infer": (cmd_infer, "whole-network inference, Fire layers on the device"),
     "bench": (cmd_bench, "per-layer device cycles, link bytes and wire time; projected fps"),
+    "compare-onnx": (cmd_compare_onnx, "a QDQ ONNX model here against onnxruntime: Fire "
+                                       "outputs, logits SQNR, top-1 agreement"),
 }
 
 
@@ -241,13 +331,19 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--json", action="store_true", help="print machine-readable JSON")
         if name == "info":
             continue
+        if name == "compare-onnx":
+            s.add_argument("--model", metavar="MODEL.onnx", required=True,
+                           help="a QDQ model from onnxruntime.quantization.quantize_static")
+            s.add_argument("--inputs", type=int, default=100, metavar="N",
+                           help="random inputs for the comparison (default: 100)")
+            continue
         s.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS),
                        help="network (default: squeezenet1_1)")
         s.add_argument("--weights", metavar="FILE",
                        help=".npz with torchvision names, or .pth with torch installed "
                             "(default: deterministic random init)")
-        s.add_argument("--input", type=int, default=224, metavar="N",
-                       help="input height and width (default: 224)")
+        s.add_argument("--size", type=int, default=224, metavar="N",
+                       help="input height and width (default: 224; an ONNX model's own)")
         s.add_argument("--calib", type=int, default=8, metavar="N",
                        help="random calibration images (default: 8)")
         s.add_argument("--calibrate", metavar="DIR",
@@ -258,6 +354,12 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--layer", default="fire2", help="Fire layer (default: fire2)")
         if name in ("infer", "bench"):
             s.add_argument("--image", metavar="PATH", help="PNG or JPEG (default: random)")
+        if name == "infer":
+            s.add_argument("--model", metavar="MODEL.onnx",
+                           help="run an ONNX SqueezeNet (float: quantized here; QDQ: as is)")
+            s.add_argument("--input", metavar="X.npy",
+                           help="an already-normalized float32 batch (N, 3, H, W) instead of "
+                                "an image")
     return ap
 
 
@@ -266,7 +368,7 @@ def main(argv=None) -> int:
     run, _ = COMMANDS[args.command]
     try:
         return run(args)
-    except (DriverError, ImageError, WeightsError, ValueError) as exc:
+    except (DriverError, ImageError, WeightsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -179,50 +179,90 @@ class Accelerator:
                 self.reset()
         raise AssertionError("unreachable")
 
+    def run_fire_batch(self, layer: FireLayer, xs: list[np.ndarray]) -> list[FireResult]:
+        """Run one Fire layer on several inputs, loading each tile's weights only once
+        (tiles then squeeze every input again instead of keeping its squeeze map)."""
+        xs = [np.asarray(x, dtype=np.int64) for x in xs]
+        if len(xs) <= 1:
+            return [self.run_fire(layer, x) for x in xs]
+        cin, s, e1, e3 = layer.shape
+        h, w = xs[0].shape[:2]
+        plan = FirePlan(self.params, Shape(h, w, cin, s, e1, e3),
+                        bypass=layer.bypass is not None, retain=False)
+        for attempt in range(self.run_retries + 1):
+            try:
+                return self._guard(lambda: self._run_batch(plan, layer, xs))
+            except OutputLost:
+                if attempt == self.run_retries:
+                    raise
+                self.reset()
+        raise AssertionError("unreachable")
+
     def _run_plan(self, plan: FirePlan, layer: FireLayer, x, progress) -> FireResult:
-        p, sizes = plan.p, item_bytes(plan.p)
         stats0 = _snapshot(self.link.stats)
         start = time.perf_counter()
         outputs, cycles = [], 0
         key = (id(layer), plan.shape, plan.bypass)
         for tile in plan.tiles:
-            reuse = len(plan.tiles) == 1 and self._loaded == key
-            frames = [(Command.CONFIGURE, _items([plan.config(tile, layer, load=not reuse,
-                                                              compute=True)],
-                                                 sizes[Command.CONFIGURE]))]
-            if not reuse:
-                weights = _items(lanes_to_ints(plan.weight_rows(tile, layer), p.bits),
-                                 sizes[Command.LOAD_WEIGHTS])
-                frames += [(Command.LOAD_WEIGHTS, c)
-                           for c in _chunks(weights, sizes[Command.LOAD_WEIGHTS])]
-                qparams = _items(plan.qparams(tile, layer), sizes[Command.LOAD_QPARAMS])
-                frames += [(Command.LOAD_QPARAMS, c)
-                           for c in _chunks(qparams, sizes[Command.LOAD_QPARAMS])]
-            frames += self._data_frames(plan, tile, x)
-            self._loaded = None
-            expected = int(np.prod(plan.tile_output_shape(tile))) * value_bytes(p)
-            collect = Collected()
-            if progress is not None:
-                progress(0, len(frames))
-            self.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
-            done = collect.done[-1]
-            if done.error:
-                raise DeviceError(f"the device failed the run: error {done.error}",
-                                  code=done.error)
-            if len(collect.output) != expected:
-                raise OutputLost(f"expected {expected} output bytes, got "
-                                 f"{len(collect.output)}")
-            outputs.append(_values(bytes(collect.output), p.bits))
+            load = not (len(plan.tiles) == 1 and self._loaded == key)
+            out, done = self._run_tile(plan, tile, layer, x, load, progress)
+            outputs.append(out)
             cycles += done.cycles
-            if progress is not None:
-                progress(len(frames), len(frames))
         if len(plan.tiles) == 1:
             self._loaded = key
+        return self._result(plan, [outputs], [cycles], stats0, start)[0]
+
+    def _run_batch(self, plan: FirePlan, layer: FireLayer, xs) -> list[FireResult]:
+        stats0 = _snapshot(self.link.stats)
+        start = time.perf_counter()
+        outputs = [[] for _ in xs]
+        cycles = [0] * len(xs)
+        for tile in plan.tiles:
+            for j, x in enumerate(xs):
+                out, done = self._run_tile(plan, tile, layer, x, j == 0, None)
+                outputs[j].append(out)
+                cycles[j] += done.cycles
+        self._loaded = (id(layer), plan.shape, plan.bypass) if len(plan.tiles) == 1 else None
+        return self._result(plan, outputs, cycles, stats0, start)
+
+    def _result(self, plan, outputs, cycles, stats0, start) -> list[FireResult]:
         stats = _snapshot(self.link.stats)
-        delta = {k: stats[k] - stats0[k] for k in stats}
-        return FireResult(plan.assemble(outputs), cycles, len(plan.tiles),
-                          time.perf_counter() - start, delta["bytes_down"], delta["bytes_up"],
-                          delta["payload_down"], delta["payload_up"])
+        delta = {k: (stats[k] - stats0[k]) // len(outputs) for k in stats}
+        seconds = (time.perf_counter() - start) / len(outputs)
+        return [FireResult(plan.assemble(out), cyc, len(plan.tiles), seconds,
+                           delta["bytes_down"], delta["bytes_up"], delta["payload_down"],
+                           delta["payload_up"]) for out, cyc in zip(outputs, cycles, strict=True)]
+
+    def _run_tile(self, plan: FirePlan, tile, layer: FireLayer, x, load: bool, progress):
+        """One run: configure, (load), stream the input; the tile's output and its DONE."""
+        p, sizes = plan.p, item_bytes(plan.p)
+        frames = [(Command.CONFIGURE, _items([plan.config(tile, layer, load=load,
+                                                          compute=True)],
+                                             sizes[Command.CONFIGURE]))]
+        if load:
+            weights = _items(lanes_to_ints(plan.weight_rows(tile, layer), p.bits),
+                             sizes[Command.LOAD_WEIGHTS])
+            frames += [(Command.LOAD_WEIGHTS, c)
+                       for c in _chunks(weights, sizes[Command.LOAD_WEIGHTS])]
+            qparams = _items(plan.qparams(tile, layer), sizes[Command.LOAD_QPARAMS])
+            frames += [(Command.LOAD_QPARAMS, c)
+                       for c in _chunks(qparams, sizes[Command.LOAD_QPARAMS])]
+        frames += self._data_frames(plan, tile, x)
+        self._loaded = None
+        expected = int(np.prod(plan.tile_output_shape(tile))) * value_bytes(p)
+        collect = Collected()
+        if progress is not None:
+            progress(0, len(frames))
+        self.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
+        done = collect.done[-1]
+        if done.error:
+            raise DeviceError(f"the device failed the run: error {done.error}",
+                              code=done.error)
+        if len(collect.output) != expected:
+            raise OutputLost(f"expected {expected} output bytes, got {len(collect.output)}")
+        if progress is not None:
+            progress(len(frames), len(frames))
+        return _values(bytes(collect.output), p.bits), done
 
     def _data_frames(self, plan: FirePlan, tile, x) -> list[tuple[int, bytes]]:
         """Input and bypass rows interleaved in the order the engine takes them: input rows

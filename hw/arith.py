@@ -112,6 +112,16 @@ def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"
     return y, ROUND_LATENCY
 
 
+def _emit(m: Module, pipe, y, latency: int) -> None:
+    """Drive a pipeline's ``o``: its result ``y``, with ``valid`` and ``tag`` delayed to it."""
+    assert latency == pipe.latency
+    m.d.comb += [
+        pipe.o.valid.eq(delay(m, pipe.i.valid, latency, "valid")),
+        pipe.o.payload.tag.eq(delay(m, pipe.i.payload.tag, latency, "tag")),
+        pipe.o.payload.y.eq(y),
+    ]
+
+
 def requant_in_layout(spec: QuantSpec, acc_bits: int, tag_bits: int) -> data.StructLayout:
     return data.StructLayout({
         "acc": signed(acc_bits),  # the sum, without the bias
@@ -166,12 +176,7 @@ class Requantizer(wiring.Component):
         lo = Signal(signed(spec.bits))
         m.d.comb += lo.eq(Mux(relu, z, spec.act_min))
         y, tail = round_shift_clamp(m, prod, shift, z, lo, spec, hi=hi)
-        assert lead + tail == self.latency
-        m.d.comb += [
-            self.o.valid.eq(delay(m, self.i.valid, self.latency, "valid")),
-            self.o.payload.tag.eq(delay(m, p.tag, self.latency, "tag")),
-            self.o.payload.y.eq(y),
-        ]
+        _emit(m, self, y, lead + tail)
         return m
 
 
@@ -214,10 +219,5 @@ class BypassAdder(wiring.Component):
         lo = Signal(signed(spec.bits))
         m.d.comb += lo.eq(spec.act_min)
         y, tail = round_shift_clamp(m, total, self.shift, self.z_out, lo, spec, "byp")
-        assert lead + tail == self.latency
-        m.d.comb += [
-            self.o.valid.eq(delay(m, self.i.valid, self.latency, "valid")),
-            self.o.payload.tag.eq(delay(m, p.tag, self.latency, "tag")),
-            self.o.payload.y.eq(y),
-        ]
+        _emit(m, self, y, lead + tail)
         return m

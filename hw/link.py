@@ -261,6 +261,19 @@ class Executor(wiring.Component):
         def release():
             m.d.comb += self.release.eq(1 << job.slot if RX_SLOTS > 1 else 1)
 
+        def finish(kind, code=0, detail=0):
+            answer(kind, code, detail)
+            release()
+            m.next = "IDLE"
+
+        def count_stall(progress):
+            """Drop the frame once ``stall`` reaches the limit; ``progress`` restarts it."""
+            with m.If(stall == self._stall):
+                m.d.comb += self.stalled.eq(1)
+                finish(Reply.ERROR, LinkError.STALL)
+            with m.Else():
+                m.d.sync += stall.eq(Mux(progress, 0, stall + 1))
+
         item_bytes = Signal(range(self._item_bits // 8 + 1))
         with m.Switch(job.kind):
             for cmd, width in self._streams.items():
@@ -296,18 +309,12 @@ class Executor(wiring.Component):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(job.kind == Command.IDENTIFY):
-                    answer(Reply.IDENTITY)
-                    release()
-                    m.next = "IDLE"
+                    finish(Reply.IDENTITY)
                 with m.Elif(job.kind == Command.READ_COUNTERS):
-                    answer(Reply.COUNTERS)
-                    release()
-                    m.next = "IDLE"
+                    finish(Reply.COUNTERS)
                 with m.Elif((job.kind == Command.CONFIGURE)
                             & (job.length != -(-self._streams[Command.CONFIGURE] // 8))):
-                    answer(Reply.ERROR, LinkError.BAD_LENGTH)
-                    release()
-                    m.next = "IDLE"
+                    finish(Reply.ERROR, LinkError.BAD_LENGTH)
                 with m.Else():
                     m.next = "STREAM"
             with m.State("STREAM"):
@@ -325,32 +332,16 @@ class Executor(wiring.Component):
                         with m.If(job.kind == Command.CONFIGURE):
                             m.next = "VERDICT"
                         with m.Elif(index == job.length):
-                            answer(Reply.ACK)
-                            release()
-                            m.next = "IDLE"
-                    with m.Elif(stall == self._stall):
-                        m.d.comb += self.stalled.eq(1)
-                        answer(Reply.ERROR, LinkError.STALL)
-                        release()
-                        m.next = "IDLE"
+                            finish(Reply.ACK)
                     with m.Else():
-                        m.d.sync += stall.eq(Mux(self.progress, 0, stall + 1))
+                        count_stall(self.progress)
             with m.State("VERDICT"):  # the engine checks the configuration
                 with m.If(self.accepted):
-                    answer(Reply.ACK)
-                    release()
-                    m.next = "IDLE"
+                    finish(Reply.ACK)
                 with m.Elif(self.refused):
-                    answer(Reply.ERROR, LinkError.CONFIG, self.error)
-                    release()
-                    m.next = "IDLE"
-                with m.Elif(stall == self._stall):
-                    m.d.comb += self.stalled.eq(1)
-                    answer(Reply.ERROR, LinkError.STALL)
-                    release()
-                    m.next = "IDLE"
+                    finish(Reply.ERROR, LinkError.CONFIG, self.error)
                 with m.Else():
-                    m.d.sync += stall.eq(stall + 1)
+                    count_stall(0)
         return m
 
 

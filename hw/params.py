@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from dataclasses import dataclass
 
 from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
@@ -254,5 +253,30 @@ def pack_fields(fields, values: dict) -> int:
     return word
 
 
-def log2(n: int) -> int:
-    return int(math.log2(n))
+def parse_overrides(base: EngineParams, items: list[str], toml_path: str | None = None
+                    ) -> EngineParams:
+    """``base`` with ``NAME=VALUE`` overrides (command lines) and a TOML file's ``[engine]``
+    table (or top level) applied; errors name the parameter."""
+    import tomllib
+
+    changes: dict = {}
+    if toml_path:
+        try:
+            with open(toml_path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ParamError(f"--params {toml_path}: {exc}") from None
+        changes.update(data.get("engine", data))
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ParamError(f"--param {item!r}: expected NAME=VALUE")
+        if name == "bypass":
+            changes[name] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                changes[name] = int(value, 0)
+            except ValueError:
+                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
+    return base.replace(**changes)
+

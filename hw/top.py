@@ -68,8 +68,8 @@ class BoardTop(wiring.Component):
             self._pll(m, clk_buf.i, clk_sys, locked, platform.default_clk_frequency)
         else:
             raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
+        # (Vivado and nextpnr derive the generated clock's constraint from the oscillator's)
         m.d.comb += ClockSignal("sync").eq(clk_sys)
-        platform.add_clock_constraint(clk_sys, b.clock_hz)
         # hold the design in reset until the clock is stable, released synchronously; these
         # two flops drive the domain's reset, so the reset must not act on them
         sync1 = Signal(init=1, reset_less=True)

@@ -26,19 +26,23 @@ def baud_divisor(clock_hz: int, baud: int) -> int:
     return divisor
 
 
-class UARTRx(wiring.Component):
-    """Receiver: ``rx`` is the pin; ``o`` the bytes; ``framing_error``/``overrun`` pulse."""
-
-    rx: In(1, init=1)
-    o: Out(stream.Signature(8))
-    framing_error: Out(1)
-    overrun: Out(1)
+class _Serial(wiring.Component):
+    """A UART side clocked at ``divisor`` clocks per bit."""
 
     def __init__(self, divisor: int):
         if divisor < 4:
             raise ValueError(f"divisor={divisor}: at least 4 clocks per bit")
         self._divisor = divisor
         super().__init__()
+
+
+class UARTRx(_Serial):
+    """Receiver: ``rx`` is the pin; ``o`` the bytes; ``framing_error``/``overrun`` pulse."""
+
+    rx: In(1, init=1)
+    o: Out(stream.Signature(8))
+    framing_error: Out(1)
+    overrun: Out(1)
 
     def elaborate(self, platform):
         m = Module()
@@ -90,17 +94,11 @@ class UARTRx(wiring.Component):
         return m
 
 
-class UARTTx(wiring.Component):
+class UARTTx(_Serial):
     """Transmitter: bytes from ``i`` onto the ``tx`` pin (registered)."""
 
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, divisor: int):
-        if divisor < 4:
-            raise ValueError(f"divisor={divisor}: at least 4 clocks per bit")
-        self._divisor = divisor
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()

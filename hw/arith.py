@@ -20,7 +20,7 @@ from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
 #: multiplier (ECP5 MULT18X18D) and a DSP48E1 alike.
 CHUNK = 17
 #: Cycles of :func:`round_shift_clamp`.
-ROUND_LATENCY = 4
+ROUND_LATENCY = 5
 
 
 def delay(m: Module, sig, cycles: int, name: str = "d"):
@@ -97,14 +97,19 @@ def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"
     m.d.sync += [q1.eq(value >> sm1[:3]), hi1.eq(sm1[3:])]
     q2 = Signal(signed(width), name=f"{name}_q2")
     m.d.sync += q2.eq(q1 >> (hi1 << 3))
-    # Round half up, then saturate to what can still land inside the output range.
+    # Round half up (one wide add, alone in its stage) ...
     r = Signal(signed(width), name=f"{name}_r")
-    m.d.comb += r.eq((q2 + 1) >> 1)
-    bound = 1 << spec.bits
-    rc = Signal(signed(spec.bits + 2), name=f"{name}_rc")
-    m.d.sync += rc.eq(Mux(r > bound, bound, Mux(r < -bound, -bound, r)))
-    z_d, lo_d = delay(m, z, 3, f"{name}_z"), delay(m, lo, 3, f"{name}_lo")
-    hi_d = spec.act_max if hi is None else delay(m, hi, 3, f"{name}_hi")
+    m.d.sync += r.eq((q2 + 1) >> 1)
+    # ... then saturate to what can still land inside the output range, by looking at the
+    # bits above it (reductions, no wide compare): |r| >= 2**(bits+1) cannot, whatever z.
+    keep = spec.bits + 2
+    top = r[keep - 1:]
+    big = 1 << (keep - 1)
+    rc = Signal(signed(keep), name=f"{name}_rc")
+    m.d.sync += rc.eq(Mux(~r[-1] & top.any(), big - 1,
+                          Mux(r[-1] & ~top.all(), -big, r[:keep].as_signed())))
+    z_d, lo_d = delay(m, z, 4, f"{name}_z"), delay(m, lo, 4, f"{name}_lo")
+    hi_d = spec.act_max if hi is None else delay(m, hi, 4, f"{name}_hi")
     total = Signal(signed(spec.bits + 3), name=f"{name}_t")
     m.d.comb += total.eq(z_d + rc)
     y = Signal(signed(spec.bits), name=f"{name}_y")

@@ -7,9 +7,9 @@ beat, ``o`` carries the ``oc_lanes`` sums. It never stalls; the engine reserves 
 its results before issuing.
 
 ``lut_multipliers`` builds the products from shifted partial products in the fabric instead
-of leaving them to the synthesis tool's DSP mapping: ECP5 multipliers are only combinational
-there (3.9 ns plus their routing), so this is how the ULX3S build meets 100 MHz. The two
-product registers stay where they are, so the latency is the same.
+of leaving them to the synthesis tool's DSP mapping (ECP5 multipliers are only combinational
+there: 3.9 ns plus their routing), with a register after every adder level, in the products
+and in the tree: this is how the ULX3S build meets 100 MHz. Only the latency changes.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ def array_out_layout(p: EngineParams, tag_bits: int) -> data.StructLayout:
     })
 
 
-def tree_registers(terms: int) -> int:
-    """Pipeline registers of the adder tree: one every two levels, and one at the end."""
+def tree_registers(terms: int, every_level: bool = False) -> int:
+    """Pipeline registers of the adder tree: one every two levels (or every level), and one
+    at the end."""
     levels = (terms - 1).bit_length()
+    if every_level:
+        return levels
     return (levels + 1) // 2 if levels else 0
 
 
@@ -61,7 +64,7 @@ class MacArray(wiring.Component):
         #: product registers: the DSP's M and P registers, or one per adder level in LUTs
         self._mult_regs = (max(1, (params.bits - 1).bit_length()) if lut_multipliers else 2)
         #: cycles from a ``last`` input beat to its ``o`` beat
-        self.latency = 1 + self._mult_regs + tree_registers(params.ic_lanes) + 1
+        self.latency = 1 + self._mult_regs + tree_registers(params.ic_lanes, lut_multipliers) + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -92,8 +95,8 @@ class MacArray(wiring.Component):
                     prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
                     m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
                 terms.append(prod_r)
-            sums.append(self._adder_tree(m, terms, f"t{o}"))
-        ctl_delay = 1 + self._mult_regs + tree_registers(ic)
+            sums.append(self._adder_tree(m, terms, f"t{o}", every_level=self._lut))
+        ctl_delay = 1 + self._mult_regs + tree_registers(ic, self._lut)
         first = delay(m, i.first & self.i.valid, ctl_delay, "first")
         last = delay(m, i.last & self.i.valid, ctl_delay, "last")
         tag = delay(m, i.tag, ctl_delay, "tag")
@@ -132,7 +135,7 @@ class MacArray(wiring.Component):
             m.d.sync += out.eq(terms[0])
 
     @staticmethod
-    def _adder_tree(m, terms, name):
+    def _adder_tree(m, terms, name, every_level=False):
         level = 0
         while len(terms) > 1:
             nxt = []
@@ -141,7 +144,7 @@ class MacArray(wiring.Component):
                 width = max(len(t) for t in pair) + 1
                 s = Signal(signed(width), name=f"{name}_l{level}_{k}")
                 total = pair[0] + pair[1] if len(pair) == 2 else pair[0]
-                registered = level % 2 == 1 or len(terms) <= 2
+                registered = every_level or level % 2 == 1 or len(terms) <= 2
                 m.d["sync" if registered else "comb"] += s.eq(total)
                 nxt.append(s)
             terms = nxt

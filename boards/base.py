@@ -18,3 +18,5 @@ class Board:
     engine: EngineParams  #: default engine parameters for this device
     #: device capacity by resource, for fit checks
     capacity: dict[str, int] = field(default_factory=dict)
+    #: how the MAC array builds its products (``hw.mac_array.MULTIPLIERS``)
+    multipliers: str = "dsp"

@@ -23,10 +23,11 @@ CHUNK = 17
 ROUND_LATENCY = 5
 
 
-def delay(m: Module, sig, cycles: int, name: str = "d"):
-    """``sig`` delayed by ``cycles`` clock cycles through a register chain."""
+def delay(m: Module, sig, cycles: int, name: str = "d", *, reset_less: bool = False):
+    """``sig`` delayed by ``cycles`` clock cycles through a register chain (``reset_less``
+    for data that only matters beside a control bit that is reset)."""
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_{i}")
+        nxt = Signal.like(sig, name=f"{name}_{i}", reset_less=reset_less)
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig
@@ -47,8 +48,8 @@ def wide_multiply(m: Module, a, b, name: str = "mul"):
     aw, bw = len(a), len(b)
     a_chunks = [(lo, min(CHUNK, aw - lo)) for lo in range(0, aw, CHUNK)]
     b_chunks = [(lo, min(CHUNK, bw - lo)) for lo in range(0, bw, CHUNK)]
-    ra = Signal(signed(aw), name=f"{name}_a")
-    rb = Signal(unsigned(bw), name=f"{name}_b")
+    ra = Signal(signed(aw), reset_less=True, name=f"{name}_a")
+    rb = Signal(unsigned(bw), reset_less=True, name=f"{name}_b")
     m.d.sync += [ra.eq(a), rb.eq(b)]
     terms = []
     for i, (alo, awid) in enumerate(a_chunks):
@@ -56,8 +57,8 @@ def wide_multiply(m: Module, a, b, name: str = "mul"):
         piece_a = ra[alo:alo + awid].as_signed() if top else ra[alo:alo + awid]
         for j, (blo, bwid) in enumerate(b_chunks):
             piece_b = rb[blo:blo + bwid]
-            prod = Signal(signed(awid + bwid + 1), name=f"{name}_p{i}{j}")
-            prod_r = Signal.like(prod, name=f"{name}_pr{i}{j}")
+            prod = Signal(signed(awid + bwid + 1), reset_less=True, name=f"{name}_p{i}{j}")
+            prod_r = Signal.like(prod, name=f"{name}_pr{i}{j}", reset_less=True)
             m.d.sync += [prod.eq(piece_a * piece_b), prod_r.eq(prod)]
             terms.append((prod_r, alo + blo))
     latency = 3
@@ -66,11 +67,11 @@ def wide_multiply(m: Module, a, b, name: str = "mul"):
         nxt = []
         for k in range(0, len(terms), 2):
             if k + 1 == len(terms):
-                carry = Signal(signed(width), name=f"{name}_c{latency}_{k}")
+                carry = Signal(signed(width), reset_less=True, name=f"{name}_c{latency}_{k}")
                 m.d.sync += carry.eq(terms[k][0] << terms[k][1])
                 nxt.append((carry, 0))
                 continue
-            s = Signal(signed(width), name=f"{name}_s{latency}_{k}")
+            s = Signal(signed(width), reset_less=True, name=f"{name}_s{latency}_{k}")
             (x, xs), (y, ys) = terms[k], terms[k + 1]
             m.d.sync += s.eq((x << xs) + (y << ys))
             nxt.append((s, 0))
@@ -88,31 +89,32 @@ def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"
     ``shift`` is 1 to 63. Returns ``(y, latency)``; ``shift``, ``z``, ``lo`` and ``hi`` must be
     aligned with ``value`` (they are sampled in the same cycle).
     """
-    sm1 = Signal(6, name=f"{name}_sm1")
+    sm1 = Signal(6, reset_less=True, name=f"{name}_sm1")
     m.d.comb += sm1.eq(shift - 1)
     width = len(value)
     # Barrel shift by (shift - 1), low three bits then high three bits.
-    q1 = Signal(signed(width), name=f"{name}_q1")
-    hi1 = Signal(3, name=f"{name}_hi1")
+    q1 = Signal(signed(width), reset_less=True, name=f"{name}_q1")
+    hi1 = Signal(3, reset_less=True, name=f"{name}_hi1")
     m.d.sync += [q1.eq(value >> sm1[:3]), hi1.eq(sm1[3:])]
-    q2 = Signal(signed(width), name=f"{name}_q2")
+    q2 = Signal(signed(width), reset_less=True, name=f"{name}_q2")
     m.d.sync += q2.eq(q1 >> (hi1 << 3))
     # Round half up (one wide add, alone in its stage) ...
-    r = Signal(signed(width), name=f"{name}_r")
+    r = Signal(signed(width), reset_less=True, name=f"{name}_r")
     m.d.sync += r.eq((q2 + 1) >> 1)
     # ... then saturate to what can still land inside the output range, by looking at the
     # bits above it (reductions, no wide compare): |r| >= 2**(bits+1) cannot, whatever z.
     keep = spec.bits + 2
     top = r[keep - 1:]
     big = 1 << (keep - 1)
-    rc = Signal(signed(keep), name=f"{name}_rc")
+    rc = Signal(signed(keep), reset_less=True, name=f"{name}_rc")
     m.d.sync += rc.eq(Mux(~r[-1] & top.any(), big - 1,
                           Mux(r[-1] & ~top.all(), -big, r[:keep].as_signed())))
-    z_d, lo_d = delay(m, z, 4, f"{name}_z"), delay(m, lo, 4, f"{name}_lo")
-    hi_d = spec.act_max if hi is None else delay(m, hi, 4, f"{name}_hi")
-    total = Signal(signed(spec.bits + 3), name=f"{name}_t")
+    z_d = delay(m, z, 4, f"{name}_z", reset_less=True)
+    lo_d = delay(m, lo, 4, f"{name}_lo", reset_less=True)
+    hi_d = spec.act_max if hi is None else delay(m, hi, 4, f"{name}_hi", reset_less=True)
+    total = Signal(signed(spec.bits + 3), reset_less=True, name=f"{name}_t")
     m.d.comb += total.eq(z_d + rc)
-    y = Signal(signed(spec.bits), name=f"{name}_y")
+    y = Signal(signed(spec.bits), reset_less=True, name=f"{name}_y")
     m.d.sync += y.eq(Mux(total > hi_d, hi_d, Mux(total < lo_d, lo_d, total)))
     return y, ROUND_LATENCY
 
@@ -122,7 +124,7 @@ def _emit(m: Module, pipe, y, latency: int) -> None:
     assert latency == pipe.latency
     m.d.comb += [
         pipe.o.valid.eq(delay(m, pipe.i.valid, latency, "valid")),
-        pipe.o.payload.tag.eq(delay(m, pipe.i.payload.tag, latency, "tag")),
+        pipe.o.payload.tag.eq(delay(m, pipe.i.payload.tag, latency, "tag", reset_less=True)),
         pipe.o.payload.y.eq(y),
     ]
 
@@ -170,14 +172,14 @@ class Requantizer(wiring.Component):
         m = Module()
         spec, p = self._spec, self.i.payload
         v_bits = self._v_bits
-        v = Signal(signed(v_bits))
+        v = Signal(signed(v_bits), reset_less=True)
         m.d.sync += v.eq(p.acc + p.bias)
-        prod, mul_lat = wide_multiply(m, v, delay(m, p.mult, 1, "mult"))
+        prod, mul_lat = wide_multiply(m, v, delay(m, p.mult, 1, "mult", reset_less=True))
         lead = 1 + mul_lat
-        shift = delay(m, p.shift, lead, "shift")
-        z = delay(m, p.z, lead, "z")
-        relu = delay(m, p.relu, lead, "relu")
-        hi = delay(m, p.hi, lead, "hi")
+        shift = delay(m, p.shift, lead, "shift", reset_less=True)
+        z = delay(m, p.z, lead, "z", reset_less=True)
+        relu = delay(m, p.relu, lead, "relu", reset_less=True)
+        hi = delay(m, p.hi, lead, "hi", reset_less=True)
         lo = Signal(signed(spec.bits))
         m.d.comb += lo.eq(Mux(relu, z, spec.act_min))
         y, tail = round_shift_clamp(m, prod, shift, z, lo, spec, hi=hi)
@@ -213,12 +215,12 @@ class BypassAdder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         spec, p = self._spec, self.i.payload
-        da = Signal(signed(spec.bits + 1))
-        db = Signal(signed(spec.bits + 1))
+        da = Signal(signed(spec.bits + 1), reset_less=True)
+        db = Signal(signed(spec.bits + 1), reset_less=True)
         m.d.sync += [da.eq(p.a - self.z_a), db.eq(p.b - self.z_b)]
         pa, lat = wide_multiply(m, da, self.mult_a, "mula")
         pb, _ = wide_multiply(m, db, self.mult_b, "mulb")
-        total = Signal(signed(len(pa) + 1))
+        total = Signal(signed(len(pa) + 1), reset_less=True)
         m.d.sync += total.eq(pa + pb)
         lead = 1 + lat + 1
         lo = Signal(signed(spec.bits))

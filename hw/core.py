@@ -46,9 +46,9 @@ class AcceleratorCore(wiring.Component):
     active: Out(1)
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES, lut_multipliers: bool = False):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, multipliers: str = "dsp"):
         self._p = params
-        self._lut_multipliers = lut_multipliers
+        self._multipliers = multipliers
         self._clock_hz = clock_hz
         self._baud = baud
         self._stall = stall_cycles
@@ -82,7 +82,7 @@ class AcceleratorCore(wiring.Component):
                      rx.commit.ready.eq(1)]
 
         # ---- the engine and the executor feeding it
-        engine = resettable("engine", FireEngine(p, lut_multipliers=self._lut_multipliers))
+        engine = resettable("engine", FireEngine(p, multipliers=self._multipliers))
         widths = {Command.CONFIGURE: config_bits(p), Command.LOAD_WEIGHTS: p.weight_row_bits,
                   Command.LOAD_QPARAMS: qparam_bits(p), Command.RUN_INPUT: p.ic_lanes * p.bits}
         if p.bypass:
@@ -120,7 +120,8 @@ class AcceleratorCore(wiring.Component):
         replies = resettable("replies", fifo.SyncFIFO(width=ReplyReq.size, depth=8))
         reset_ack = Signal()
         reset_seq = Signal(8)
-        m.d.comb += soft_reset.eq(rx.reset)
+        # registered: it fans out to the reset of every resettable flip-flop
+        m.d.sync += soft_reset.eq(rx.reset)
         with m.If(rx.reset):
             m.d.sync += [reset_ack.eq(1), reset_seq.eq(rx.reset_seq)]
         ack = Signal(ReplyReq)

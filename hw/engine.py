@@ -72,9 +72,9 @@ class FireEngine(wiring.Component):
     end or refused); ``accepted`` and ``refused`` pulse when a configuration is checked.
     """
 
-    def __init__(self, params: EngineParams, *, lut_multipliers: bool = False):
+    def __init__(self, params: EngineParams, *, multipliers: str = "dsp"):
         self._p = p = params
-        self._lut_multipliers = lut_multipliers
+        self._multipliers = multipliers
         members = {
             "cfg": In(stream.Signature(config_layout(p))),
             "weights": In(stream.Signature(unsigned(p.weight_row_bits))),
@@ -282,6 +282,8 @@ class FireEngine(wiring.Component):
                                  nq.eq(s + e1 + e3)]
                     m.next = "CHECK"
             with m.State("CHECK"):
+                # the checks are registered here and acted on in DECIDE: one cycle more,
+                # and ``accepted`` no longer hangs off a chain of compares
                 checks = [
                     ((h == 0) | (h > p.max_h), ConfigError.H),
                     ((w == 0) | (w > p.max_w), ConfigError.W),
@@ -299,11 +301,15 @@ class FireEngine(wiring.Component):
                     (cfg.compute & ~cfg.load & (~loaded | (loaded_nw != nw)
                                                 | (loaded_nq != nq)), ConfigError.NOT_LOADED),
                 ]
-                with m.If(checks[0][0]):
+                failed = Signal(len(checks))  # one bit per check that failed
+                m.d.sync += failed.eq(Cat(cond for cond, _ in checks))
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                with m.If(failed[0]):
                     m.d.sync += err.eq(checks[0][1])
                     m.next = "REFUSE"
-                for cond, code in checks[1:]:
-                    with m.Elif(cond):
+                for bit, (_, code) in enumerate(checks[1:], start=1):
+                    with m.Elif(failed[bit]):
                         m.d.sync += err.eq(code)
                         m.next = "REFUSE"
                 with m.Elif(cfg.load):
@@ -477,7 +483,11 @@ class FireEngine(wiring.Component):
             "row": unsigned(len(op_row)), "word": unsigned(len(op_word)),
             "tag": tag_layout,
         }))
-        count_left = Mux(phase == Kind.SQUEEZE, s, Mux(phase == Kind.EXPAND1, e1, e3)) - chan
+        # channels left in this phase: registered with op, clipped to a group with op2 (the
+        # subtraction and the compare in one cycle were the ECP5's longest path)
+        left = Signal(range(max(p.max_squeeze, p.max_e1, p.max_e3) + 1))
+        m.d.sync += left.eq(Mux(phase == Kind.SQUEEZE, s, Mux(phase == Kind.EXPAND1, e1, e3))
+                            - chan)
         m.d.sync += [
             op.valid.eq(issuing),
             op.first.eq((k == 0) & (tap_y == 0) & (tap_x == 0)),
@@ -489,7 +499,6 @@ class FireEngine(wiring.Component):
             op.row.eq(op_row), op.word.eq(op_word),
             op.tag.kind.eq(phase),
             op.tag.chan.eq(chan),
-            op.tag.count.eq(Mux(count_left > OC, OC, count_left)),
             op.tag.row.eq(Mux(phase == Kind.SQUEEZE, t, ey)),
             op.tag.xoff.eq(xoff),
         ]
@@ -502,19 +511,21 @@ class FireEngine(wiring.Component):
         # then registered) and the weights and input word (address registered after op, read,
         # registered twice) meet at op5.
         op2, op3, op4, op5 = (Signal.like(op, name=f"op{i}") for i in range(2, 6))
-        m.d.sync += [op2.eq(op), op3.eq(op2), op4.eq(op3), op5.eq(op4)]
-        in_q = Signal.like(in_rd.data)
-        in_q2 = Signal.like(in_rd.data)
-        lb_q = Signal.like(lb.r_data)
-        w_q = Signal.like(w_rd.data)
-        weights = Signal.like(w_rd.data)
+        m.d.sync += [op2.eq(op), op2.tag.count.eq(Mux(left > OC, OC, left)),
+                     op3.eq(op2), op4.eq(op3), op5.eq(op4)]
+        # operand data: no reset (``op5.valid`` says when it counts)
+        in_q = Signal.like(in_rd.data, reset_less=True)
+        in_q2 = Signal.like(in_rd.data, reset_less=True)
+        lb_q = Signal.like(lb.r_data, reset_less=True)
+        w_q = Signal.like(w_rd.data, reset_less=True)
+        weights = Signal.like(w_rd.data, reset_less=True)
         m.d.sync += [in_q.eq(in_rd.data), in_q2.eq(in_q), lb_q.eq(lb.r_data),
                      w_q.eq(w_rd.data), weights.eq(w_q)]
         act = Mux(op5.squeeze, in_q2, lb_q)
         assert LineBuffer.read_latency == 3
 
         m.submodules.array = array = MacArray(p, tag_bits=tag_layout.size,
-                                              lut_multipliers=self._lut_multipliers)
+                                              multipliers=self._multipliers)
         ai = array.i.payload
         m.d.comb += [
             array.i.valid.eq(op5.valid),
@@ -650,7 +661,7 @@ class FireEngine(wiring.Component):
             ]
         plain = fire_out.r_data
         for i in range(join_latency):
-            nxt = Signal(signed(p.bits), name=f"plain_{i}")
+            nxt = Signal(signed(p.bits), name=f"plain_{i}", reset_less=True)
             m.d.sync += nxt.eq(plain)
             plain = nxt
         join_valid = delay(m, join, join_latency, "join")

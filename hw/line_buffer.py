@@ -114,7 +114,7 @@ class LineBuffer(wiring.Component):
                 m.d.comb += [wr.data[lane].eq(w_data),
                              wr.en[lane].eq(w_en & (w_lane == lane) & (bank_of(w_addr) == b))]
             rd = bank.read_port()
-            held = Signal(word, name=f"bank{b}_q")
+            held = Signal(word, name=f"bank{b}_q", reset_less=True)
             m.d.comb += rd.addr.eq(r_addr[:bank_bits])
             m.d.sync += held.eq(rd.data)
             outputs.append(held)

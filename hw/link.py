@@ -251,7 +251,7 @@ class Executor(wiring.Component):
         m = Module()
         job = Signal(FrameMeta)
         index = Signal(LEN_BITS)
-        item = Signal(self._item_bits)
+        item = Signal(self._item_bits, reset_less=True)  # data; ``fill`` says how much
         item_fill = Signal(range(self._item_bits // 8 + 1))
         stall = Signal(range(self._stall + 1))
         with m.If(self.reply.ready):
@@ -450,7 +450,8 @@ class Transmitter(wiring.Component):
         job = Signal(TxJob)
         is_output = Signal()
         # payloads other than OUTPUT, as one little-endian value
-        small = Signal(max(8 * 7, self._counters_bits, 8 * len(self._identity)))
+        small = Signal(max(8 * 7, self._counters_bits, 8 * len(self._identity)),
+                       reset_less=True)  # data, loaded before it is sent
         assert len(small) <= 8 * 128
         index = Signal(LEN_BITS + 4)  # byte of the frame being sent
         crc = Signal(16)

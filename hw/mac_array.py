@@ -4,12 +4,21 @@ Each cycle it takes ``ic_lanes`` activations of one pixel (broadcast to every ou
 a row of ``oc_lanes x ic_lanes`` weights, and accumulates one dot product per output lane.
 ``first`` starts a new reduction and ``last`` ends it: ``latency`` cycles after a ``last``
 beat, ``o`` carries the ``oc_lanes`` sums. It never stalls; the engine reserves room for
-its results before issuing.
+its results before issuing. Only the control bits (``first``, ``last``, valid) are reset: the
+data registers need none, and a reset reaching thousands of them is a slow net.
 
-``lut_multipliers`` builds the products from shifted partial products in the fabric instead
-of leaving them to the synthesis tool's DSP mapping (ECP5 multipliers are only combinational
-there: 3.9 ns plus their routing), with a register after every adder level, in the products
-and in the tree: this is how the ULX3S build meets 100 MHz. Only the latency changes.
+``multipliers`` chooses how the products are built; only the latency differs:
+
+* ``"dsp"``: ``d * w`` registered twice, which Xilinx synthesis packs into the DSP48E1's M
+  and P registers.
+* ``"dsp_local"``: for a DSP block without pipeline registers in the synthesis flow (the
+  ECP5's MULT18X18D is combinational in yosys, 3.9 ns): every multiplier gets its own copy
+  of its activation register and its own product register, so placement can put each next
+  to its block instead of one activation register reaching every output lane's block.
+  The copies carry the ``KEEP_COPY`` attribute; the ECP5 flow marks their flip-flops
+  ``keep`` so that yosys does not merge them back.
+* ``"lut"``: shifted partial products added in the fabric, a register after every adder
+  level, in the products and in the tree: for devices short of DSP blocks.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import delay
 from .params import EngineParams
+
+#: product styles (see the module docstring)
+MULTIPLIERS = ("dsp", "dsp_local", "lut")
+#: attribute marking the operand copies of ``"dsp_local"`` that synthesis must not merge
+KEEP_COPY = "keep_copy"
 
 
 def array_in_layout(p: EngineParams, tag_bits: int) -> data.StructLayout:
@@ -53,18 +67,25 @@ def tree_registers(terms: int, every_level: bool = False) -> int:
 class MacArray(wiring.Component):
     """Time-shared multiply-accumulate array (see module docstring)."""
 
-    def __init__(self, params: EngineParams, tag_bits: int = 1, *,
-                 lut_multipliers: bool = False):
+    def __init__(self, params: EngineParams, tag_bits: int = 1, *, multipliers: str = "dsp"):
+        if multipliers not in MULTIPLIERS:
+            raise ValueError(f"multipliers must be one of {MULTIPLIERS}, not {multipliers!r}")
         self._p = params
-        self._lut = lut_multipliers
+        self._style = multipliers
+        self._lut = multipliers == "lut"
+        #: a register after every adder-tree level, where no DSP cascade adds for us
+        self._tree_every_level = multipliers != "dsp"
         super().__init__({
             "i": In(stream.Signature(array_in_layout(params, tag_bits), always_ready=True)),
             "o": Out(stream.Signature(array_out_layout(params, tag_bits), always_ready=True)),
         })
-        #: product registers: the DSP's M and P registers, or one per adder level in LUTs
-        self._mult_regs = (max(1, (params.bits - 1).bit_length()) if lut_multipliers else 2)
+        #: product registers: the DSP's M and P registers (plus the operand copy), or one per
+        #: adder level in LUTs
+        self._mult_regs = {"dsp": 2, "dsp_local": 3,
+                           "lut": max(1, (params.bits - 1).bit_length())}[multipliers]
         #: cycles from a ``last`` input beat to its ``o`` beat
-        self.latency = 1 + self._mult_regs + tree_registers(params.ic_lanes, lut_multipliers) + 1
+        self.latency = (1 + self._mult_regs
+                        + tree_registers(params.ic_lanes, self._tree_every_level) + 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -73,9 +94,11 @@ class MacArray(wiring.Component):
 
         # Stage 1: zero-point subtraction. A padded tap becomes a real zero, and so does an
         # idle cycle, which then leaves the accumulators unchanged.
-        d = [Signal(signed(bits + 1), name=f"d{k}") for k in range(ic)]
-        nd = [Signal(signed(bits + 2), name=f"nd{k}") for k in range(ic)]  # -d, for LUTs
-        w = [[Signal(signed(bits), name=f"w{o}_{k}") for k in range(ic)] for o in range(oc)]
+        d = [Signal(signed(bits + 1), name=f"d{k}", reset_less=True) for k in range(ic)]
+        # -d, for LUT multipliers
+        nd = [Signal(signed(bits + 2), name=f"nd{k}", reset_less=True) for k in range(ic)]
+        w = [[Signal(signed(bits), name=f"w{o}_{k}", reset_less=True) for k in range(ic)]
+             for o in range(oc)]
         for k in range(ic):
             zero = i.pad | ~self.i.valid
             m.d.sync += d[k].eq(Mux(zero, 0, i.act[k] - i.z))
@@ -88,26 +111,36 @@ class MacArray(wiring.Component):
         for o in range(oc):
             terms = []
             for k in range(ic):
-                prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}")
+                prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}", reset_less=True)
                 if self._lut:
                     self._lut_multiply(m, d[k], nd[k], w[o][k], prod_r, f"lm{o}_{k}")
+                elif self._style == "dsp_local":
+                    d_copy = Signal.like(d[k], name=f"dc{o}_{k}", reset_less=True,
+                                         attrs={KEEP_COPY: 1})
+                    # the weight, one more cycle in step with d_copy
+                    w_copy = Signal.like(w[o][k], name=f"wc{o}_{k}", reset_less=True)
+                    prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}", reset_less=True,
+                                  attrs={KEEP_COPY: 1})
+                    m.d.sync += [d_copy.eq(d[k]), w_copy.eq(w[o][k]),
+                                 prod.eq(d_copy * w_copy), prod_r.eq(prod)]
                 else:
-                    prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}")
+                    prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}", reset_less=True)
                     m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]
                 terms.append(prod_r)
-            sums.append(self._adder_tree(m, terms, f"t{o}", every_level=self._lut))
-        ctl_delay = 1 + self._mult_regs + tree_registers(ic, self._lut)
+            sums.append(self._adder_tree(m, terms, f"t{o}",
+                                         every_level=self._tree_every_level))
+        ctl_delay = 1 + self._mult_regs + tree_registers(ic, self._tree_every_level)
         first = delay(m, i.first & self.i.valid, ctl_delay, "first")
         last = delay(m, i.last & self.i.valid, ctl_delay, "last")
-        tag = delay(m, i.tag, ctl_delay, "tag")
+        tag = delay(m, i.tag, ctl_delay, "tag", reset_less=True)
         # Accumulate; a reduction's result leaves on the cycle after its last beat.
         for o in range(oc):
-            acc = Signal(signed(p.acc_bits), name=f"acc{o}")
+            acc = Signal(signed(p.acc_bits), name=f"acc{o}", reset_less=True)
             m.d.sync += acc.eq(Mux(first, sums[o], acc + sums[o]))
             m.d.comb += self.o.payload.acc[o].eq(acc)
         valid = Signal()
         m.d.sync += valid.eq(last)
-        tag_out = Signal.like(tag)
+        tag_out = Signal.like(tag, reset_less=True)
         m.d.sync += tag_out.eq(tag)
         m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag_out)]
         return m
@@ -125,7 +158,7 @@ class MacArray(wiring.Component):
         while len(terms) > 1:
             nxt = []
             for k in range(0, len(terms), 2):
-                r = out if len(terms) <= 2 else Signal(signed(width),
+                r = out if len(terms) <= 2 else Signal(signed(width), reset_less=True,
                                                       name=f"{name}_l{level}_{k}")
                 m.d.sync += r.eq(sum(terms[k:k + 2]))
                 nxt.append(r)
@@ -142,7 +175,7 @@ class MacArray(wiring.Component):
             for k in range(0, len(terms), 2):
                 pair = terms[k:k + 2]
                 width = max(len(t) for t in pair) + 1
-                s = Signal(signed(width), name=f"{name}_l{level}_{k}")
+                s = Signal(signed(width), name=f"{name}_l{level}_{k}", reset_less=True)
                 total = pair[0] + pair[1] if len(pair) == 2 else pair[0]
                 registered = every_level or level % 2 == 1 or len(terms) <= 2
                 m.d["sync" if registered else "comb"] += s.eq(total)

@@ -23,11 +23,11 @@ class UartTop(wiring.Component):
     busy: Out(1)
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES, lut_multipliers: bool = False):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, multipliers: str = "dsp"):
         self._divisor = baud_divisor(clock_hz, baud)
         self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud,
                                     stall_cycles=stall_cycles,
-                                    lut_multipliers=lut_multipliers)
+                                    multipliers=multipliers)
         super().__init__()
 
     def elaborate(self, platform):
@@ -74,7 +74,7 @@ class BoardTop(wiring.Component):
         m.d.comb += ResetSignal("sync").eq(sync2)
 
         m.submodules.top = top = UartTop(self.params, clock_hz=b.clock_hz, baud=b.baud,
-                                         lut_multipliers=b.family == "ecp5")
+                                         multipliers=b.multipliers)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_pin = tx_buf = io.Buffer("o", uart.tx)
@@ -100,21 +100,26 @@ class BoardTop(wiring.Component):
         m.submodules.bufg = Instance("BUFG", i_I=clk_out, o_O=clk_sys)
 
     def _pll(self, m, clk_in, clk_sys, locked, f_in):
-        # 25 MHz / 1 x 4 = 100 MHz, VCO 600 MHz (CLKOP / 6)
-        fb_div = round(self.board.clock_hz / f_in)
-        if fb_div * f_in != self.board.clock_hz:
-            raise ValueError(f"{self.board.name}: no PLL setting for {self.board.clock_hz} Hz")
-        op_div = 600_000_000 // self.board.clock_hz
+        # f_out = f_in * CLKFB_DIV / CLKI_DIV (feedback from CLKOP), VCO = f_out * CLKOP_DIV
+        # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 12 / 5 = 60 MHz, VCO 600
+        f_out = self.board.clock_hz
+        for ref_div in range(1, 129):
+            fb_div, rest = divmod(f_out * ref_div, int(f_in))
+            op_div = 600_000_000 // f_out
+            if (not rest and 1 <= fb_div <= 128 and f_in / ref_div >= 3.125e6
+                    and 400e6 <= f_out * op_div <= 800e6):
+                break
+        else:
+            raise ValueError(f"{self.board.name}: no PLL setting for {f_out} Hz")
         clk_out = clk_sys
         m.submodules.pll = Instance(
             "EHXPLLL",
-            a_FREQUENCY_PIN_CLKI=str(f_in / 1e6), a_FREQUENCY_PIN_CLKOP=str(
-                self.board.clock_hz / 1e6),
+            a_FREQUENCY_PIN_CLKI=str(f_in / 1e6), a_FREQUENCY_PIN_CLKOP=str(f_out / 1e6),
             a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
             a_MFG_GMCREF_SEL="2",
             p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
             p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
-            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=1,
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=ref_div,
             p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div, p_CLKOP_CPHASE=op_div // 2 - 1,
             p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=fb_div,
             i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out,

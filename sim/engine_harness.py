@@ -25,14 +25,14 @@ from .verilator import HARNESS, build, pack_beats
 
 
 @cache
-def engine_verilog(params: EngineParams, lut_multipliers: bool = False) -> str:
-    return verilog.convert(FireEngine(params, lut_multipliers=lut_multipliers),
+def engine_verilog(params: EngineParams, multipliers: str = "dsp") -> str:
+    return verilog.convert(FireEngine(params, multipliers=multipliers),
                            name="fire_engine")
 
 
-def harness(params: EngineParams, lut_multipliers: bool = False) -> Path:
+def harness(params: EngineParams, multipliers: str = "dsp") -> Path:
     defines = [f"OUTPUT_BITS={params.bits}"] + (["HAS_BYPASS"] if params.bypass else [])
-    return build("engine_tb", engine_verilog(params, lut_multipliers),
+    return build("engine_tb", engine_verilog(params, multipliers),
                  [HARNESS / "engine_tb.cpp"], "fire_engine", defines=defines)
 
 
@@ -51,12 +51,12 @@ class HarnessResult:
 
 
 def run_streams(params: EngineParams, streams: dict, *, gaps=0, backpressure=0, seed=0,
-                max_cycles=2_000_000_000, lut_multipliers=False) -> HarnessResult:
+                max_cycles=2_000_000_000, multipliers="dsp") -> HarnessResult:
     """Offer every queue at once; return each handled configuration's outcome."""
     widths = {"cfg": config_layout(params).size, "weights": params.weight_row_bits,
               "qparams": qparam_layout(params).size, "input": params.ic_lanes * params.bits,
               "bypass": params.bits}
-    exe = harness(params, lut_multipliers)
+    exe = harness(params, multipliers)
     with tempfile.TemporaryDirectory() as tmp:
         stim, res = Path(tmp) / "stim.bin", Path(tmp) / "res.bin"
         with open(stim, "wb") as f:

@@ -82,9 +82,10 @@ def test_back_to_back_different_layers_without_reset():
                                       ops.fire(x, layer))
 
 
-def test_lut_multipliers_match():
-    """The ECP5 build's fabric multipliers (one register per adder level) give the same
-    results as the DSP path."""
+@pytest.mark.parametrize("multipliers", ["dsp_local", "lut"])
+def test_multiplier_styles_match(multipliers):
+    """The ECP5 build's per-block operand copies, and the fabric multipliers (a register
+    per adder level), give the golden model's results like the DSP path."""
     p = CONFIGS["arty_a7"]
     rng = np.random.default_rng(12)
     for h, w, cin, s, e1, e3 in [(4, 3, 96, 16, 64, 64), (3, 3, 512, 64, 256, 256)]:
@@ -92,5 +93,6 @@ def test_lut_multipliers_match():
         layer = random_fire(rng, cin, s, e1, e3, bypass=bypass)
         x = random_input(rng, h, w, cin)
         plan = FirePlan(p, Shape(h, w, cin, s, e1, e3), bypass=bypass)
-        got, _ = run_fire(plan, layer, x, gaps=20, backpressure=30, lut_multipliers=True)
+        got, _ = run_fire(plan, layer, x, gaps=20, backpressure=30,
+                          multipliers=multipliers)
         np.testing.assert_array_equal(got, ops.fire(x, layer))

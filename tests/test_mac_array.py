@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.mac_array import MacArray
+from hw.mac_array import MULTIPLIERS, MacArray
 from hw.params import EngineParams
 
 
-@pytest.mark.parametrize("lut", [False, True], ids=["dsp", "lut"])
+@pytest.mark.parametrize("multipliers", MULTIPLIERS)
 @pytest.mark.parametrize("params", [
     EngineParams(bits=8, ic_lanes=4, oc_lanes=3, max_h=4, max_w=4, max_cin=16,
                  max_squeeze=8, max_e1=8, max_e3=8, weight_depth=64, squeeze_depth=64),
@@ -17,7 +17,7 @@ from hw.params import EngineParams
     EngineParams(bits=16, ic_lanes=2, oc_lanes=1, max_h=4, max_w=4, max_cin=8,
                  max_squeeze=4, max_e1=4, max_e3=4, weight_depth=64, squeeze_depth=64),
 ], ids=["int8-4x3", "int4-1x2", "int16-2x1"])
-def test_reductions_with_gaps(params, lut):
+def test_reductions_with_gaps(params, multipliers):
     spec = params.spec
     rng = np.random.default_rng(params.bits)
     ic, oc = params.ic_lanes, params.oc_lanes
@@ -34,7 +34,7 @@ def test_reductions_with_gaps(params, lut):
         pad = rng.integers(0, 2, length).astype(bool)
         want = np.einsum("li,loi->o", np.where(pad[:, None], 0, act - z), w)
         reductions.append((act, w, z, pad, want))
-    dut = MacArray(params, tag_bits=8, lut_multipliers=lut)
+    dut = MacArray(params, tag_bits=8, multipliers=multipliers)
     got = []
 
     async def bench(ctx):

@@ -659,11 +659,7 @@ class FireEngine(wiring.Component):
                 byp.mult_a.eq(cfg.byp_mult_a), byp.mult_b.eq(cfg.byp_mult_b),
                 byp.shift.eq(cfg.byp_shift),
             ]
-        plain = fire_out.r_data
-        for i in range(join_latency):
-            nxt = Signal(signed(p.bits), name=f"plain_{i}", reset_less=True)
-            m.d.sync += nxt.eq(plain)
-            plain = nxt
+        plain = delay(m, fire_out.r_data.as_signed(), join_latency, "plain", reset_less=True)
         join_valid = delay(m, join, join_latency, "join")
         joined = Mux(bypass_on, byp.o.payload.y, plain) if p.bypass else plain
         m.d.comb += [final.w_en.eq(join_valid), final.w_data.eq(joined)]

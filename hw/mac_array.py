@@ -72,7 +72,6 @@ class MacArray(wiring.Component):
             raise ValueError(f"multipliers must be one of {MULTIPLIERS}, not {multipliers!r}")
         self._p = params
         self._style = multipliers
-        self._lut = multipliers == "lut"
         #: a register after every adder-tree level, where no DSP cascade adds for us
         self._tree_every_level = multipliers != "dsp"
         super().__init__({
@@ -102,7 +101,7 @@ class MacArray(wiring.Component):
         for k in range(ic):
             zero = i.pad | ~self.i.valid
             m.d.sync += d[k].eq(Mux(zero, 0, i.act[k] - i.z))
-            if self._lut:
+            if self._style == "lut":
                 m.d.sync += nd[k].eq(Mux(zero, 0, i.z - i.act[k]))
             for o in range(oc):
                 m.d.sync += w[o][k].eq(i.weights[o][k])
@@ -112,7 +111,7 @@ class MacArray(wiring.Component):
             terms = []
             for k in range(ic):
                 prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}", reset_less=True)
-                if self._lut:
+                if self._style == "lut":
                     self._lut_multiply(m, d[k], nd[k], w[o][k], prod_r, f"lm{o}_{k}")
                 elif self._style == "dsp_local":
                     d_copy = Signal.like(d[k], name=f"dc{o}_{k}", reset_less=True,

@@ -103,9 +103,9 @@ class BoardTop(wiring.Component):
         # f_out = f_in * CLKFB_DIV / CLKI_DIV (feedback from CLKOP), VCO = f_out * CLKOP_DIV
         # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 12 / 5 = 60 MHz, VCO 600
         f_out = self.board.clock_hz
+        op_div = 600_000_000 // f_out
         for ref_div in range(1, 129):
             fb_div, rest = divmod(f_out * ref_div, int(f_in))
-            op_div = 600_000_000 // f_out
             if (not rest and 1 <= fb_div <= 128 and f_in / ref_div >= 3.125e6
                     and 400e6 <= f_out * op_div <= 800e6):
                 break

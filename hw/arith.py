@@ -16,11 +16,13 @@ from amaranth.lib.wiring import In, Out
 
 from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
 
+from .dsp import registered_product
+
 #: Operand chunk of the wide multiplier: 17-bit unsigned pieces fit an 18x18 signed
 #: multiplier (ECP5 MULT18X18D) and a DSP48E1 alike.
 CHUNK = 17
 #: Cycles of :func:`round_shift_clamp`.
-ROUND_LATENCY = 5
+ROUND_LATENCY = 6
 
 
 def delay(m: Module, sig, cycles: int, name: str = "d", *, reset_less: bool = False):
@@ -39,27 +41,26 @@ def multiplier_latency(a_width: int, b_width: int) -> int:
     return 3 + max(0, (terms - 1).bit_length())
 
 
-def wide_multiply(m: Module, a, b, name: str = "mul"):
+def wide_multiply(m: Module, platform, a, b, name: str = "mul", *, primitive: bool = False):
     """Pipelined ``a * b`` (``a`` signed, ``b`` unsigned), built from 18x18-sized products.
 
-    Returns ``(product, latency)``. Registers: operands, products (twice, as the DSP's M and
-    P registers), then one register per level of the partial-product adder tree.
+    Returns ``(product, latency)``. Registers: each partial product's operands and product
+    (:func:`hw.dsp.registered_product`; ``primitive``: an ECP5 MULT18X18D's), the product once
+    more, then one register per level of the partial-product adder tree.
     """
     aw, bw = len(a), len(b)
     a_chunks = [(lo, min(CHUNK, aw - lo)) for lo in range(0, aw, CHUNK)]
     b_chunks = [(lo, min(CHUNK, bw - lo)) for lo in range(0, bw, CHUNK)]
-    ra = Signal(signed(aw), reset_less=True, name=f"{name}_a")
-    rb = Signal(unsigned(bw), reset_less=True, name=f"{name}_b")
-    m.d.sync += [ra.eq(a), rb.eq(b)]
     terms = []
     for i, (alo, awid) in enumerate(a_chunks):
         top = i == len(a_chunks) - 1
-        piece_a = ra[alo:alo + awid].as_signed() if top else ra[alo:alo + awid]
+        piece_a = a[alo:alo + awid].as_signed() if top else a[alo:alo + awid]
         for j, (blo, bwid) in enumerate(b_chunks):
-            piece_b = rb[blo:blo + bwid]
-            prod = Signal(signed(awid + bwid + 1), reset_less=True, name=f"{name}_p{i}{j}")
+            piece_b = b[blo:blo + bwid]
+            prod = registered_product(m, platform, piece_a, piece_b, f"{name}_p{i}{j}",
+                                      primitive=primitive)
             prod_r = Signal.like(prod, name=f"{name}_pr{i}{j}", reset_less=True)
-            m.d.sync += [prod.eq(piece_a * piece_b), prod_r.eq(prod)]
+            m.d.sync += prod_r.eq(prod)
             terms.append((prod_r, alo + blo))
     latency = 3
     width = aw + bw + 1
@@ -110,10 +111,11 @@ def round_shift_clamp(m: Module, value, shift, z, lo, spec: QuantSpec, name="rq"
     m.d.sync += rc.eq(Mux(~r[-1] & top.any(), big - 1,
                           Mux(r[-1] & ~top.all(), -big, r[:keep].as_signed())))
     z_d = delay(m, z, 4, f"{name}_z", reset_less=True)
-    lo_d = delay(m, lo, 4, f"{name}_lo", reset_less=True)
-    hi_d = spec.act_max if hi is None else delay(m, hi, 4, f"{name}_hi", reset_less=True)
+    lo_d = delay(m, lo, 5, f"{name}_lo", reset_less=True)
+    hi_d = spec.act_max if hi is None else delay(m, hi, 5, f"{name}_hi", reset_less=True)
+    # the zero point's add and the clamp's compares: a stage each
     total = Signal(signed(spec.bits + 3), reset_less=True, name=f"{name}_t")
-    m.d.comb += total.eq(z_d + rc)
+    m.d.sync += total.eq(z_d + rc)
     y = Signal(signed(spec.bits), reset_less=True, name=f"{name}_y")
     m.d.sync += y.eq(Mux(total > hi_d, hi_d, Mux(total < lo_d, lo_d, total)))
     return y, ROUND_LATENCY
@@ -155,8 +157,10 @@ class Requantizer(wiring.Component):
     ``latency`` cycles later.
     """
 
-    def __init__(self, spec: QuantSpec, acc_bits: int, tag_bits: int = 1):
+    def __init__(self, spec: QuantSpec, acc_bits: int, tag_bits: int = 1, *,
+                 multipliers: str = "dsp"):
         self._spec = spec
+        self._primitive = multipliers == "mult18x18d"
         self._acc_bits = acc_bits
         self._tag_bits = tag_bits
         super().__init__({
@@ -174,7 +178,9 @@ class Requantizer(wiring.Component):
         v_bits = self._v_bits
         v = Signal(signed(v_bits), reset_less=True)
         m.d.sync += v.eq(p.acc + p.bias)
-        prod, mul_lat = wide_multiply(m, v, delay(m, p.mult, 1, "mult", reset_less=True))
+        prod, mul_lat = wide_multiply(m, platform, v,
+                                      delay(m, p.mult, 1, "mult", reset_less=True),
+                                      primitive=self._primitive)
         lead = 1 + mul_lat
         shift = delay(m, p.shift, lead, "shift", reset_less=True)
         z = delay(m, p.z, lead, "z", reset_less=True)
@@ -199,8 +205,9 @@ class BypassAdder(wiring.Component):
     the layer's (held constant while a layer runs).
     """
 
-    def __init__(self, spec: QuantSpec, tag_bits: int = 1):
+    def __init__(self, spec: QuantSpec, tag_bits: int = 1, *, multipliers: str = "dsp"):
         self._spec = spec
+        self._primitive = multipliers == "mult18x18d"
         b = spec.bits
         super().__init__({
             "i": In(stream.Signature(bypass_in_layout(spec, tag_bits), always_ready=True)),
@@ -218,8 +225,8 @@ class BypassAdder(wiring.Component):
         da = Signal(signed(spec.bits + 1), reset_less=True)
         db = Signal(signed(spec.bits + 1), reset_less=True)
         m.d.sync += [da.eq(p.a - self.z_a), db.eq(p.b - self.z_b)]
-        pa, lat = wide_multiply(m, da, self.mult_a, "mula")
-        pb, _ = wide_multiply(m, db, self.mult_b, "mulb")
+        pa, lat = wide_multiply(m, platform, da, self.mult_a, "mula", primitive=self._primitive)
+        pb, _ = wide_multiply(m, platform, db, self.mult_b, "mulb", primitive=self._primitive)
         total = Signal(signed(len(pa) + 1), reset_less=True)
         m.d.sync += total.eq(pa + pb)
         lead = 1 + lat + 1

@@ -29,7 +29,6 @@ from pathlib import Path
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from boards.base import Board
 
-from .mac_array import KEEP_COPY
 from .params import EngineParams, ParamError, parse_overrides
 from .resources import ToolError, fit_table, format_fit, summarize_xilinx, tool, xilinx_cells
 from .top import BoardTop
@@ -131,8 +130,6 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
         # nextpnr reports Fmax either way; whether it is enough is checked below.
         platform_for(board).build(
             BoardTop(board, params), name="top", build_dir=str(out), do_program=False,
-            # flip-flops holding hw.mac_array's operand copies stay distinct (keep)
-            script_after_read=f"proc; setattr -set keep 1 a:{KEEP_COPY} %ci1:+[Q] c:* %i",
             synth_opts="-run begin:map_luts",
             script_after_synth="techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
                                "clean; synth_ecp5 -top top -run map_cells:",

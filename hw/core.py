@@ -7,7 +7,7 @@ between the two.
 
 
 from amaranth import Cat, Module, Mux, ResetInserter, Signal
-from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .engine import FireEngine
@@ -22,6 +22,7 @@ from .protocol import (
     item_bytes,
     pack_identity,
 )
+from .ram import RegisteredRead, ram
 
 #: Cycles without any engine progress, while a frame waits for the engine, before that frame
 #: is dropped (11 ms at 96 MHz). Frames arrive in the order the engine takes them, and a
@@ -71,10 +72,9 @@ class AcceleratorCore(wiring.Component):
         items = item_bytes(p)
         m.submodules.receiver = rx = FrameReceiver(items)
         wiring.connect(m, wiring.flipped(self.rx), rx.rx)
-        m.submodules.slots = slots = memory.Memory(shape=8, depth=RX_SLOTS * MAX_PAYLOAD,
-                                                   init=[])
+        m.submodules.slots = slots = ram(shape=8, depth=RX_SLOTS * MAX_PAYLOAD)
         slot_wr = slots.write_port()
-        slot_rd = slots.read_port()
+        slot_rd = RegisteredRead(m, slots, "slot_rd")
         m.d.comb += [slot_wr.addr.eq(rx.wr_addr), slot_wr.data.eq(rx.wr_data),
                      slot_wr.en.eq(rx.wr_en)]
         commits = resettable("commits", fifo.SyncFIFO(width=FrameMeta.size, depth=RX_SLOTS))
@@ -110,10 +110,13 @@ class AcceleratorCore(wiring.Component):
         taken = Signal(RX_SLOTS)
         with m.If(rx.commit.valid):
             m.d.comb += taken.eq(1 << rx.commit.payload.slot if RX_SLOTS > 1 else 1)
+        # a released buffer is free a cycle later (registered), never across a reset
+        released = Signal(RX_SLOTS)
+        m.d.sync += released.eq(Mux(soft_reset, 0, executor.release))
         with m.If(soft_reset):
             m.d.sync += slot_free.eq((1 << RX_SLOTS) - 1)
         with m.Else():
-            m.d.sync += slot_free.eq((slot_free & ~taken) | executor.release)
+            m.d.sync += slot_free.eq((slot_free & ~taken) | released)
         m.d.comb += [rx.slot_free.eq(slot_free & ~taken), self.busy.eq(engine.busy)]
 
         # ---- replies: receiver errors, executor answers, the ACK of a RESET
@@ -138,9 +141,9 @@ class AcceleratorCore(wiring.Component):
 
         # ---- frames out
         framer = resettable("framer", OutputFramer(p.bits))
-        m.submodules.outbuf = outbuf = memory.Memory(shape=8, depth=2 * MAX_PAYLOAD, init=[])
+        m.submodules.outbuf = outbuf = ram(shape=8, depth=2 * MAX_PAYLOAD)
         out_wr = outbuf.write_port()
-        out_rd = outbuf.read_port()
+        out_rd = RegisteredRead(m, outbuf, "out_rd")
         # reset with the engine: a RESET must not look like the end of a run
         runs_seen = Signal.like(engine.runs)
         m.d.sync += runs_seen.eq(Mux(soft_reset, 0, engine.runs))
@@ -186,8 +189,11 @@ class AcceleratorCore(wiring.Component):
     def _counters(self, m, rx, executor, engine):
         """Live counter values packed as ``COUNTER_FIELDS`` (little-endian)."""
         def counter(width, pulse):
+            # the pulse is registered first: a count lands a cycle late, off the pulse's path
             c = Signal(width)
-            with m.If(pulse):
+            pulse_r = Signal()
+            m.d.sync += pulse_r.eq(pulse)
+            with m.If(pulse_r):
                 m.d.sync += c.eq(c + 1)
             return c
 

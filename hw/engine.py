@@ -20,13 +20,14 @@ pause the sequencer.
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, fifo, memory, stream, wiring
+from amaranth.lib import data, enum, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import BypassAdder, Requantizer, delay
 from .line_buffer import LineBuffer
 from .mac_array import MacArray
 from .params import ConfigError, EngineParams, ceil_div, config_fields, qparam_fields
+from .ram import RegisteredRead, ram
 
 #: Emitted accumulator groups the FIFO between the array and the requantizer holds.
 GROUP_FIFO_DEPTH = 16
@@ -138,8 +139,12 @@ class FireEngine(wiring.Component):
         acc = Signal(wide)
         cnt = Signal(wide)
         rem = Signal(signed(24))
+        mul_add = Signal(wide)
+        mul_n = Signal(range(max(p.max_h, ceil_div(max_ch, OC), p.squeeze_words) + 1))
 
         drained = Signal()  # nothing left in flight anywhere downstream of the sequencer
+        # the run's end, registered (``drained`` is a wide AND); not from the last run's end
+        finished = Signal()
         cycles = Signal(32)
         last_beat = Signal(32)
         running = Signal()
@@ -148,35 +153,38 @@ class FireEngine(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         # ---------------------------------------------------------------- memories
-        m.submodules.wmem = wmem = memory.Memory(shape=unsigned(p.weight_row_bits),
-                                                 depth=p.weight_depth, init=[])
-        m.submodules.qmem = qmem = memory.Memory(shape=qparam_layout(p), depth=qdepth, init=[])
-        m.submodules.inbuf = inbuf = memory.Memory(
-            shape=data.ArrayLayout(signed(p.bits), IC), depth=2 * in_words, init=[])
+        m.submodules.wmem = wmem = ram(shape=unsigned(p.weight_row_bits), depth=p.weight_depth)
+        m.submodules.qmem = qmem = ram(shape=qparam_layout(p), depth=qdepth)
+        m.submodules.inbuf = inbuf = ram(shape=data.ArrayLayout(signed(p.bits), IC),
+                                         depth=2 * in_words)
         m.submodules.lb = lb = LineBuffer(p)
-        w_wr, w_rd = wmem.write_port(), wmem.read_port()
-        q_wr, q_rd = qmem.write_port(), qmem.read_port()
-        in_wr, in_rd = inbuf.write_port(), inbuf.read_port()
+        w_wr, w_rd = wmem.write_port(), RegisteredRead(m, wmem, "w_rd")
+        q_wr, q_rd = qmem.write_port(), RegisteredRead(m, qmem, "q_rd")
+        in_wr, in_rd = inbuf.write_port(), RegisteredRead(m, inbuf, "in_rd")
         m.d.comb += [lb.rows.eq(h), lb.row_words.eq(row_words), lb.retain.eq(retain)]
 
         # ---------------------------------------------------------------- loader
+        # The handshakes decide from registers only (``w_room``: rows still to come), and
+        # the memory writes are registered: a stream's ready and valid cross the chip.
         w_count = Signal(range(p.weight_depth + 1))
         q_count = Signal(range(qdepth + 1))
+        w_room = Signal()
+        q_room = Signal()
         loading = Signal()
-        m.d.comb += [
-            self.weights.ready.eq(loading & (w_count < nw)),
-            self.qparams.ready.eq(loading & (q_count < nq)),
-            w_wr.addr.eq(w_count), w_wr.data.eq(self.weights.payload),
-            w_wr.en.eq(self.weights.valid & self.weights.ready),
-            q_wr.addr.eq(q_count), q_wr.data.eq(self.qparams.payload),
-            q_wr.en.eq(self.qparams.valid & self.qparams.ready),
+        w_take = self.weights.valid & self.weights.ready
+        q_take = self.qparams.valid & self.qparams.ready
+        m.d.comb += [self.weights.ready.eq(loading & w_room),
+                     self.qparams.ready.eq(loading & q_room)]
+        m.d.sync += [
+            w_wr.addr.eq(w_count), w_wr.data.eq(self.weights.payload), w_wr.en.eq(w_take),
+            q_wr.addr.eq(q_count), q_wr.data.eq(self.qparams.payload), q_wr.en.eq(q_take),
         ]
-        with m.If(w_wr.en):
-            m.d.sync += w_count.eq(w_count + 1)
-        with m.If(q_wr.en):
-            m.d.sync += q_count.eq(q_count + 1)
-            with m.If(self.qparams.payload.shift == 0):
-                m.d.sync += shift_bad.eq(1)
+        with m.If(w_take):
+            m.d.sync += [w_count.eq(w_count + 1), w_room.eq(w_count + 1 != nw)]
+        with m.If(q_take):
+            m.d.sync += [q_count.eq(q_count + 1), q_room.eq(q_count + 1 != nq)]
+        with m.If(q_wr.en & (q_wr.data.shift == 0)):
+            m.d.sync += shift_bad.eq(1)
 
         # ---------------------------------------------------------------- input buffer
         def slot_addr(slot, word):
@@ -191,23 +199,25 @@ class FireEngine(wiring.Component):
         in_row = Signal(range(p.max_h + 1))
         in_active = Signal()  # this run streams an input
         in_hold = Signal(2)  # released in the last two cycles: its reads are still in flight
-        can_load = (in_active & (in_row < h) & ~in_full.bit_select(in_slot_w, 1)
+        in_more = Signal()  # in_row < h, kept as a register
+        can_load = (in_active & in_more & ~in_full.bit_select(in_slot_w, 1)
                     & ~in_hold.bit_select(in_slot_w, 1))
-        m.d.comb += [
-            self.input.ready.eq(can_load),
-            in_wr.addr.eq(slot_addr(in_slot_w, in_word_w)),
-            in_wr.data.eq(self.input.payload),
-            in_wr.en.eq(self.input.valid & can_load),
-        ]
+        in_take = self.input.valid & can_load
+        m.d.comb += self.input.ready.eq(can_load)
+        # the write is registered; the sequencer reads a slot at least two cycles after
+        # it fills
+        m.d.sync += [in_wr.addr.eq(slot_addr(in_slot_w, in_word_w)),
+                     in_wr.data.eq(self.input.payload), in_wr.en.eq(in_take)]
         in_set = Signal(2)
         in_clear = Signal(2)  # the sequencer issued the last read of this slot's pixel
         m.d.sync += in_full.eq((in_full | in_set) & ~in_clear)
-        with m.If(in_wr.en):
+        with m.If(in_take):
             with m.If(in_word_w + 1 == kc):
                 m.d.sync += [in_word_w.eq(0), in_slot_w.eq(~in_slot_w)]
                 m.d.comb += in_set.eq(Mux(in_slot_w, 0b10, 0b01))
                 with m.If(in_col + 1 == w):
-                    m.d.sync += [in_col.eq(0), in_row.eq(in_row + 1)]
+                    m.d.sync += [in_col.eq(0), in_row.eq(in_row + 1),
+                                 in_more.eq(in_row + 1 != h)]
                 with m.Else():
                     m.d.sync += in_col.eq(in_col + 1)
             with m.Else():
@@ -259,28 +269,28 @@ class FireEngine(wiring.Component):
                         m.d.sync += [dst.eq(acc), acc.eq(0)]
                         if src_next is not None:
                             m.d.sync += rem.eq(src_next)
+                        else:
+                            m.d.sync += [mul_add.eq(kc), mul_n.eq(gs)]
                         m.next = nxt
-            # products by repeated addition: (state, addend, count, destination, next)
-            mul_steps = [("MUL_S", kc, gs, nws, "MUL_1"),
-                         ("MUL_1", ks, g1, nw1, "MUL_3"),
-                         ("MUL_3", (ks << 3) + ks, g3, nw3, "MUL_R"),
-                         ("MUL_R", w, ks, row_words, "MUL_M")]
-            for name, addend, count, dst, nxt in mul_steps:
+            # products by repeated addition of ``mul_add``, ``mul_n`` times; each state loads
+            # the next one's operands into registers, so that no adder or compare follows a
+            # multiplexer: (state, destination, next state's operands, next state)
+            rows_needed = Mux(retain, h, Mux(h < 3, h, 3))
+            mul_steps = [("MUL_S", nws, (ks, g1), [], "MUL_1"),
+                         ("MUL_1", nw1, ((ks << 3) + ks, g3),
+                          [nw.eq(Mux(cfg.squeeze, nws, 0) + acc)], "MUL_3"),
+                         ("MUL_3", nw3, (w, ks), [nw.eq(nw + acc)], "MUL_R"),
+                         ("MUL_R", row_words, (acc, rows_needed), [], "MUL_M"),
+                         ("MUL_M", sq_words, None, [nq.eq(s + e1 + e3)], "CHECK")]
+            for name, dst, operands, extra, nxt in mul_steps:
                 with m.State(name):
-                    with m.If(cnt < count):
-                        m.d.sync += [acc.eq(acc + addend), cnt.eq(cnt + 1)]
+                    with m.If(cnt != mul_n):
+                        m.d.sync += [acc.eq(acc + mul_add), cnt.eq(cnt + 1)]
                     with m.Else():
-                        m.d.sync += [dst.eq(acc), acc.eq(0), cnt.eq(0)]
+                        m.d.sync += [dst.eq(acc), acc.eq(0), cnt.eq(0), *extra]
+                        if operands is not None:
+                            m.d.sync += [mul_add.eq(operands[0]), mul_n.eq(operands[1])]
                         m.next = nxt
-            with m.State("MUL_M"):
-                rows_needed = Mux(retain, h, Mux(h < 3, h, 3))
-                with m.If(cnt < rows_needed):
-                    m.d.sync += [acc.eq(acc + row_words), cnt.eq(cnt + 1)]
-                with m.Else():
-                    m.d.sync += [sq_words.eq(acc), acc.eq(0), cnt.eq(0),
-                                 nw.eq(Mux(cfg.squeeze, nws, 0) + nw1 + nw3),
-                                 nq.eq(s + e1 + e3)]
-                    m.next = "CHECK"
             with m.State("CHECK"):
                 # the checks are registered here and acted on in DECIDE: one cycle more,
                 # and ``accepted`` no longer hangs off a chain of compares
@@ -314,7 +324,8 @@ class FireEngine(wiring.Component):
                         m.next = "REFUSE"
                 with m.Elif(cfg.load):
                     m.d.comb += self.accepted.eq(1)
-                    m.d.sync += [w_count.eq(0), q_count.eq(0), shift_bad.eq(0), loaded.eq(0)]
+                    m.d.sync += [w_count.eq(0), q_count.eq(0), w_room.eq(nw != 0),
+                                 q_room.eq(nq != 0), shift_bad.eq(0), loaded.eq(0)]
                     m.next = "LOAD"
                 with m.Elif(cfg.compute):
                     m.d.comb += self.accepted.eq(1)
@@ -328,7 +339,8 @@ class FireEngine(wiring.Component):
                 m.next = "IDLE"
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
-                with m.If((w_count == nw) & (q_count == nq)):
+                # everything taken, and the last writes (and their shift check) landed
+                with m.If(~w_room & ~q_room & ~w_wr.en & ~q_wr.en):
                     with m.If(shift_bad):
                         m.d.sync += err.eq(ConfigError.SHIFT)
                         m.next = "REFUSE"
@@ -341,7 +353,7 @@ class FireEngine(wiring.Component):
             with m.State("START"):
                 m.d.comb += lb.init.eq(1)
                 m.d.sync += [in_full.eq(0), in_slot_w.eq(0), in_word_w.eq(0), in_col.eq(0),
-                             in_row.eq(0), in_active.eq(cfg.squeeze)]
+                             in_row.eq(0), in_more.eq(1), in_active.eq(cfg.squeeze)]
                 with m.If(cfg.squeeze):
                     m.d.sync += [map_valid.eq(retain), map_h.eq(h), map_w.eq(w),
                                  map_s.eq(s)]
@@ -351,7 +363,7 @@ class FireEngine(wiring.Component):
                     m.d.comb += seq_go.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(seq_done & drained):
+                with m.If(finished):
                     m.d.sync += in_active.eq(0)
                     m.next = "FINISH"
             with m.State("FINISH"):
@@ -547,13 +559,17 @@ class FireEngine(wiring.Component):
                      groups.w_data.eq(Cat(array.o.payload.acc, array.o.payload.tag))]
         head = data.View(entry, groups.r_data)
 
-        # credits: a group's last beat reserves a FIFO slot; popping returns it
+        # Credits: a group's last beat reserves a FIFO slot; popping returns it. Every credit
+        # counter here returns credits a cycle late (registered), which is safe and keeps the
+        # return's logic off the counter's path.
         pop = Signal()
+        pop_r = Signal()
+        m.d.sync += pop_r.eq(pop)
         with m.If(seq_go):
             m.d.sync += emit_credit.eq(GROUP_FIFO_DEPTH)
         with m.Else():
             take = issuing & group_last
-            m.d.sync += emit_credit.eq(emit_credit - take + pop)
+            m.d.sync += emit_credit.eq(emit_credit - take + pop_r)
         # squeeze groups not yet written to the line buffer
         sq_issue = issuing & group_last & (phase == Kind.SQUEEZE)
         sq_written = Signal()
@@ -563,7 +579,8 @@ class FireEngine(wiring.Component):
         # ---------------------------------------------------------------- requantizer
         rq_tag = data.StructLayout({"squeeze": 1, "group_end": 1, "row": unsigned(len(op_row)),
                                     "word": unsigned(len(xoff)), "lane": range(IC)})
-        m.submodules.rq = rq = Requantizer(p.spec, p.acc_bits, tag_bits=rq_tag.size)
+        m.submodules.rq = rq = Requantizer(p.spec, p.acc_bits, tag_bits=rq_tag.size,
+                                           multipliers=self._multipliers)
         out_credit = Signal(range(OUTPUT_FIFO_DEPTH + 1))
         lane = Signal(range(OC + 1))
         is_sq = head.tag.kind == Kind.SQUEEZE
@@ -633,16 +650,18 @@ class FireEngine(wiring.Component):
         m.d.comb += [fire_out.w_en.eq(rq.o.valid & ~out_tag.squeeze),
                      fire_out.w_data.eq(rq.o.payload.y)]
         issue_ex = can_rq & ~is_sq
+        joined_r = Signal()
+        m.d.sync += joined_r.eq(fire_out.r_en)
         with m.If(seq_go):
             m.d.sync += out_credit.eq(OUTPUT_FIFO_DEPTH)
         with m.Else():
-            m.d.sync += out_credit.eq(out_credit - issue_ex + fire_out.r_en)
+            m.d.sync += out_credit.eq(out_credit - issue_ex + joined_r)
 
         m.submodules.final = final = fifo.SyncFIFO(width=p.bits, depth=OUTPUT_FIFO_DEPTH)
         final_credit = Signal(range(OUTPUT_FIFO_DEPTH + 1))
         join_in_flight = Signal(range(64))
         if p.bypass:
-            m.submodules.byp = byp = BypassAdder(p.spec)
+            m.submodules.byp = byp = BypassAdder(p.spec, multipliers=self._multipliers)
             join_latency = byp.latency
             byp_ready = ~bypass_on | self.bypass.valid
         else:
@@ -667,10 +686,12 @@ class FireEngine(wiring.Component):
         m.d.comb += [self.output.valid.eq(final.r_rdy), self.output.payload.eq(final.r_data),
                      final.r_en.eq(self.output.ready)]
         out_beat = final.r_rdy & self.output.ready
+        out_beat_r = Signal()
+        m.d.sync += out_beat_r.eq(out_beat)
         with m.If(seq_go):
             m.d.sync += final_credit.eq(OUTPUT_FIFO_DEPTH)
         with m.Else():
-            m.d.sync += final_credit.eq(final_credit - join + out_beat)
+            m.d.sync += final_credit.eq(final_credit - join + out_beat_r)
         with m.If(out_beat):
             m.d.sync += last_beat.eq(cycles)
 
@@ -679,4 +700,5 @@ class FireEngine(wiring.Component):
                                & (out_credit == OUTPUT_FIFO_DEPTH)
                                & (join_in_flight == 0) & (final_credit == OUTPUT_FIFO_DEPTH)
                                & (sq_pending == 0))
+        m.d.sync += finished.eq(seq_done & drained & ~seq_go)
         return m

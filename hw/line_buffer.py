@@ -19,10 +19,11 @@ engine on an ECP5.
 from __future__ import annotations
 
 from amaranth import Module, Signal, signed
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import EngineParams
+from .ram import RegisteredRead, ram
 
 #: Words per bank: one ECP5 EBR (1024 x 18) or Xilinx RAMB36 (1024 x 36) deep.
 BANK_DEPTH = 1024
@@ -57,14 +58,14 @@ class LineBuffer(wiring.Component):
         m = Module()
         p = self._p
         addr_shape = range(p.squeeze_depth + 1)
-        m.submodules.bases = bases = memory.Memory(shape=addr_shape, depth=p.max_h, init=[])
+        m.submodules.bases = bases = ram(shape=addr_shape, depth=p.max_h)
         word = data.ArrayLayout(signed(p.bits), p.ic_lanes)
         n_banks = -(-p.squeeze_depth // BANK_DEPTH)
         bank_depth = min(BANK_DEPTH, p.squeeze_depth)
         banks = []
         for b in range(n_banks):
             depth = min(bank_depth, p.squeeze_depth - b * bank_depth)
-            banks.append(memory.Memory(shape=word, depth=depth, init=[]))
+            banks.append(ram(shape=word, depth=depth))
             m.submodules[f"bank{b}"] = banks[-1]
         bank_bits = (bank_depth - 1).bit_length()
         base_w = bases.write_port()
@@ -113,7 +114,7 @@ class LineBuffer(wiring.Component):
             for lane in range(p.ic_lanes):
                 m.d.comb += [wr.data[lane].eq(w_data),
                              wr.en[lane].eq(w_en & (w_lane == lane) & (bank_of(w_addr) == b))]
-            rd = bank.read_port()
+            rd = RegisteredRead(m, bank, f"bank{b}_rd")
             held = Signal(word, name=f"bank{b}_q", reset_less=True)
             m.d.comb += rd.addr.eq(r_addr[:bank_bits])
             m.d.sync += held.eq(rd.data)

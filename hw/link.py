@@ -278,13 +278,17 @@ class Executor(wiring.Component):
             with m.Else():
                 m.d.sync += stall.eq(Mux(progress, 0, stall + 1))
 
+        # the job's item size and stream, decoded into registers in DISPATCH
         item_bytes = Signal(range(self._item_bits // 8 + 1))
         with m.Switch(job.kind):
             for cmd, width in self._streams.items():
                 with m.Case(cmd):
-                    m.d.comb += item_bytes.eq(-(-width // 8))
+                    m.d.sync += item_bytes.eq(-(-width // 8))
             with m.Default():
-                m.d.comb += item_bytes.eq(1)
+                m.d.sync += item_bytes.eq(1)
+        selected = {cmd: Signal(name=f"sel{cmd}") for cmd in self._streams}
+        for cmd, sel in selected.items():
+            m.d.sync += sel.eq(job.kind == cmd)
         m.d.comb += self.rd_addr.eq(Cat(index[:PAYLOAD_ADDR_BITS], job.slot))
 
         # the stream of the current job offers the assembled item
@@ -294,22 +298,22 @@ class Executor(wiring.Component):
             s = self.stream_for(cmd)
             low = self._item_bits - 8 * -(-width // 8)
             m.d.comb += [s.payload.eq(item[low:low + width]),
-                         s.valid.eq(offering & (job.kind == cmd))]
-            with m.If(job.kind == cmd):
+                         s.valid.eq(offering & selected[cmd])]
+            with m.If(selected[cmd]):
                 m.d.comb += taken.eq(s.valid & s.ready)
 
         # Bytes stream from the frame buffer one per cycle (the read lands a cycle later),
         # shifting into ``item``; a complete item is offered, and reading pauses meanwhile.
         pending = Signal()  # a byte read last cycle arrives now
         fill = item_fill
-        full = fill == item_bytes
+        full = Signal()  # fill == item_bytes, kept as a register
         read = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [self.job.ready.eq(~self.reply.valid), self.idle.eq(1)]
                 with m.If(self.job.valid & ~self.reply.valid):
                     m.d.sync += [job.eq(self.job.payload), index.eq(0), item_fill.eq(0),
-                                 stall.eq(0), pending.eq(0)]
+                                 full.eq(0), stall.eq(0), pending.eq(0)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(job.kind == Command.IDENTIFY):
@@ -328,11 +332,12 @@ class Executor(wiring.Component):
                     m.d.sync += index.eq(index + 1)
                 with m.If(pending):
                     # bytes shift in from the top: an item of n bytes ends in the top n bytes
-                    m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), fill.eq(fill + 1)]
+                    m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), fill.eq(fill + 1),
+                                 full.eq(fill + 1 == item_bytes)]
                 with m.If(full):
                     m.d.comb += offering.eq(1)
                     with m.If(taken):
-                        m.d.sync += [fill.eq(0), stall.eq(0)]
+                        m.d.sync += [fill.eq(0), full.eq(0), stall.eq(0)]
                         with m.If(job.kind == Command.CONFIGURE):
                             m.next = "VERDICT"
                         with m.Elif(index == job.length):
@@ -447,8 +452,12 @@ class Transmitter(wiring.Component):
         kind = Signal(8)
         seq = Signal(8)
         length = Signal(LEN_BITS)
+        end = Signal(LEN_BITS + 1)  # index of the first CRC byte: 7 + length
         job = Signal(TxJob)
         is_output = Signal()
+        is_job = Signal()
+        code = Signal(8)
+        detail = Signal(8)
         # payloads other than OUTPUT, as one little-endian value
         small = Signal(max(8 * 7, self._counters_bits, 8 * len(self._identity)),
                        reset_less=True)  # data, loaded before it is sent
@@ -461,25 +470,40 @@ class Transmitter(wiring.Component):
         lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
                    Reply.COUNTERS: n_counters}
 
-        # Each byte is prepared into ``out`` (PREP), then offered (SEND): every path starts
-        # and ends in a register. Small payloads shift out of ``small``; an OUTPUT byte is
-        # read from the buffer during PREP.
+        # Each byte is prepared into ``out`` (PREP, then PICK for an OUTPUT byte), then
+        # offered (SEND). Every path starts and ends in a register, and the wide ``small``
+        # register's enables come straight from flip-flops: a byte takes a few cycles, far
+        # fewer than the UART needs to send one.
         sending = Signal()
-        # SEND already addresses the next byte, so PREP finds it in the buffer's output
+        # SEND already addresses the next byte; the buffer's output is registered (``rd_q``)
+        # before anything uses it
         m.d.comb += self.rd_addr.eq(Cat((index - Mux(sending, 6, 7))[:PAYLOAD_ADDR_BITS],
                                         job.half))
-        payload = Signal()
-        m.d.comb += payload.eq((index >= 7) & (index < 7 + length))
+        rd_q = Signal(8, reset_less=True)
+        m.d.sync += rd_q.eq(self.rd_data)
+        load_small = Signal()  # flags for the cycle after: load or shift ``small``
+        shift_small = Signal()
+        m.d.sync += [load_small.eq(0), shift_small.eq(0)]
+        with m.If(load_small):
+            m.d.sync += small.eq(Mux(kind == Reply.COUNTERS, self.counters,
+                                     Mux(kind == Reply.IDENTITY, identity,
+                                         Mux(is_job, Cat(job.error, job.cycles, job.runs),
+                                             Cat(code, detail)))))
+        with m.Elif(shift_small):
+            m.d.sync += small.eq(small >> 8)
+        payload = (index >= 7) & (index < end)
+        use_rd = Signal()  # PICK takes the buffer's byte
+        crc_add = Signal()  # flags of the byte in ``out``, for SEND
+        crc_clear = Signal()
+        last = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.idle.eq(~self.replies.valid & ~self.jobs.valid)
                 with m.If(self.replies.valid):
                     m.d.comb += self.replies.ready.eq(1)
                     r = self.replies.payload
-                    m.d.sync += [kind.eq(r.kind), seq.eq(r.seq), is_output.eq(0),
-                                 small.eq(Mux(r.kind == Reply.COUNTERS, self.counters,
-                                              Mux(r.kind == Reply.IDENTITY, identity,
-                                                  Cat(r.code, r.detail))))]
+                    m.d.sync += [kind.eq(r.kind), seq.eq(r.seq), is_output.eq(0), is_job.eq(0),
+                                 code.eq(r.code), detail.eq(r.detail), load_small.eq(1)]
                     with m.Switch(r.kind):
                         for k, n in lengths.items():
                             with m.Case(k):
@@ -488,40 +512,45 @@ class Transmitter(wiring.Component):
                 with m.Elif(self.jobs.valid):
                     m.d.comb += self.jobs.ready.eq(1)
                     j = self.jobs.payload
-                    m.d.sync += [kind.eq(j.kind), seq.eq(j.seq), job.eq(j),
+                    m.d.sync += [kind.eq(j.kind), seq.eq(j.seq), job.eq(j), is_job.eq(1),
                                  is_output.eq(j.kind == Reply.OUTPUT),
                                  length.eq(Mux(j.kind == Reply.OUTPUT, j.length, 7)),
-                                 small.eq(Cat(j.error, j.cycles, j.runs))]
+                                 load_small.eq(1)]
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += [index.eq(0), crc.eq(CRC_INIT)]
+                m.d.sync += [index.eq(0), crc.eq(CRC_INIT), end.eq(length + 7)]
                 m.next = "PREP"
             with m.State("PREP"):
+                m.d.sync += [crc_add.eq((index < 5) | payload), crc_clear.eq(index == 6),
+                             last.eq(index == end + 1), use_rd.eq(payload & is_output),
+                             shift_small.eq(payload & ~is_output)]
                 with m.Switch(index):
                     for i, field in enumerate([Const(SYNC, 8), kind, seq, length[:8],
                                                length[8:], crc[:8], crc[8:]]):
                         with m.Case(i):
                             m.d.sync += out.eq(field)
                     with m.Default():
-                        with m.If(payload & is_output):
-                            m.d.sync += out.eq(self.rd_data)
-                        with m.Elif(payload):
-                            m.d.sync += [out.eq(small[:8]), small.eq(small >> 8)]
-                        with m.Elif(index == 7 + length):
+                        with m.If(payload):
+                            m.d.sync += out.eq(small[:8])
+                        with m.Elif(index == end):
                             m.d.sync += out.eq(crc[:8])
                         with m.Else():
                             m.d.sync += out.eq(crc[8:])
+                m.next = "PICK"
+            with m.State("PICK"):
+                with m.If(use_rd):
+                    m.d.sync += out.eq(rd_q)
                 m.next = "SEND"
             with m.State("SEND"):
                 byte = out
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte), sending.eq(1)]
                 with m.If(self.tx.ready):
-                    with m.If((index < 5) | payload):
+                    with m.If(crc_add):
                         m.d.sync += crc.eq(crc16_next(crc, byte))
-                    with m.Elif(index == 6):
+                    with m.Elif(crc_clear):
                         m.d.sync += crc.eq(CRC_INIT)
                     m.d.sync += index.eq(index + 1)
-                    with m.If(index == 7 + length + 1):
+                    with m.If(last):
                         with m.If(is_output):
                             m.d.comb += self.release.eq(Mux(job.half, 0b10, 0b01))
                         m.next = "IDLE"

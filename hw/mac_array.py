@@ -11,12 +11,9 @@ data registers need none, and a reset reaching thousands of them is a slow net.
 
 * ``"dsp"``: ``d * w`` registered twice, which Xilinx synthesis packs into the DSP48E1's M
   and P registers.
-* ``"dsp_local"``: for a DSP block without pipeline registers in the synthesis flow (the
-  ECP5's MULT18X18D is combinational in yosys, 3.9 ns): every multiplier gets its own copy
-  of its activation register and its own product register, so placement can put each next
-  to its block instead of one activation register reaching every output lane's block.
-  The copies carry the ``KEEP_COPY`` attribute; the ECP5 flow marks their flip-flops
-  ``keep`` so that yosys does not merge them back.
+* ``"mult18x18d"``: for the ECP5, whose multipliers yosys leaves combinational: each
+  product comes from :func:`hw.dsp.registered_product` (a MULT18X18D with its input and
+  output registers on an ECP5 platform), then one register in the fabric.
 * ``"lut"``: shifted partial products added in the fabric, a register after every adder
   level, in the products and in the tree: for devices short of DSP blocks.
 """
@@ -28,12 +25,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import delay
+from .dsp import registered_product
 from .params import EngineParams
 
 #: product styles (see the module docstring)
-MULTIPLIERS = ("dsp", "dsp_local", "lut")
-#: attribute marking the operand copies of ``"dsp_local"`` that synthesis must not merge
-KEEP_COPY = "keep_copy"
+MULTIPLIERS = ("dsp", "mult18x18d", "lut")
 
 
 def array_in_layout(p: EngineParams, tag_bits: int) -> data.StructLayout:
@@ -78,9 +74,9 @@ class MacArray(wiring.Component):
             "i": In(stream.Signature(array_in_layout(params, tag_bits), always_ready=True)),
             "o": Out(stream.Signature(array_out_layout(params, tag_bits), always_ready=True)),
         })
-        #: product registers: the DSP's M and P registers (plus the operand copy), or one per
-        #: adder level in LUTs
-        self._mult_regs = {"dsp": 2, "dsp_local": 3,
+        #: product registers: the DSP's M and P registers (or its input and output registers
+        #: and one in the fabric), or one per adder level in LUTs
+        self._mult_regs = {"dsp": 2, "mult18x18d": 3,
                            "lut": max(1, (params.bits - 1).bit_length())}[multipliers]
         #: cycles from a ``last`` input beat to its ``o`` beat
         self.latency = (1 + self._mult_regs
@@ -113,15 +109,10 @@ class MacArray(wiring.Component):
                 prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}", reset_less=True)
                 if self._style == "lut":
                     self._lut_multiply(m, d[k], nd[k], w[o][k], prod_r, f"lm{o}_{k}")
-                elif self._style == "dsp_local":
-                    d_copy = Signal.like(d[k], name=f"dc{o}_{k}", reset_less=True,
-                                         attrs={KEEP_COPY: 1})
-                    # the weight, one more cycle in step with d_copy
-                    w_copy = Signal.like(w[o][k], name=f"wc{o}_{k}", reset_less=True)
-                    prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}", reset_less=True,
-                                  attrs={KEEP_COPY: 1})
-                    m.d.sync += [d_copy.eq(d[k]), w_copy.eq(w[o][k]),
-                                 prod.eq(d_copy * w_copy), prod_r.eq(prod)]
+                elif self._style == "mult18x18d":
+                    prod = registered_product(m, platform, d[k], w[o][k], f"p{o}_{k}",
+                                              primitive=True)
+                    m.d.sync += prod_r.eq(prod)
                 else:
                     prod = Signal(signed(2 * bits + 1), name=f"p{o}_{k}", reset_less=True)
                     m.d.sync += [prod.eq(d[k] * w[o][k]), prod_r.eq(prod)]

@@ -101,7 +101,7 @@ class BoardTop(wiring.Component):
 
     def _pll(self, m, clk_in, clk_sys, locked, f_in):
         # f_out = f_in * CLKFB_DIV / CLKI_DIV (feedback from CLKOP), VCO = f_out * CLKOP_DIV
-        # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 12 / 5 = 60 MHz, VCO 600
+        # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 4 = 100 MHz, VCO 600
         f_out = self.board.clock_hz
         op_div = 600_000_000 // f_out
         for ref_div in range(1, 129):

@@ -76,6 +76,8 @@ def test_ulx3s_open_flow_to_bitstream(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert (out / "top.bit").stat().st_size > 100_000
     assert report["fits"] is True
-    # the bitstream meets its own clock (the build fails otherwise)
+    # the bitstream meets its own clock (the build fails otherwise), and that is the 100 MHz
+    # the Arty's engine must reach on the ECP5-85F (speed 6)
     assert report["timing_met"] is True
-    assert report["fmax_mhz"] >= get_board("ulx3s").clock_hz / 1e6, report["fmax_by_clock"]
+    assert get_board("ulx3s").clock_hz == 100_000_000
+    assert report["fmax_mhz"] >= 100, report["fmax_by_clock"]

@@ -82,10 +82,11 @@ def test_back_to_back_different_layers_without_reset():
                                       ops.fire(x, layer))
 
 
-@pytest.mark.parametrize("multipliers", ["dsp_local", "lut"])
+@pytest.mark.parametrize("multipliers", ["mult18x18d", "lut"])
 def test_multiplier_styles_match(multipliers):
-    """The ECP5 build's per-block operand copies, and the fabric multipliers (a register
-    per adder level), give the golden model's results like the DSP path."""
+    """The ECP5 build's multipliers (their generic form: operands, product and a fabric
+    register, an adder-tree register per level) and the fabric multipliers give the golden
+    model's results like the DSP path."""
     p = CONFIGS["arty_a7"]
     rng = np.random.default_rng(12)
     for h, w, cin, s, e1, e3 in [(4, 3, 96, 16, 64, 64), (3, 3, 512, 64, 256, 256)]:

@@ -470,15 +470,11 @@ class Transmitter(wiring.Component):
         lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
                    Reply.COUNTERS: n_counters}
 
-        # Each byte is prepared into ``out`` (PREP, then PICK for an OUTPUT byte), then
-        # offered (SEND). Every path starts and ends in a register, and the wide ``small``
-        # register's enables come straight from flip-flops: a byte takes a few cycles, far
-        # fewer than the UART needs to send one.
-        sending = Signal()
-        # SEND already addresses the next byte; the buffer's output is registered (``rd_q``)
-        # before anything uses it
-        m.d.comb += self.rd_addr.eq(Cat((index - Mux(sending, 6, 7))[:PAYLOAD_ADDR_BITS],
-                                        job.half))
+        # Each byte is prepared into ``out`` (PREP), then offered (SEND). Every path starts
+        # and ends in a register, and the wide ``small`` register's enables come straight
+        # from flip-flops. The buffer is always addressed at the next byte's offset, and its
+        # output registered (``rd_q``): by the next PREP, ``rd_q`` holds that byte.
+        m.d.comb += self.rd_addr.eq(Cat((index - 6)[:PAYLOAD_ADDR_BITS], job.half))
         rd_q = Signal(8, reset_less=True)
         m.d.sync += rd_q.eq(self.rd_data)
         load_small = Signal()  # flags for the cycle after: load or shift ``small``
@@ -492,7 +488,6 @@ class Transmitter(wiring.Component):
         with m.Elif(shift_small):
             m.d.sync += small.eq(small >> 8)
         payload = (index >= 7) & (index < end)
-        use_rd = Signal()  # PICK takes the buffer's byte
         crc_add = Signal()  # flags of the byte in ``out``, for SEND
         crc_clear = Signal()
         last = Signal()
@@ -522,28 +517,25 @@ class Transmitter(wiring.Component):
                 m.next = "PREP"
             with m.State("PREP"):
                 m.d.sync += [crc_add.eq((index < 5) | payload), crc_clear.eq(index == 6),
-                             last.eq(index == end + 1), use_rd.eq(payload & is_output),
-                             shift_small.eq(payload & ~is_output)]
+                             last.eq(index == end + 1), shift_small.eq(payload & ~is_output)]
                 with m.Switch(index):
                     for i, field in enumerate([Const(SYNC, 8), kind, seq, length[:8],
                                                length[8:], crc[:8], crc[8:]]):
                         with m.Case(i):
                             m.d.sync += out.eq(field)
                     with m.Default():
-                        with m.If(payload):
+                        with m.If(payload & is_output):
+                            m.d.sync += out.eq(rd_q)
+                        with m.Elif(payload):
                             m.d.sync += out.eq(small[:8])
                         with m.Elif(index == end):
                             m.d.sync += out.eq(crc[:8])
                         with m.Else():
                             m.d.sync += out.eq(crc[8:])
-                m.next = "PICK"
-            with m.State("PICK"):
-                with m.If(use_rd):
-                    m.d.sync += out.eq(rd_q)
                 m.next = "SEND"
             with m.State("SEND"):
                 byte = out
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte), sending.eq(1)]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
                 with m.If(self.tx.ready):
                     with m.If(crc_add):
                         m.d.sync += crc.eq(crc16_next(crc, byte))

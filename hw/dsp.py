@@ -11,13 +11,13 @@ platform) always runs the generic form, cycle for cycle the same.
 from __future__ import annotations
 
 from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.vendor import LatticePlatform
 
 #: widest operand of one MULT18X18D: 18 bits signed (17 unsigned)
 MULT_WIDTH = 18
 
 
 def _is_ecp5(platform) -> bool:
-    from amaranth.vendor import LatticePlatform
     return isinstance(platform, LatticePlatform) and platform.family == "ecp5"
 
 

@@ -9,7 +9,7 @@ block-RAM output; on an ECP5, whose EBR takes ~6 ns from clock to output, that m
 was on the design's slowest paths.
 
 yosys reads the attribute when it merges a read port's output register into the memory, so
-reads go through :func:`registered_read` (an asynchronous port and a register, which is what
+reads go through :class:`RegisteredRead` (an asynchronous port and a register, which is what
 a synchronous port is) rather than a synchronous port, which it would take as it comes.
 """
 

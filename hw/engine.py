@@ -69,8 +69,10 @@ class FireEngine(wiring.Component):
 
     Status: ``busy``; ``error``, the :class:`~hw.params.ConfigError` of the last refused
     configuration (0 when the last one was accepted); ``cycles``, the last run's cycles from
-    its configuration to its last output beat; ``runs``, configurations handled (run to the
-    end or refused); ``accepted`` and ``refused`` pulse when a configuration is checked.
+    its configuration to its last output beat; ``compute``, those cycles less the ones the
+    engine spent waiting on its streams (see ``_waiting``); ``runs``, configurations handled
+    (run to the end or refused); ``accepted`` and ``refused`` pulse when a configuration is
+    checked.
     """
 
     def __init__(self, params: EngineParams, *, multipliers: str = "dsp"):
@@ -85,6 +87,7 @@ class FireEngine(wiring.Component):
             "busy": Out(1),
             "error": Out(4),
             "cycles": Out(32),
+            "compute": Out(32),
             "runs": Out(16),
             "accepted": Out(1),
             "refused": Out(1),
@@ -148,6 +151,11 @@ class FireEngine(wiring.Component):
         cycles = Signal(32)
         last_beat = Signal(32)
         running = Signal()
+        in_run = Signal()  # the control FSM is in RUN (the sequencer's row schedule)
+        draining = Signal()  # the sequencer waits for squeeze rows to reach the line buffer
+        # cycles spent waiting on a stream (see the end), and their count at the last beat
+        waited = Signal(32)
+        last_wait = Signal(32)
         m.d.comb += self.busy.eq(running)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
@@ -249,7 +257,7 @@ class FireEngine(wiring.Component):
                 m.d.comb += self.cfg.ready.eq(1)
                 with m.If(self.cfg.valid):
                     m.d.sync += [cfg.eq(self.cfg.payload), running.eq(1), cycles.eq(1),
-                                 last_beat.eq(0), err.eq(ConfigError.OK)]
+                                 last_beat.eq(0), last_wait.eq(0), err.eq(ConfigError.OK)]
                     m.next = "SIZES"
             with m.State("SIZES"):
                 m.d.sync += [
@@ -335,7 +343,8 @@ class FireEngine(wiring.Component):
                     m.next = "FINISH"
             with m.State("REFUSE"):
                 m.d.comb += self.refused.eq(1)
-                m.d.sync += [running.eq(0), self.runs.eq(self.runs + 1), self.cycles.eq(0)]
+                m.d.sync += [running.eq(0), self.runs.eq(self.runs + 1), self.cycles.eq(0),
+                             self.compute.eq(0)]
                 m.next = "IDLE"
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
@@ -363,12 +372,15 @@ class FireEngine(wiring.Component):
                     m.d.comb += seq_go.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
+                m.d.comb += in_run.eq(1)
                 with m.If(finished):
                     m.d.sync += in_active.eq(0)
                     m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.sync += [running.eq(0), self.runs.eq(self.runs + 1),
-                             self.cycles.eq(Mux(last_beat != 0, last_beat, cycles))]
+                             self.cycles.eq(Mux(last_beat != 0, last_beat, cycles)),
+                             self.compute.eq(Mux(last_beat != 0, last_beat - last_wait,
+                                                 cycles - waited))]
                 m.next = "IDLE"
 
         # ---------------------------------------------------------------- sequencer
@@ -431,6 +443,7 @@ class FireEngine(wiring.Component):
                     m.d.sync += t.eq(t + 1)
             with m.State("DRAIN"):
                 # the expand reads the squeeze rows just written: wait for the requantizer
+                m.d.comb += draining.eq(sq_pending != 0)
                 with m.If(sq_pending == 0):
                     m.d.sync += [phase.eq(Mux(g1 != 0, Kind.EXPAND1, Kind.EXPAND3)),
                                  wrow.eq(Mux(cfg.squeeze, nws, 0)), x.eq(0), g.eq(0),
@@ -694,6 +707,50 @@ class FireEngine(wiring.Component):
             m.d.sync += final_credit.eq(final_credit - join + out_beat_r)
         with m.If(out_beat):
             m.d.sync += last_beat.eq(cycles)
+
+        # ---------------------------------------------------------------- compute cycles
+        # ``compute`` is the run's cycles less those the engine spent held up by a stream
+        # outside it, so that it is the engine's own figure whatever feeds it (a UART, the
+        # simulated board, a full-rate harness). Held up means: the sequencer needs the next
+        # input pixel and it has not arrived; loading waits for weight or parameter rows; or
+        # the sequencer is not issuing while the output side is congested (the bypass stream
+        # is missing, or a FIFO after the requantizer is more than half full; their credit
+        # counters would not do: at full rate the requantizer's pipeline holds half of
+        # them). At full rate those FIFOs drain a value a cycle and never fill, so the
+        # sequencer's own stalls
+        # (row steps, waiting for squeeze rows, credits) count as compute there and here;
+        # once the output is throttled they are the output's doing. The MAC array issues
+        # the same operations either way, so compute never falls below its issue cycles.
+        half = OUTPUT_FIFO_DEPTH // 2
+        congested = (fire_out.r_level > half) | (final.r_level > half)
+        if p.bypass:
+            congested = congested | (fire_out.r_rdy & bypass_on & ~self.bypass.valid)
+        # Under congestion the requantizer runs at the output's pace, so whether a credit
+        # stall would also happen at full rate cannot be seen in the real FIFO: a shadow of
+        # the full-rate requantizer tells it, the channels it would still owe, paying one
+        # every cycle that counts as compute. A stall where it owes a full FIFO's worth is
+        # the engine's own (the requantizer is its bottleneck there), and counts.
+        v_owed = Signal(range((GROUP_FIFO_DEPTH + 2) * OC + 1))
+        wait_r = Signal()  # registered: off the handshakes' paths
+        with m.If(seq_go):
+            m.d.sync += v_owed.eq(0)
+        with m.Else():
+            m.d.sync += v_owed.eq(v_owed + Mux(op3.valid & op3.last, op3.tag.count, 0)
+                                  - ((v_owed != 0) & ~wait_r))
+        own_stall = (step_active & input_ok & ~credit_ok
+                     & (v_owed > (GROUP_FIFO_DEPTH - 3) * OC))
+        wait = Signal()
+        m.d.comb += wait.eq(running & (
+            (step_active & ~input_ok)
+            | (loading & (w_room | q_room) & ~w_take & ~q_take)
+            | (in_run & ~issuing & congested & ~own_stall)))
+        m.d.sync += wait_r.eq(wait)
+        with m.If(self.cfg.valid & self.cfg.ready):
+            m.d.sync += waited.eq(0)
+        with m.Elif(wait_r):
+            m.d.sync += waited.eq(waited + 1)
+        with m.If(out_beat):
+            m.d.sync += last_wait.eq(waited + wait_r)
 
         m.d.comb += drained.eq((emit_credit == GROUP_FIFO_DEPTH) & (rq_in_flight == 0)
                                & ~r_valid & ~r2_valid & ~q_valid

@@ -10,54 +10,38 @@ no backpressure): the host's window of ``RX_SLOTS`` unanswered frames keeps buff
 
 from __future__ import annotations
 
+import struct
+
 from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.wiring import In, Out
 
-from .protocol import CRC_INIT, CRC_POLY, MAX_PAYLOAD, RX_SLOTS, SYNC, Command, LinkError, Reply
+from .protocol import (
+    DONE_FIELDS,
+    ERROR_FIELDS,
+    HEADER_BYTES,
+    HEADER_CRC_COVERS,
+    HEADER_FIELDS,
+    MAX_PAYLOAD,
+    RX_SLOTS,
+    SYNC,
+    Command,
+    LinkError,
+    Reply,
+    field_offsets,
+    fields_size,
+)
 
 LEN_BITS = 16
 SLOT_BITS = (RX_SLOTS - 1).bit_length()
 PAYLOAD_ADDR_BITS = (MAX_PAYLOAD - 1).bit_length()
 
 
-def crc16_bytes(crc, data) -> Value:
-    """CRC-16/CCITT-FALSE of ``crc`` (a 16-bit value or int) after the bytes ``data``.
-
-    The CRC is linear: every result bit is the XOR of some bits of ``crc`` and the data,
-    worked out here in Python, so the gateware is one small XOR tree per bit.
-    """
-    # each state bit: (set of (source, bit) terms, constant)
-    if isinstance(crc, int):
-        state = [(frozenset(), (crc >> i) & 1) for i in range(16)]
-        sources = []
-    else:
-        state = [(frozenset({(0, i)}), 0) for i in range(16)]
-        sources = [crc]
-    for byte in data:
-        src = len(sources)
-        sources.append(byte)
-        for i in range(8):
-            top_terms, top_const = state[15]
-            fb = (top_terms ^ {(src, 7 - i)}, top_const)
-            new = [(frozenset(), 0)] + state[:15]
-            for k in range(16):
-                if (CRC_POLY >> k) & 1:
-                    t, c = new[k]
-                    new[k] = (t ^ fb[0], c ^ fb[1])
-            state = new
-    bits = []
-    for terms, const in state:
-        value = Const(const, 1)
-        for src, bit in sorted(terms):
-            value = value ^ sources[src][bit]
-        bits.append(value)
-    return Cat(*bits)
-
-
-def crc16_next(crc, byte) -> Value:
-    """CRC after one more byte."""
-    return crc16_bytes(crc, [byte])
+def crc16(data_bytes: int = 1):
+    """The protocol's CRC (``hw.protocol``: CRC-16/CCITT-FALSE) over ``data_bytes`` bytes a
+    cycle, the first byte in the word's top bits (the algorithm takes words MSB first)."""
+    return CRC16_CCITT_FALSE(data_width=8 * data_bytes).create()
 
 
 FrameMeta = data.StructLayout({"kind": 8, "seq": 8, "length": LEN_BITS, "slot": SLOT_BITS or 1})
@@ -74,10 +58,17 @@ class FrameReceiver(wiring.Component):
     error replies; ``reset`` pulses on an intact RESET frame (``reset_seq`` its sequence,
     valid with the pulse).
     ``item_bytes`` maps data commands to their item size: a payload must hold whole items.
+    A frame whose line stays idle for ``idle_cycles`` before its last byte is dropped
+    (ERROR TIMEOUT, ``timeout`` pulses) and the hunt starts again: otherwise a host that
+    died mid-frame would leave the receiver counting every later byte, RESETs included,
+    as that frame's payload. ``receiving`` is high while a frame is under way.
     """
 
-    def __init__(self, item_bytes: dict[int, int]):
+    def __init__(self, item_bytes: dict[int, int], idle_cycles: int):
         self._items = {int(k): v for k, v in item_bytes.items()}
+        if idle_cycles < 1:
+            raise ValueError(f"idle_cycles={idle_cycles}: at least 1")
+        self._idle = idle_cycles
         super().__init__({
             "rx": In(stream.Signature(8)),
             "slot_free": In(RX_SLOTS),
@@ -91,6 +82,8 @@ class FrameReceiver(wiring.Component):
             "good_frame": Out(1),
             "bad_crc": Out(1),
             "bad_header": Out(1),
+            "timeout": Out(1),
+            "receiving": Out(1),
         })
 
     def elaborate(self, platform):
@@ -98,7 +91,9 @@ class FrameReceiver(wiring.Component):
         rx = self.rx
         m.d.comb += rx.ready.eq(1)  # never stalls
         byte = rx.payload
-        crc = Signal(16, init=CRC_INIT)
+        m.submodules.payload_crc = payload_crc = crc16()
+        m.d.comb += payload_crc.data.eq(byte)
+        crc = payload_crc.crc
         kind = Signal(8)
         seq = Signal(8)
         length = Signal(LEN_BITS)
@@ -117,18 +112,25 @@ class FrameReceiver(wiring.Component):
         def reply(code, detail=0):
             reply_seq(m, self, w_seq, code, detail)
 
-        # The last seven bytes ``window`` (newest last) and the byte arriving now form the
-        # candidate header (window[1:], byte): SYNC, kind, seq, length, CRC. Everything about
-        # it but its last byte is worked out from registers a cycle ahead, so the check on
-        # the arriving byte is one 16-bit compare.
-        window = [Signal(8, name=f"win{i}") for i in range(7)]
-        filled = Signal(range(8))
-        head_crc = Signal(16)  # CRC of window[1:6], the candidate's first five bytes
+        # The last HEADER_BYTES bytes ``window`` (newest last) and the byte arriving now form
+        # the candidate header (window[1:], byte): the header fields, then their CRC.
+        # Everything about it but its last byte is worked out from registers a cycle ahead,
+        # so the check on the arriving byte is one 16-bit compare.
+        window = [Signal(8, name=f"win{i}") for i in range(HEADER_BYTES)]
+        filled = Signal(range(HEADER_BYTES + 1))
+        full = HEADER_BYTES - 1  # bytes of the candidate already in the window
+        cand = window[1:]
+        # CRC of the candidate's fields, registered
+        m.submodules.head_crc = head = crc16(HEADER_CRC_COVERS)
         new = window[1:] + [byte]
+        m.d.comb += head.data.eq(Cat(*reversed(new[1:1 + HEADER_CRC_COVERS])))
+        head_crc = head.crc
         header = Signal()
-        m.d.comb += header.eq((filled >= 6) & (window[1] == SYNC)
-                              & (Cat(window[6], byte) == head_crc))
-        w_kind, w_seq, w_length = window[2], window[3], Cat(window[4], window[5])
+        at = field_offsets(HEADER_FIELDS)
+        m.d.comb += header.eq((filled >= full) & (cand[at["sync"]] == SYNC)
+                              & (Cat(*cand[HEADER_CRC_COVERS:], byte) == head_crc))
+        w_kind, w_seq = cand[at["kind"]], cand[at["seq"]]
+        w_length = Cat(*cand[at["length"]:at["length"] + 2])
 
         known = Cat(w_kind == c for c in _COMMANDS).any()
         no_payload = Cat(w_kind == c for c in _NO_PAYLOAD).any()
@@ -142,19 +144,38 @@ class FrameReceiver(wiring.Component):
 
         m.d.comb += [self.wr_addr.eq(Cat(count[:PAYLOAD_ADDR_BITS], slot)),
                      self.wr_data.eq(byte)]
-        with m.FSM():
+        # idle cycles since the frame's last byte; ``expired`` is registered, so the count's
+        # compare is off the byte path
+        idle = Signal(range(self._idle + 1))
+        expired = Signal()
+        m.d.sync += expired.eq(idle == self._idle - 1)
+
+        def idle_line():
+            """A cycle with no byte mid-frame."""
+            with m.If(expired):
+                # the frame was cut short: drop it (its slot stays free, ``expected`` as it
+                # was) and tell a host that may still be there, which then sends it again
+                m.d.comb += self.timeout.eq(1)
+                m.d.sync += idle.eq(0)
+                reply_seq(m, self, seq, LinkError.TIMEOUT)
+                m.next = "HUNT"
+            with m.Else():
+                m.d.sync += idle.eq(idle + 1)
+
+        with m.FSM() as fsm:
             with m.State("HUNT"):
                 with m.If(rx.valid):
+                    m.d.comb += [payload_crc.start.eq(1), head.start.eq(1), head.valid.eq(1)]
                     m.d.sync += [w.eq(n) for w, n in zip(window, new, strict=True)]
-                    m.d.sync += [filled.eq(Mux(filled < 7, filled + 1, 7)), count.eq(0),
-                                 item.eq(0), crc.eq(CRC_INIT), kind.eq(w_kind),
-                                 seq.eq(w_seq), length.eq(w_length),
-                                 head_crc.eq(crc16_bytes(CRC_INIT, new[1:6]))]
+                    m.d.sync += [filled.eq(Mux(filled < HEADER_BYTES, filled + 1, HEADER_BYTES)),
+                                 count.eq(0),
+                                 item.eq(0), kind.eq(w_kind), seq.eq(w_seq),
+                                 length.eq(w_length)]
                     with m.If(~header):
-                        with m.If((filled >= 6) & (window[1] == SYNC)):
+                        with m.If((filled >= full) & (cand[at["sync"]] == SYNC)):
                             m.d.comb += self.bad_header.eq(1)
                     with m.Else():
-                        m.d.sync += filled.eq(0)  # a header consumes its bytes
+                        m.d.sync += [filled.eq(0), idle.eq(0)]  # a header consumes its bytes
                         with m.If(~known):
                             reply(LinkError.UNKNOWN_COMMAND)
                         with m.Elif((w_length > MAX_PAYLOAD) | (no_payload & (w_length != 0))
@@ -170,17 +191,23 @@ class FrameReceiver(wiring.Component):
                             m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 with m.If(rx.valid):
-                    m.d.comb += self.wr_en.eq(1)
-                    m.d.sync += [crc.eq(crc16_next(crc, byte)), count.eq(count + 1),
+                    m.d.sync += idle.eq(0)
+                    m.d.comb += [self.wr_en.eq(1), payload_crc.valid.eq(1)]
+                    m.d.sync += [count.eq(count + 1),
                                  item.eq(Mux(item + 1 == item_size, 0, item + 1))]
                     with m.If(count + 1 == length):
                         m.next = "PCRC0"
+                with m.Else():
+                    idle_line()
             with m.State("PCRC0"):
                 with m.If(rx.valid):
-                    m.d.sync += got.eq(byte)
+                    m.d.sync += [got.eq(byte), idle.eq(0)]
                     m.next = "PCRC1"
+                with m.Else():
+                    idle_line()
             with m.State("PCRC1"):
                 with m.If(rx.valid):
+                    m.d.sync += idle.eq(0)
                     with m.If(Cat(got, byte) != crc):
                         m.d.comb += self.bad_crc.eq(1)
                         reply_seq(m, self, seq, LinkError.BAD_CRC)
@@ -200,6 +227,9 @@ class FrameReceiver(wiring.Component):
                         if RX_SLOTS > 1:
                             m.d.sync += slot.eq(slot + 1)
                     m.next = "HUNT"
+                with m.Else():
+                    idle_line()
+        m.d.comb += self.receiving.eq(~fsm.ongoing("HUNT"))
         return m
 
 
@@ -354,8 +384,10 @@ class Executor(wiring.Component):
         return m
 
 
+#: A transmitter job: an OUTPUT frame from a buffer half, or a DONE frame whose payload
+#: fields (``DONE_FIELDS``, in order) ride along.
 TxJob = data.StructLayout({"kind": 8, "seq": 8, "length": LEN_BITS, "half": 1,
-                           "error": 8, "cycles": 32, "runs": 16})
+                           "error": 8, "cycles": 32, "compute": 32, "runs": 16})
 
 
 class OutputFramer(wiring.Component):
@@ -373,7 +405,7 @@ class OutputFramer(wiring.Component):
         super().__init__({
             "values": In(stream.Signature(unsigned(value_bits))),
             "run_done": In(1),  # pulse: the engine finished (or refused) a configuration
-            "error": In(8), "cycles": In(32), "runs": In(16),
+            "error": In(8), "cycles": In(32), "compute": In(32), "runs": In(16),
             "job": Out(stream.Signature(TxJob)),
             "wr_addr": Out(1 + PAYLOAD_ADDR_BITS), "wr_data": Out(8), "wr_en": Out(1),
             "half_free": In(2),
@@ -392,7 +424,8 @@ class OutputFramer(wiring.Component):
             m.d.sync += self.job.valid.eq(0)
         with m.If(self.run_done):
             m.d.sync += [done_pending.eq(1), done.kind.eq(Reply.DONE), done.error.eq(self.error),
-                         done.cycles.eq(self.cycles), done.runs.eq(self.runs)]
+                         done.cycles.eq(self.cycles), done.compute.eq(self.compute),
+                         done.runs.eq(self.runs)]
         half_ok = self.half_free.bit_select(half, 1)
         m.d.comb += [self.wr_addr.eq(Cat(fill[:PAYLOAD_ADDR_BITS], half)),
                      self.wr_data.eq(value[:8])]
@@ -430,7 +463,7 @@ class Transmitter(wiring.Component):
 
     Replies (small, from ``replies``) go first. Payloads: ERROR ``[code, detail]``; IDENTITY
     the ``identity`` bytes; COUNTERS the ``counters`` value, latched when the frame starts;
-    DONE ``[error, cycles, runs]``; OUTPUT from the output buffer half, which is returned
+    DONE ``DONE_FIELDS``; OUTPUT from the output buffer half, which is returned
     on ``release`` once sent.
     """
 
@@ -452,29 +485,33 @@ class Transmitter(wiring.Component):
         kind = Signal(8)
         seq = Signal(8)
         length = Signal(LEN_BITS)
-        end = Signal(LEN_BITS + 1)  # index of the first CRC byte: 7 + length
+        end = Signal(LEN_BITS + 1)  # index of the first CRC byte: HEADER_BYTES + length
         job = Signal(TxJob)
         is_output = Signal()
         is_job = Signal()
         code = Signal(8)
         detail = Signal(8)
         # payloads other than OUTPUT, as one little-endian value
-        small = Signal(max(8 * 7, self._counters_bits, 8 * len(self._identity)),
+        small = Signal(max(8 * fields_size(DONE_FIELDS), self._counters_bits,
+                           8 * len(self._identity)),
                        reset_less=True)  # data, loaded before it is sent
         assert len(small) <= 8 * 128
         index = Signal(LEN_BITS + 4)  # byte of the frame being sent
-        crc = Signal(16)
+        m.submodules.crc = crc_unit = crc16()
+        crc = crc_unit.crc
         out = Signal(8)
         identity = Const(int.from_bytes(self._identity, "little"), 8 * len(self._identity))
         n_counters = self._counters_bits // 8
-        lengths = {Reply.ACK: 0, Reply.ERROR: 2, Reply.IDENTITY: len(self._identity),
+        lengths = {Reply.ACK: 0, Reply.ERROR: fields_size(ERROR_FIELDS),
+                   Reply.IDENTITY: len(self._identity),
                    Reply.COUNTERS: n_counters}
 
         # Each byte is prepared into ``out`` (PREP), then offered (SEND). Every path starts
         # and ends in a register, and the wide ``small`` register's enables come straight
         # from flip-flops. The buffer is always addressed at the next byte's offset, and its
         # output registered (``rd_q``): by the next PREP, ``rd_q`` holds that byte.
-        m.d.comb += self.rd_addr.eq(Cat((index - 6)[:PAYLOAD_ADDR_BITS], job.half))
+        m.d.comb += self.rd_addr.eq(Cat((index - (HEADER_BYTES - 1))[:PAYLOAD_ADDR_BITS],
+                                        job.half))
         rd_q = Signal(8, reset_less=True)
         m.d.sync += rd_q.eq(self.rd_data)
         load_small = Signal()  # flags for the cycle after: load or shift ``small``
@@ -483,11 +520,11 @@ class Transmitter(wiring.Component):
         with m.If(load_small):
             m.d.sync += small.eq(Mux(kind == Reply.COUNTERS, self.counters,
                                      Mux(kind == Reply.IDENTITY, identity,
-                                         Mux(is_job, Cat(job.error, job.cycles, job.runs),
+                                         Mux(is_job, Cat(*(job[name] for name, _ in DONE_FIELDS)),
                                              Cat(code, detail)))))
         with m.Elif(shift_small):
             m.d.sync += small.eq(small >> 8)
-        payload = (index >= 7) & (index < end)
+        payload = (index >= HEADER_BYTES) & (index < end)
         crc_add = Signal()  # flags of the byte in ``out``, for SEND
         crc_clear = Signal()
         last = Signal()
@@ -509,18 +546,24 @@ class Transmitter(wiring.Component):
                     j = self.jobs.payload
                     m.d.sync += [kind.eq(j.kind), seq.eq(j.seq), job.eq(j), is_job.eq(1),
                                  is_output.eq(j.kind == Reply.OUTPUT),
-                                 length.eq(Mux(j.kind == Reply.OUTPUT, j.length, 7)),
+                                 length.eq(Mux(j.kind == Reply.OUTPUT, j.length,
+                                               fields_size(DONE_FIELDS))),
                                  load_small.eq(1)]
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += [index.eq(0), crc.eq(CRC_INIT), end.eq(length + 7)]
+                m.d.comb += crc_unit.start.eq(1)
+                m.d.sync += [index.eq(0), end.eq(length + HEADER_BYTES)]
                 m.next = "PREP"
             with m.State("PREP"):
-                m.d.sync += [crc_add.eq((index < 5) | payload), crc_clear.eq(index == 6),
+                m.d.sync += [crc_add.eq((index < HEADER_CRC_COVERS) | payload),
+                             crc_clear.eq(index == HEADER_BYTES - 1),
                              last.eq(index == end + 1), shift_small.eq(payload & ~is_output)]
+                values = {"sync": Const(SYNC, 8), "kind": kind, "seq": seq, "length": length}
+                head_bytes = [Value.cast(values[name]).word_select(i, 8)
+                              for name, code in HEADER_FIELDS
+                              for i in range(struct.calcsize(code))] + [crc[:8], crc[8:]]
                 with m.Switch(index):
-                    for i, field in enumerate([Const(SYNC, 8), kind, seq, length[:8],
-                                               length[8:], crc[:8], crc[8:]]):
+                    for i, field in enumerate(head_bytes):
                         with m.Case(i):
                             m.d.sync += out.eq(field)
                     with m.Default():
@@ -537,10 +580,8 @@ class Transmitter(wiring.Component):
                 byte = out
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte)]
                 with m.If(self.tx.ready):
-                    with m.If(crc_add):
-                        m.d.sync += crc.eq(crc16_next(crc, byte))
-                    with m.Elif(crc_clear):
-                        m.d.sync += crc.eq(CRC_INIT)
+                    m.d.comb += [crc_unit.data.eq(byte), crc_unit.valid.eq(crc_add),
+                                 crc_unit.start.eq(crc_clear)]
                     m.d.sync += index.eq(index + 1)
                     with m.If(last):
                         with m.If(is_output):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from dataclasses import dataclass
 
 from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
@@ -253,30 +254,73 @@ def pack_fields(fields, values: dict) -> int:
     return word
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _field_types() -> dict[str, type]:
+    # the annotations are strings (``from __future__ import annotations``): resolve them
+    return typing.get_type_hints(EngineParams)
+
+
+def _coerce(name: str, value, kind: type, where: str):
+    """``value`` as an EngineParams field of type ``kind`` (int or bool), or ParamError.
+
+    Strings come from ``--param`` (and may come from TOML): ints in any base Python reads,
+    bools only as true/false/1/0/yes/no so that a typo is not quietly False. TOML's own
+    integers and booleans are taken as they are, but never one for the other.
+    """
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ParamError(f"{where}: {name} must be true or false (or 1/0, yes/no), "
+                         f"not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            pass
+    raise ParamError(f"{where}: {name} must be an integer, not {value!r}")
+
+
 def parse_overrides(base: EngineParams, items: list[str], toml_path: str | None = None
                     ) -> EngineParams:
     """``base`` with ``NAME=VALUE`` overrides (command lines) and a TOML file's ``[engine]``
-    table (or top level) applied; errors name the parameter."""
+    table (or top level) applied; errors name the parameter.
+
+    Every value is checked against the type of its :class:`EngineParams` field (int or
+    bool) before the parameters are built, so a wrong value is one :class:`ParamError`.
+    """
     import tomllib
 
+    types = _field_types()
     changes: dict = {}
+
+    def put(name, value, where):
+        if name not in types:
+            raise ParamError(f"{where}: unknown engine parameter {name!r}; known: "
+                             f"{', '.join(EngineParams.field_names())}")
+        changes[name] = _coerce(name, value, types[name], where)
+
     if toml_path:
         try:
             with open(toml_path, "rb") as f:
                 data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ParamError(f"--params {toml_path}: {exc}") from None
-        changes.update(data.get("engine", data))
+        table = data.get("engine", data)
+        if not isinstance(table, dict):
+            raise ParamError(f"--params {toml_path}: [engine] must be a table")
+        for name, value in table.items():
+            put(name, value, f"--params {toml_path}")
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise ParamError(f"--param {item!r}: expected NAME=VALUE")
-        if name == "bypass":
-            changes[name] = value.strip().lower() in ("1", "true", "yes", "on")
-        else:
-            try:
-                changes[name] = int(value, 0)
-            except ValueError:
-                raise ParamError(f"--param {item!r}: {value!r} is not an integer") from None
+        put(name.strip(), value, f"--param {item}")
     return base.replace(**changes)
-

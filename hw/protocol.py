@@ -13,11 +13,13 @@ header only when its CRC matches, so it resynchronizes on the next frame after a
 Host to device, each frame is answered by exactly one reply with the same ``SEQ``: ``ACK``
 once the frame is consumed, or ``ERROR`` (bad payload CRC, unknown command, bad length, no
 free frame buffer, a refused configuration, an engine that stopped making progress, a frame
-out of order), or ``IDENTITY`` / ``COUNTERS``. The device accepts frames strictly in ``SEQ``
-order (go-back-N: after a dropped frame the host resends it and everything after it); a
-``RESET`` sets the order anew and is acted on as soon as it is received, even while other
-frames wait. The device holds ``rx_slots`` frames; the host keeps at most that many
-unanswered, so a UART without flow control is never overrun.
+out of order, a frame cut short), or ``IDENTITY`` / ``COUNTERS``. A frame whose line goes
+idle for ``rx_idle_cycles`` before its last byte is dropped (``ERROR TIMEOUT``): a host that
+dies mid-frame cannot leave the receiver waiting for bytes that will never come. The device
+accepts frames strictly in ``SEQ`` order (go-back-N: after a dropped frame the host resends
+it and everything after it); a ``RESET`` sets the order anew and is acted on as soon as it
+is received, even while other frames wait. The device holds ``rx_slots`` frames; the host
+keeps at most that many unanswered, so a UART without flow control is never overrun.
 
 Device to host, unasked: ``OUTPUT`` frames carry the engine's output values (their own
 ``SEQ`` counts up), and ``DONE`` closes each accepted configuration with its status.
@@ -35,16 +37,31 @@ from dataclasses import dataclass
 
 from .params import EngineParams, config_bits, qparam_bits
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SYNC = 0xA5
-HEADER_BYTES = 7
+#: The header before its CRC, in order (``struct`` codes, little-endian); ``HCRC`` follows.
+HEADER_FIELDS = [("sync", "B"), ("kind", "B"), ("seq", "B"), ("length", "H")]
+#: Bytes the header CRC covers: the header fields.
+HEADER_CRC_COVERS = 5
 CRC_BYTES = 2
+HEADER_BYTES = HEADER_CRC_COVERS + CRC_BYTES
 #: Largest payload of a frame (one frame buffer).
 MAX_PAYLOAD = 4096
 #: Frame buffers on the device: frames the host may send ahead of their replies.
 RX_SLOTS = 2
 CRC_POLY = 0x1021
 CRC_INIT = 0xFFFF
+#: A frame's line may idle this long between two of its bytes before the frame is dropped:
+#: the longer of 1 ms and 16 byte times. USB-serial adapters deliver a host's frame in
+#: bursts with gaps far below a millisecond; a dead host's gap is forever.
+RX_IDLE_MIN_SECONDS = 1e-3
+RX_IDLE_MIN_BYTES = 16
+
+
+def rx_idle_cycles(clock_hz: int, baud: int) -> int:
+    """Idle clock cycles mid-frame after which the device drops the frame."""
+    return max(round(clock_hz * RX_IDLE_MIN_SECONDS),
+               RX_IDLE_MIN_BYTES * 10 * -(-clock_hz // baud))
 
 
 class Command(enum.IntEnum):
@@ -81,6 +98,10 @@ class LinkError(enum.IntEnum):
     CONFIG = 5  #: the engine refused the configuration (detail: ConfigError)
     STALL = 6  #: the engine made no progress for ``stall_cycles``: the frame was dropped
     SEQUENCE = 7  #: not the next frame in order (detail: the SEQ expected): dropped
+    TIMEOUT = 8  #: the line went idle mid-frame (``rx_idle_cycles``): the frame was dropped
+
+
+_HEADER_FMT = "<" + "".join(code for _, code in HEADER_FIELDS)
 
 
 def crc16(data: bytes, crc: int = CRC_INIT) -> int:
@@ -90,7 +111,7 @@ def crc16(data: bytes, crc: int = CRC_INIT) -> int:
 def encode_frame(kind: int, seq: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = struct.pack("<BBBH", SYNC, int(kind), seq & 0xFF, len(payload))
+    head = struct.pack(_HEADER_FMT, SYNC, int(kind), seq & 0xFF, len(payload))
     return (head + struct.pack("<H", crc16(head)) + bytes(payload)
             + struct.pack("<H", crc16(payload)))
 
@@ -124,12 +145,12 @@ class FrameDecoder:
                 del self._buf[:start]
             if len(self._buf) < HEADER_BYTES:
                 return frames
-            head = bytes(self._buf[:5])
-            if struct.unpack("<H", self._buf[5:7])[0] != crc16(head):
+            head = bytes(self._buf[:HEADER_CRC_COVERS])
+            if struct.unpack("<H", self._buf[HEADER_CRC_COVERS:HEADER_BYTES])[0] != crc16(head):
                 self.skipped += 1
                 del self._buf[:1]
                 continue
-            _, kind, seq, length = struct.unpack("<BBBH", head)
+            _, kind, seq, length = struct.unpack(_HEADER_FMT, head)
             if length > MAX_PAYLOAD:
                 self.skipped += 1
                 del self._buf[:1]
@@ -164,10 +185,11 @@ def value_bytes(params: EngineParams) -> int:
 
 #: IDENTITY payload: these fields, then every EngineParams field as u32, in its order.
 IDENTITY_FIELDS = [("version", "H"), ("clock_hz", "I"), ("baud", "I"), ("max_payload", "H"),
-                   ("rx_slots", "B"), ("stall_cycles", "I")]
+                   ("rx_slots", "B"), ("stall_cycles", "I"), ("rx_idle_cycles", "I")]
 
 #: COUNTERS payload.
 COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to last output
+                  ("compute", "I"),  # those cycles less the ones spent waiting on a stream
                   ("runs", "I"),  # configurations the engine handled
                   ("error", "B"),  # the engine's last ConfigError
                   ("uptime", "Q"),  # clock cycles since power-up
@@ -175,9 +197,13 @@ COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to la
                   ("bad_crc", "I"),  # frames dropped for a payload CRC error
                   ("bad_header", "I"),  # headers discarded while hunting
                   ("uart_errors", "I"),  # UART framing errors and overruns
-                  ("stalls", "I")]  # frames dropped because the engine stopped taking data
+                  ("stalls", "I"),  # frames dropped because the engine stopped taking data
+                  ("rx_timeouts", "I")]  # frames dropped because the line idled mid-frame
 
-DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("runs", "H")]
+#: DONE payload: the run's error, its cycles and compute cycles (as in COUNTERS), run count.
+DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("compute", "I"), ("runs", "H")]
+#: ERROR payload: the :class:`LinkError` code and its detail (the expected SEQ, the field).
+ERROR_FIELDS = [("code", "B"), ("detail", "B")]
 
 
 def _fmt(fields) -> str:
@@ -185,9 +211,9 @@ def _fmt(fields) -> str:
 
 
 def pack_identity(params: EngineParams, *, clock_hz: int, baud: int,
-                  stall_cycles: int) -> bytes:
+                  stall_cycles: int, rx_idle: int) -> bytes:
     head = struct.pack(_fmt(IDENTITY_FIELDS), PROTOCOL_VERSION, clock_hz, baud, MAX_PAYLOAD,
-                       RX_SLOTS, stall_cycles)
+                       RX_SLOTS, stall_cycles, rx_idle)
     values = [int(v) for v in params.to_dict().values()]
     return head + struct.pack(f"<{len(values)}I", *values)
 
@@ -200,14 +226,27 @@ class Identity:
     max_payload: int
     rx_slots: int
     stall_cycles: int
+    rx_idle_cycles: int
     params: EngineParams
 
 
+class IdentityError(ValueError):
+    """An IDENTITY payload this host cannot read (another protocol version, or damaged)."""
+
+
 def unpack_identity(payload: bytes) -> Identity:
+    """The device's identity; :class:`IdentityError` for another protocol version."""
+    if len(payload) >= 2 and struct.unpack("<H", payload[:2])[0] != PROTOCOL_VERSION:
+        raise IdentityError(f"the device speaks protocol {struct.unpack('<H', payload[:2])[0]}"
+                            f", this host {PROTOCOL_VERSION}: rebuild the bitstream (or the "
+                            "simulated board) from this version")
     fmt = _fmt(IDENTITY_FIELDS)
     size = struct.calcsize(fmt)
-    head = struct.unpack(fmt, payload[:size])
     names = EngineParams.field_names()
+    if len(payload) != size + 4 * len(names):
+        raise IdentityError(f"IDENTITY payload of {len(payload)} bytes, expected "
+                            f"{size + 4 * len(names)}")
+    head = struct.unpack(fmt, payload[:size])
     values = struct.unpack(f"<{len(names)}I", payload[size:size + 4 * len(names)])
     fields = dict(zip(names, values, strict=True))
     fields["bypass"] = bool(fields["bypass"])
@@ -222,3 +261,15 @@ def unpack_fields(fields, payload: bytes) -> dict:
 
 def fields_size(fields) -> int:
     return struct.calcsize(_fmt(fields))
+
+
+def field_offsets(fields) -> dict[str, int]:
+    """Byte offset of each field in its packed payload."""
+    offsets, at = {}, 0
+    for name, code in fields:
+        offsets[name] = at
+        at += struct.calcsize("<" + code)
+    return offsets
+
+
+assert fields_size(HEADER_FIELDS) == HEADER_CRC_COVERS

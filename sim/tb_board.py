@@ -16,7 +16,8 @@ import struct
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Timer, with_timeout
+from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.utils import get_sim_time
 from cocotbext.uart import UartSink, UartSource
 
 from hw.params import ConfigError, pack_config
@@ -41,6 +42,12 @@ from sw.tiling import FirePlan, Shape, lanes_to_ints
 PARAMS = CONFIGS[os.environ.get("BOARD_CONFIG", "arty_a7")]
 CLOCK_HZ = int(os.environ.get("BOARD_CLOCK_HZ", 96_000_000))
 BAUD = int(os.environ.get("BOARD_BAUD", 12_000_000))
+#: the top's idle timeout mid-frame, in clock cycles (short here, to keep the tests fast)
+RX_IDLE = int(os.environ.get("BOARD_RX_IDLE", 2000))
+#: a byte on the line, in clock cycles (8N1)
+BYTE_CYCLES = 10 * CLOCK_HZ // BAUD
+#: long enough for the device to drop a frame cut short and say so, in whole microseconds
+IDLE_US = -(-2 * RX_IDLE * 10**6 // CLOCK_HZ) + 10
 
 
 class Host:
@@ -176,15 +183,19 @@ async def every_command(dut):
     assert ident.kind == Reply.IDENTITY
     info = unpack_identity(ident.payload)
     assert info.params == PARAMS and info.clock_hz == CLOCK_HZ and info.baud == BAUD
+    assert info.rx_idle_cycles == RX_IDLE
     rng = np.random.default_rng(1)
     for bypass in ([False, True] if PARAMS.bypass else [False]):
         plan, layer, x = small_layer(rng, bypass)
         got, done = await host.run_layer(plan, layer, x)
         np.testing.assert_array_equal(got, ops.fire(x, layer, PARAMS.spec))
         assert done["error"] == 0 and done["cycles"] > 0
+        # the UART delivers a byte every BYTE_CYCLES: most of the run is waiting on it
+        assert 0 < done["compute"] < done["cycles"] // 2, done
     counters = unpack_fields(COUNTER_FIELDS, (await host.command(Command.READ_COUNTERS)).payload)
     assert counters["runs"] >= 1 and counters["frames"] >= 6 and counters["bad_crc"] == 0
-    assert counters["cycles"] == done["cycles"]
+    assert counters["cycles"] == done["cycles"] and counters["compute"] == done["compute"]
+    assert counters["rx_timeouts"] == 0
 
 
 @cocotb.test()
@@ -239,27 +250,18 @@ async def fuzz_then_identify(dut):
                bytes(random.getrandbits(8) for _ in range(100))]
     for chunk in garbage:
         await host.send_raw(chunk)
-    await Timer(20, "us")
-    host.sink.clear()
+        await ClockCycles(dut.clk, 2 * RX_IDLE)  # the line idles between chunks
+    # the frame cut in its payload was dropped once its line idled (ERROR TIMEOUT), the one
+    # with a bad CRC was refused (ERROR BAD_CRC); the rest hunted past without a reply
+    host.frames += host.decoder.feed(bytes(host.sink.read_nowait()))
+    errors = [(f.payload[0], f.seq) for f in host.frames if f.kind == Reply.ERROR]
+    assert errors == [(LinkError.TIMEOUT, host.seq), (LinkError.BAD_CRC, host.seq)], errors
     host.frames.clear()
-    host.decoder = FrameDecoder()
-    # The line may hold the rest of an abandoned frame: IDENTIFY until answered (at most a
-    # few times: the receiver resynchronizes on the next good header).
-    for _ in range(4):
-        seq = await host.send(Command.IDENTIFY, seq=host.seq)
-        try:
-            while True:
-                frame = await host.next_frame(500)
-                if frame.kind == Reply.IDENTITY and frame.seq == seq:
-                    break
-                if frame.kind == Reply.ERROR and frame.payload[0] == LinkError.SEQUENCE:
-                    host.seq = frame.payload[1]
-            break
-        except Exception:
-            continue
-    else:
-        raise AssertionError("IDENTIFY unanswered after the fuzz")
-    host.seq = (seq + 1) & 0xFF
+    # answered on the first try: nothing of the fuzz is left in the receiver
+    reply = await host.command(Command.IDENTIFY, timeout_us=200)
+    assert reply.kind == Reply.IDENTITY, reply
+    counters = unpack_fields(COUNTER_FIELDS, (await host.command(Command.READ_COUNTERS)).payload)
+    assert counters["rx_timeouts"] == 1 and counters["bad_crc"] == 1, counters
     again, done = await host.run_layer(plan, layer, x, load=False)
     np.testing.assert_array_equal(again, want)
     assert done["error"] == 0
@@ -284,3 +286,64 @@ async def reset_mid_run(dut):
     plan, layer, x = small_layer(rng)
     got, done = await host.run_layer(plan, layer, x)
     np.testing.assert_array_equal(got, ops.fire(x, layer, PARAMS.spec))
+
+
+@cocotb.test()
+async def truncated_frames(dut):
+    """A frame cut after each of its bytes (a host that died mid-frame), then IDENTIFY from a
+    new host: answered on the first try. Cut after its header, the frame is dropped once the
+    line has idled RX_IDLE cycles, with ERROR TIMEOUT for its SEQ."""
+    host = Host(dut)
+    await host.reset_dut()
+    await host.reset()
+    payload = bytes(range(2 * item_bytes(PARAMS)[Command.LOAD_QPARAMS]))
+    for cut in range(1, len(encode_frame(Command.LOAD_QPARAMS, 0, payload))):
+        host.frames.clear()
+        # the SEQ the device expects next: cut after the header, it waits for the payload
+        await host.send_raw(encode_frame(Command.LOAD_QPARAMS, host.seq, payload)[:cut])
+        start = get_sim_time("ns")
+        if cut >= 7:  # a whole header: the receiver waits for the rest, then gives up
+            reply = await host.next_frame(timeout_us=IDLE_US)
+            waited = (get_sim_time("ns") - start) * 1e-9 * CLOCK_HZ
+            assert reply.kind == Reply.ERROR and reply.payload[0] == LinkError.TIMEOUT, reply
+            assert reply.seq == host.seq
+            # dropped no sooner than RX_IDLE, and soon after (the reply's own bytes)
+            assert RX_IDLE <= waited <= RX_IDLE + 30 * BYTE_CYCLES, (cut, waited)
+        reply = await host.command(Command.IDENTIFY, timeout_us=200)
+        assert reply.kind == Reply.IDENTITY, (cut, reply)
+
+
+@cocotb.test()
+async def reset_into_truncated_frame(dut):
+    """A host that died mid-frame and a new one that sends RESET at once: the RESET is taken
+    as the dead frame's payload, the frame is dropped once the line idles, and the RESET sent
+    again is answered (what the driver's open does)."""
+    host = Host(dut)
+    await host.reset_dut()
+    await host.reset()
+    rows = max(4, 64 // item_bytes(PARAMS)[Command.LOAD_WEIGHTS])  # well over 20 bytes
+    frame = encode_frame(Command.LOAD_WEIGHTS, host.seq, bytes(item_bytes(PARAMS)[
+        Command.LOAD_WEIGHTS] * rows))
+    await host.send_raw(frame[:20])
+    seq = await host.send(Command.RESET, seq=0x40)
+    first = await host.next_frame(timeout_us=IDLE_US)
+    assert first.kind == Reply.ERROR and first.payload[0] == LinkError.TIMEOUT, first
+    assert first.seq != seq
+    host.seq = 0x40
+    await host.reset()
+    assert (await host.command(Command.IDENTIFY)).kind == Reply.IDENTITY
+
+
+@cocotb.test()
+async def sync_byte_then_frame(dut):
+    """A stray SYNC (and other bytes) right before a real frame, closer than a header's length:
+    the receiver's sliding window finds the real header, answered on the first try."""
+    host = Host(dut)
+    await host.reset_dut()
+    await host.reset()
+    for lead in (b"\xa5", b"\xa5\x01", b"\xa5\x01\x00\x00", b"\xa5" * 6, b"\x00\xa5\xa5\x03"):
+        seq = host.seq
+        await host.send_raw(lead + encode_frame(Command.IDENTIFY, seq))
+        host.seq = (seq + 1) & 0xFF
+        reply = await host.reply_to(seq, timeout_us=200)
+        assert reply.kind == Reply.IDENTITY, (lead, reply)

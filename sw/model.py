@@ -1,8 +1,13 @@
 """Golden-model command line: network summaries, quantization reports, host-only inference.
 
-    python -m sw.model summary --arch squeezenet1_1 [--input 224] [--json]
-    python -m sw.model quantize --arch squeezenet1_1 [--weights F] [--json]
-    python -m sw.model infer --arch squeezenet1_1 [--image cat.jpg] [--weights F] [--json]
+    python -m sw.model summary --arch squeezenet1_1 [--size 224] [--json]
+    python -m sw.model quantize --arch squeezenet1_1 [--size 224] [--weights F] [--calib N]
+                                [--eval N] [--json] [--quiet]
+    python -m sw.model infer --arch squeezenet1_1 [--size 224] [--image cat.jpg] [--weights F]
+                             [--calib N] [--json] [--quiet]
+
+--size is the input height and width (--input, its old name, still works). Progress of the
+long steps (calibration, evaluation) goes to stderr; --quiet silences it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from importlib import resources
 import numpy as np
 
 from . import reference
+from .cli import ArgumentParser, Progress, add_quiet, at_least
 from .images import ImageError, load_image, random_images
 from .network import ARCHS, Network, get_arch
 from .quantize import QuantizedNetwork, end_to_end, layer_sqnr, quantize_network
@@ -69,18 +75,30 @@ def build_quantized(net: Network, weights: Weights, size: int, calib: int,
     return quantize_network(net, weights, random_images(calib, size, seed))
 
 
+def _net(args) -> Network:
+    """The network, with ``--size`` checked against it before anything runs."""
+    net = get_arch(args.arch)
+    net.check_input(args.size, label=f"--size {args.size}")
+    return net
+
+
 def cmd_summary(args) -> dict:
-    return summary(get_arch(args.arch), args.input)
+    return summary(_net(args), args.size)
 
 
 def cmd_quantize(args) -> dict:
-    net = get_arch(args.arch)
+    net = _net(args)
     weights = get_weights(net, args.weights)
-    qnet = build_quantized(net, weights, args.input, args.calib)
-    evaluation = random_images(args.eval, args.input, seed=2)
-    report = layer_sqnr(qnet, weights, evaluation)
-    e2e = end_to_end(qnet, weights, evaluation)
-    return {"arch": net.name, "weights": weights.source, "input": args.input,
+    progress = Progress(quiet=args.quiet)
+    with progress.step(f"calibrating {net.name} on {args.calib} random inputs at "
+                       f"{args.size}x{args.size}"):
+        qnet = build_quantized(net, weights, args.size, args.calib)
+    evaluation = random_images(args.eval, args.size, seed=2)
+    with progress.step(f"per-layer SQNR on {args.eval} inputs"):
+        report = layer_sqnr(qnet, weights, evaluation)
+    with progress.step(f"end-to-end against the float model on {args.eval} inputs"):
+        e2e = end_to_end(qnet, weights, evaluation)
+    return {"arch": net.name, "weights": weights.source, "input": args.size,
             "calibration_images": args.calib, "eval_images": args.eval,
             "layers": [{"name": r.name, "sqnr_db": r.sqnr_db} for r in report],
             "min_fire_sqnr_db": min(r.sqnr_db for r in report if r.name.startswith("fire")),
@@ -99,13 +117,15 @@ def format_quantize(r: dict) -> str:
 
 
 def cmd_infer(args) -> dict:
-    net = get_arch(args.arch)
+    net = _net(args)
     weights = get_weights(net, args.weights)
     if args.image:
-        image, label = load_image(args.image, args.input), args.image
+        image, label = load_image(args.image, args.size), args.image
     else:
-        image, label = random_images(1, args.input, seed=3)[0], "a random input (seed 3)"
-    qnet = build_quantized(net, weights, args.input, args.calib)
+        image, label = random_images(1, args.size, seed=3)[0], "a random input (seed 3)"
+    with Progress(quiet=args.quiet).step(f"calibrating {net.name} on {args.calib} random "
+                                         f"inputs at {args.size}x{args.size}"):
+        qnet = build_quantized(net, weights, args.size, args.calib)
     logits = qnet.logits(image)
     return {"arch": net.name, "weights": weights.source, "input": label,
             "top5": top5(logits), "float_top5": top5(reference.forward(net, weights, image)),
@@ -130,28 +150,44 @@ COMMANDS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sw.model", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m sw.model", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    minima = {name: net.min_input() for name, net in ARCHS.items()}
     for name, (_, _, help_text) in COMMANDS.items():
         s = sub.add_parser(name, help=help_text, description=help_text)
         s.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS),
                        help="network (default: squeezenet1_1)")
-        s.add_argument("--input", type=int, default=224, metavar="N",
-                       help="input height and width (default: 224)")
+        s.add_argument("--size", type=int, default=224, metavar="N",
+                       help="input height and width (default: 224; at least "
+                            + ", ".join(f"{n} for {a}" for a, n in minima.items()) + ")")
+        # --size's old name (sw.driver's --input is a file): hidden, still taken
+        s.add_argument("--input", type=_deprecated_input, dest="size",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         s.add_argument("--json", action="store_true", help="print machine-readable JSON")
         if name != "summary":
             s.add_argument("--weights", metavar="FILE",
                            help=".npz with torchvision names, or .pth when torch is installed "
                                 "(default: deterministic random init)")
-            s.add_argument("--calib", type=int, default=16, metavar="N",
-                           help="random calibration inputs (default: 16)")
+            s.add_argument("--calib", type=at_least(1), default=16, metavar="N",
+                           help="random calibration inputs, at least 1 (default: 16)")
+            add_quiet(s)
         if name == "quantize":
-            s.add_argument("--eval", type=int, default=16, metavar="N",
-                           help="random evaluation inputs (default: 16)")
+            s.add_argument("--eval", type=at_least(1), default=16, metavar="N",
+                           help="random evaluation inputs, at least 1 (default: 16)")
         if name == "infer":
             s.add_argument("--image", metavar="PATH", help="PNG or JPEG (default: random)")
     return p
+
+
+def _deprecated_input(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (--input is the old "
+                                         "name of --size)") from None
+    print("note: sw.model's --input is now --size", file=sys.stderr)
+    return value
 
 
 def main(argv=None) -> int:
@@ -162,6 +198,9 @@ def main(argv=None) -> int:
     except (WeightsError, ImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2) if args.json else fmt(result))
     return 0
 

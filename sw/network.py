@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from .ops import pool_output_size
 
 
+class InputSizeError(ValueError):
+    """An input size the network, or the engine that runs its Fire layers, cannot take."""
+
+
 @dataclass(frozen=True)
 class Conv:
     name: str
@@ -157,6 +161,87 @@ class Network:
                          "params": params, "macs": macs})
             h, w, c = oh, ow, cout
         return rows
+
+    # -- input sizes ------------------------------------------------------------------
+    def _spatial(self, size: int) -> list[tuple[str, str, int]] | None:
+        """``(name, kind, input side)`` per layer for a ``size`` x ``size`` input, or None
+        when some layer has no output (every layer treats height and width alike, so one
+        side stands for both)."""
+        rows, side = [], size
+        for layer in self.layers:
+            rows.append((layer.name, type(layer).__name__, side))
+            side = layer.out_hw(side, side)[0]
+            if side < 1:
+                return None
+        return rows
+
+    def min_input(self) -> int:
+        """The smallest input side that leaves every layer an output."""
+        size = 1
+        while self._spatial(size) is None:
+            size += 1
+            if size > 100_000:  # only a network whose layers never leave an output
+                raise ValueError(f"{self.name}: no input size leaves every layer an output")
+        return size
+
+    def max_input(self, max_side: int) -> int:
+        """The largest input side whose Fire layers' inputs are all at most ``max_side`` (an
+        engine's ``max_h`` or ``max_w``); below :meth:`min_input` when none is."""
+        def fits(size):
+            return all(side <= max_side for _, kind, side in self._spatial(size)
+                       if kind == "Fire")
+
+        lo = self.min_input()
+        if not fits(lo):
+            return lo - 1
+        hi = lo
+        while fits(hi * 2):  # Fire inputs grow with the input: double, then bisect
+            hi *= 2
+        top = hi * 2
+        while top - hi > 1:
+            mid = (hi + top) // 2
+            hi, top = (mid, top) if fits(mid) else (hi, mid)
+        return hi
+
+    def input_range(self, params=None) -> tuple[int, int | None]:
+        """The smallest and largest square input sizes this network takes, the largest on an
+        engine with ``params`` (None without)."""
+        lo = self.min_input()
+        if params is None:
+            return lo, None
+        return lo, min(self.max_input(params.max_h), self.max_input(params.max_w))
+
+    def check_input(self, size: int | tuple[int, int], params=None, label: str = "",
+                    engine: str = "the engine") -> None:
+        """Raise :class:`InputSizeError` unless this network takes a ``size`` input, on an
+        engine with ``params`` (:class:`hw.params.EngineParams`; its ``max_h`` x ``max_w``
+        bound every Fire layer's input) when given. Nothing is run: shapes only.
+
+        ``label`` names the size in the message (default ``input HxW``), e.g. ``--size 7``;
+        ``engine`` names the engine (``the arty_a7 engine``).
+        """
+        h, w = (size, size) if isinstance(size, int) else size
+        label = label or f"input {h}x{w}"
+        lo, hi = self.input_range(params)
+        pools = sum(isinstance(la, MaxPool) for la in self.layers)
+        need = (f"at least {lo} so that conv1 and the {pools} max pools leave every layer an "
+                "output")
+        if params is not None:
+            need += (f"; at most {hi} so that every Fire layer's input fits {engine}'s "
+                     f"max_h x max_w = {params.max_h}x{params.max_w}")
+        span = f"{lo} to {hi}" if hi is not None else f"{lo} or more"
+        if h < lo or w < lo:
+            raise InputSizeError(f"{label} is too small: {self.name} takes input sizes "
+                                 f"{span} ({need})")
+        if params is None:
+            return
+        for (name, kind, side_h), (_, _, side_w) in zip(self._spatial(h), self._spatial(w),
+                                                        strict=True):
+            if kind == "Fire" and (side_h > params.max_h or side_w > params.max_w):
+                raise InputSizeError(f"{label} is too large: {name}'s input would be "
+                                     f"{side_h}x{side_w}, above {engine}'s max_h x max_w = "
+                                     f"{params.max_h}x{params.max_w}; {self.name} takes "
+                                     f"input sizes {span} there")
 
 
 def _numel(shape) -> int:

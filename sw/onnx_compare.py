@@ -31,8 +31,11 @@ def ort_session(imported: ImportedModel, extra: list[str]):
 
 
 def compare(imported: ImportedModel, run_fires, run_network, *, inputs: int = 100,
-            seed: int = 11, batch: int = 10) -> dict:
-    """``run_fires(name, layer, xs)`` and ``run_network(qnet, xs_q)`` run on the device."""
+            seed: int = 11, batch: int = 10, on_batch=None) -> dict:
+    """``run_fires(name, layer, xs)`` and ``run_network(qnet, xs_q)`` run on the device;
+    ``on_batch(done, inputs)`` after each batch of ``batch`` inputs (for progress)."""
+    if inputs < 1:
+        raise ValueError(f"inputs={inputs}: the comparison needs at least 1 input")
     if not imported.quantized:
         raise UnsupportedModel(f"{imported.path} is a float model: compare-onnx needs a QDQ "
                                "model (onnxruntime.quantization.quantize_static)")
@@ -71,6 +74,8 @@ def compare(imported: ImportedModel, run_fires, run_network, *, inputs: int = 10
                 total += d.size
         outs = run_network(qnet, [qnet.quantize_input(im) for im in chunk])
         logits_ours += [qnet.dequantize_output(o) for o in outs]
+        if on_batch is not None:
+            on_batch(len(logits_ours), inputs)
     ref, got = np.array(logits_ort), np.array(logits_ours)
     top_ref, top_got = ref.argmax(1), got.argmax(1)
     ordered = np.sort(ref, axis=1)

@@ -34,6 +34,15 @@ from .weights import Weights
 
 _PASS_THROUGH = {"Identity", "Dropout"}
 _TAIL = {"Flatten", "Reshape", "Squeeze"}
+#: What :func:`load_model` maps, as its errors say it.
+SUPPORTED = ("Fire modules, Conv (with an optional Relu), MaxPool (ceil mode), "
+             "GlobalAveragePool, then Flatten, Reshape or Squeeze at the end; Identity and "
+             "Dropout pass through")
+
+
+def _names(ops) -> str:
+    ops = sorted(ops)
+    return ", ".join(ops[:-1]) + " or " + ops[-1]
 
 
 class UnsupportedModel(ValueError):
@@ -186,11 +195,34 @@ def _prefix(weight_name: str, default: str) -> str:
     return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else default
 
 
-def load_model(path) -> ImportedModel:
-    """Read an ONNX model into a chain of layers (see the module docstring)."""
-    import onnx
+def read_model(path):
+    """``onnx.load`` with its failures as one :class:`UnsupportedModel` line.
 
-    model = onnx.load(str(path)) if not hasattr(path, "graph") else path
+    A truncated or non-ONNX file makes protobuf raise ``DecodeError`` from deep inside (or,
+    for some bytes, parse into an empty model): both are "not a readable ONNX model".
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not Path(path).exists():
+        raise UnsupportedModel(f"model file {path} does not exist")
+    if not Path(path).is_file():
+        raise UnsupportedModel(f"model {path} is not a file")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise UnsupportedModel(f"{path} is not a readable ONNX model (the file is truncated "
+                               f"or of another kind: {str(exc).splitlines()[0]})") from None
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        raise UnsupportedModel(f"{path} is not a readable ONNX model (it holds no graph: "
+                               "nodes, an input and an output)")
+    return model
+
+
+def load_model(path) -> ImportedModel:
+    """Read an ONNX model (a path, or an ``onnx.ModelProto``) into a chain of layers (see
+    the module docstring); :class:`UnsupportedModel` names what cannot be read or mapped."""
+    model = read_model(path) if not hasattr(path, "graph") else path
     g = _Graph(model)
     shape = model.graph.input[0].type.tensor_type.shape.dim
     dims = [d.dim_value for d in shape]
@@ -220,8 +252,8 @@ def load_model(path) -> ImportedModel:
         if tail:
             node = users[0]
             if node.op_type not in _TAIL | _PASS_THROUGH:
-                raise UnsupportedModel(f"node {node.name!r} ({node.op_type}): only Flatten or "
-                                       "Reshape may follow the global average pool")
+                raise UnsupportedModel(f"node {node.name!r} ({node.op_type}): only "
+                                       f"{_names(_TAIL)} may follow the global average pool")
             cur = g.resolve(node.output[0])
             continue
         fire = _match_fire(g, cur, users)
@@ -298,10 +330,14 @@ def load_model(path) -> ImportedModel:
             tail = True
         elif op in _PASS_THROUGH:
             cur = g.resolve(node.output[0])
+        elif op in _TAIL:
+            after = f"after {layers[-1].name}" if layers else "on the input"
+            raise UnsupportedModel(f"node {node.name!r} ({op}) {after}: {op} is supported "
+                                   "only after GlobalAveragePool, at the end of the graph "
+                                   "(the classifier is a 1x1 Conv, then GlobalAveragePool)")
         else:
-            raise UnsupportedModel(f"node {node.name!r} ({op}): not supported by the "
-                                   "importer (Fire modules, Conv, Relu, MaxPool, "
-                                   "GlobalAveragePool and Flatten are)")
+            raise UnsupportedModel(f"node {node.name!r} ({op}): {op} is not supported; the "
+                                   f"importer maps {SUPPORTED}")
     if not layers or not isinstance(layers[-1], GlobalAvgPool):
         raise UnsupportedModel("the graph must end in GlobalAveragePool (then Flatten)")
     last_conv = [la for la in layers if isinstance(la, Conv)][-1]

@@ -163,9 +163,10 @@ def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8,
 def choose_qparams(lo: float, hi: float, spec: QuantSpec = INT8) -> tuple[float, int]:
     """Per-tensor affine ``(scale, zero_point)`` covering ``[lo, hi]`` (which must hold 0)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi - lo <= 0:
-        hi = lo + 1e-8
     steps = spec.act_max - spec.act_min
+    # an empty range, or one so narrow that its step underflows to 0 (a few subnormals)
+    if not (hi - lo) / steps > 0:
+        hi = lo + 1e-8
     scale = (hi - lo) / steps
     zero = int(round(spec.act_min - lo / scale))
     return scale, int(np.clip(zero, spec.act_min, spec.act_max))

@@ -94,9 +94,27 @@ def load(path: str | Path, net: Network) -> Weights:
         arrays = _load_torch(path)
     else:
         raise WeightsError(f"{path}: weights must be .npz, or .pth with torch installed")
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    try:
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: a tensor is not numeric: {exc}") from None
     check_fits(net, arrays, str(path))
+    check_finite(arrays, str(path))
     return Weights(arrays, str(path))
+
+
+def check_finite(arrays: dict[str, np.ndarray], source: str) -> None:
+    """Raise :class:`WeightsError` naming the first tensor holding NaN or infinity (which
+    quantization would otherwise meet as "cannot convert float NaN to integer")."""
+    for name, array in arrays.items():
+        nan = int(np.isnan(array).sum())
+        inf = int(np.isinf(array).sum())
+        if nan or inf:
+            what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite"))
+                                if n)
+            raise WeightsError(f"{source}: tensor {name} holds {what} value"
+                               f"{'s' if nan + inf > 1 else ''} of {array.size}; weights "
+                               "must be finite")
 
 
 def _load_torch(path: Path) -> dict[str, np.ndarray]:

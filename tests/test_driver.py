@@ -4,15 +4,19 @@ retried or reported; a wrong result is never returned."""
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
 
-from hw.protocol import Command
+from hw.params import ConfigError
+from hw.protocol import Command, Frame, FrameDecoder, LinkError, Reply, encode_frame, item_bytes
+from sim.board import simulated_accelerator
 from sim.fire_cases import random_fire, random_input
 from sw import ops
-from sw.driver import Accelerator, CRCError, DeviceError, LinkTimeout, OutputLost
+from sw.driver import CRCError, DeviceError, LinkTimeout, OutputLost
 from sw.driver.__main__ import main as driver_main
+from sw.tiling import Shape
 
 
 class FaultyPort:
@@ -26,9 +30,13 @@ class FaultyPort:
         self.writes = self.reads = 0
         self.corrupt_writes: set[int] = set()
         self.drop_writes: set[int] = set()
+        self.lose_writes: set[int] = set()  # never reach the device at all
+        self.lost_seqs: list[int] = []  # SEQ of each frame lost that way
         self.corrupt_reads: set[int] = set()
         self.stall = False
         self.interrupt_after = None
+        self.replies = FrameDecoder()  # everything the device sent, as it sent it
+        self.seen: list[Frame] = []
 
     @property
     def in_waiting(self):
@@ -50,6 +58,9 @@ class FaultyPort:
         if self.stall:
             return len(data)
         data = bytearray(data)
+        if self.writes in self.lose_writes:
+            self.lost_seqs.append(data[2])  # SYNC KIND SEQ ...
+            return len(data)
         if self.writes in self.corrupt_writes and len(data) > 9:
             data[len(data) // 2] ^= 0x5A
         if self.writes in self.drop_writes and len(data) > 20:
@@ -61,6 +72,7 @@ class FaultyPort:
         if self.stall:
             return b""
         if data:
+            self.seen += self.replies.feed(data)
             self.reads += 1
             if self.reads in self.corrupt_reads:
                 data = bytearray(data)
@@ -74,11 +86,10 @@ class FaultyPort:
 
 @pytest.fixture(scope="module")
 def board():
-    acc = Accelerator.simulated(timeout=3.0, retries=3)
-    faulty = FaultyPort(acc.link.port)
-    acc.link.port = faulty
-    yield acc, faulty
-    acc.close()
+    with simulated_accelerator(timeout=3.0, retries=3) as acc:
+        faulty = FaultyPort(acc.link.port)
+        acc.link.port = faulty
+        yield acc, faulty
 
 
 @pytest.fixture
@@ -86,11 +97,14 @@ def acc(board):
     acc, faulty = board
     faulty.corrupt_writes.clear()
     faulty.drop_writes.clear()
+    faulty.lose_writes.clear()
+    faulty.lost_seqs.clear()
     faulty.corrupt_reads.clear()
     faulty.stall = False
     faulty.interrupt_after = None
     acc.link.timeout = 3.0
     acc.reset()
+    faulty.seen.clear()
     return acc, faulty
 
 
@@ -187,6 +201,97 @@ def test_device_error_names_the_field(acc):
     np.testing.assert_array_equal(a.run_fire(layer, x).output, ops.fire(x, layer))
 
 
+# Each dimension one past the device's maximum, in a layer the host plans with a maximum it
+# believes larger (2**k - 1 for a k-bit field: the configuration word still packs): the device
+# refuses it, naming the field, and then runs a layer bit-exactly.
+BEYOND = {"h": ("max_h", 0), "w": ("max_w", 1), "cin": ("max_cin", 2),
+          "s": ("max_squeeze", 3), "e1": ("max_e1", 4), "e3": ("max_e3", 5)}
+CODES = {"h": ConfigError.H, "w": ConfigError.W, "cin": ConfigError.CIN,
+         "s": ConfigError.SQUEEZE, "e1": ConfigError.E1, "e3": ConfigError.E3}
+
+
+@pytest.mark.parametrize("field", list(BEYOND))
+def test_each_dimension_beyond_the_maximum_is_refused(acc, field):
+    a, _ = acc
+    name, index = BEYOND[field]
+    code = CODES[field]
+    real = a.identity
+    limit = getattr(real.params, name)
+    shape = [2, 2, 16, 16, 5, 5]  # small everywhere else: one run
+    shape[index] = limit + 1
+    layer, x, _ = layer_case(20, tuple(shape))
+    believed = real.params.replace(**{name: (1 << limit.bit_length()) - 1})
+    a._identity = dataclasses.replace(real, params=believed)
+    try:
+        assert len(a.plan(Shape(*shape)).tiles) == 1  # one run, whose CONFIGURE is refused
+        with pytest.raises(DeviceError) as info:
+            a.run_fire(layer, x)
+    finally:
+        a._identity = real
+    assert info.value.code == code and info.value.field == code.field == field
+    assert str(info.value) == f"device refused the configuration: {field}: {code.message}"
+    a.reset()
+    small, xs, want = layer_case(21, (3, 4, 64, 16, 64, 64))
+    np.testing.assert_array_equal(a.run_fire(small, xs).output, want)
+
+
+def raw_exchange(faulty, data: bytes, timeout: float = 3.0) -> list[Frame]:
+    """Write ``data`` around the driver's link and return the device's answer frames."""
+    faulty.write(data)
+    decoder, frames = FrameDecoder(), []
+    deadline = time.monotonic() + timeout
+    while not frames and time.monotonic() < deadline:
+        faulty.timeout = 0.05
+        frames = decoder.feed(faulty.read(4096))
+    return frames
+
+
+def test_a_frame_ahead_of_sequence_is_refused_and_not_taken(acc):
+    """Frames are taken strictly in SEQ order: one a SEQ ahead is answered ERROR SEQUENCE
+    with the SEQ the device expects, and is not acted on (a CONFIGURE does not reach the
+    engine, a READ_COUNTERS is not answered with counters); the driver, whose SEQ is still the
+    expected one, goes on without a reset."""
+    a, faulty = acc
+    layer, x, want = layer_case(22, (3, 4, 64, 16, 64, 64))
+    runs = a.counters()["runs"]
+    expected = a.link.seq
+    ahead = (expected + 1) & 0xFF
+    plan = a.plan(Shape(3, 4, 64, 16, 64, 64))
+    # a configuration that, taken, would count a run (it loads and computes nothing)
+    word = plan.config(plan.tiles[0], layer, load=False, compute=False)
+    config = word.to_bytes(item_bytes(a.params)[Command.CONFIGURE], "little")
+    for command, payload in ((Command.READ_COUNTERS, b""), (Command.CONFIGURE, config)):
+        frames = raw_exchange(faulty, encode_frame(command, ahead, payload))
+        assert [(f.kind, f.seq, f.payload[:2]) for f in frames] == [
+            (Reply.ERROR, ahead, bytes([LinkError.SEQUENCE, expected]))], frames
+    c = a.counters()  # at the SEQ the device expects: answered
+    assert c["runs"] == runs and c["error"] == 0  # the CONFIGURE never reached the engine
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+
+
+def test_a_lost_frame_makes_the_next_one_ahead_and_the_driver_goes_back(acc):
+    """A frame lost on the wire: the next one arrives ahead of sequence, the device answers
+    ERROR SEQUENCE naming the lost frame's SEQ, and the driver resends from there at once
+    (no timeout), with a bit-exact result."""
+    a, faulty = acc
+    layer, x, want = layer_case(23)
+    faulty.lose_writes.add(faulty.writes + 3)
+    before = a.link.stats.resends
+    bad_crc = a.counters()["bad_crc"]
+    a.link.timeout = 60.0  # a recovery by timeout would take this long
+    start = time.monotonic()
+    np.testing.assert_array_equal(a.run_fire(layer, x).output, want)
+    assert time.monotonic() - start < 30.0  # recovered on the device's answer
+    assert len(faulty.lost_seqs) == 1
+    lost = faulty.lost_seqs[0]
+    refusals = [f for f in faulty.seen if f.kind == Reply.ERROR]
+    assert refusals and all(f.payload[:2] == bytes([LinkError.SEQUENCE, lost])
+                            for f in refusals), refusals
+    assert refusals[0].seq == (lost + 1) & 0xFF
+    assert a.link.stats.resends > before
+    assert a.counters()["bad_crc"] == bad_crc  # nothing was corrupted, only lost
+
+
 def test_ctrl_c_leaves_the_device_usable(acc):
     a, faulty = acc
     layer, x, want = layer_case(7)
@@ -225,4 +330,5 @@ def test_cli_run_fire_json(capsys):
     assert driver_main(["run-fire", "--layer", "fire9", "--size", "96", "--calib", "2",
                         "--check", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["match"] is True and out["runs"] == 3 and out["cycles"] > 0
+    assert out["match"] is True and out["runs"] == 3
+    assert 0 < out["compute_cycles"] <= out["device_cycles"]

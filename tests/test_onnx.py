@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
+from sim.board import simulated_accelerator
 from sw import ops, reference
-from sw.driver import Accelerator
 from sw.driver.__main__ import main as driver_main
 from sw.driver.runner import run_network_batch
 from sw.images import random_images
@@ -39,13 +39,32 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def board():
-    with Accelerator.simulated() as acc:
+    with simulated_accelerator() as acc:
         yield acc
 
 
-def device_runners(acc):
-    return (lambda name, layer, xs: [r.output for r in acc.run_fire_batch(layer, xs)],
-            lambda qnet, xs: run_network_batch(acc, qnet, xs)[0])
+def device_runners(acc, checked: dict):
+    """Runners for ``compare`` that run on the device and hold every result against the
+    golden model bit for bit: each Fire layer's output, and each whole network's output."""
+
+    def fires(name, layer, xs):
+        outs = [r.output for r in acc.run_fire_batch(layer, xs)]
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_array_equal(out, ops.fire(x, layer),
+                                          f"{name}: the device differs from the golden model")
+        checked["fires"] += len(xs)
+        return outs
+
+    def network(qnet, xs):
+        outs = run_network_batch(acc, qnet, xs)[0]
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_array_equal(out, qnet.forward(x),
+                                          "the network on the device differs from the golden "
+                                          "model")
+        checked["networks"] += len(xs)
+        return outs
+
+    return fires, network
 
 
 @pytest.mark.parametrize("arch", ["squeezenet1_1", "squeezenet1_0", "squeezenet1_0_bypass"])
@@ -55,7 +74,10 @@ def test_qdq_model_against_onnxruntime_on_the_device(models, board, arch):
     assert imported.quantized and imported.input_size == (SIZE, SIZE)
     assert [f.name for f in imported.net.fires] == [f.name for f in net.fires]
     assert [f.bypass for f in imported.net.fires] == [f.bypass for f in net.fires]
-    result = compare(imported, *device_runners(board), inputs=4, batch=4)
+    checked = {"fires": 0, "networks": 0}
+    result = compare(imported, *device_runners(board, checked), inputs=4, batch=4)
+    # the device matched the golden model bit for bit on every Fire layer and network run
+    assert checked == {"fires": 4 * len(net.fires), "networks": 4}
     assert result["fire_max_lsb"] <= 1, result
     assert result["fire_identical_fraction"] > 0.9
     assert result["logits_sqnr_db"] >= 30.0
@@ -64,7 +86,8 @@ def test_qdq_model_against_onnxruntime_on_the_device(models, board, arch):
 
 def test_golden_against_onnxruntime_over_more_inputs(models):
     """The same figures on 40 inputs through the golden model, which the device matches bit
-    for bit (the test above): fast enough for more inputs."""
+    for bit (asserted in the test above, layer by layer and network by network): fast enough
+    for more inputs."""
     _, _, _, qdq = models["squeezenet1_1"]
     imported = load_model(qdq)
     result = compare(imported, lambda name, layer, xs: [ops.fire(x, layer) for x in xs],

@@ -5,6 +5,7 @@ values (every partial sum stays far below 2**53); pooling references are plain l
 """
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sw import ops
-from sw.quant import INT8, QuantSpec, requantize
+from sw.quant import QuantSpec
 
 
 def float_conv(x, w, bias, z, stride, pad):
@@ -123,26 +124,94 @@ def test_bypass_add_matches_real_sum(seed):
     assert np.all(np.abs(y - expected) <= 0.5 + 1e-6)
 
 
+def loop_conv(x, w, bias, z, pad):
+    """Accumulators of a stride-1 convolution by nested loops over Python integers: the
+    input's zero point subtracted, padding taps real zero."""
+    h, wd, _ = x.shape
+    cout, cin, k, _ = w.shape
+    out = np.zeros((h + 2 * pad - k + 1, wd + 2 * pad - k + 1, cout), dtype=object)
+    for oy in range(out.shape[0]):
+        for ox in range(out.shape[1]):
+            for co in range(cout):
+                total = int(bias[co])
+                for ky in range(k):
+                    for kx in range(k):
+                        iy, ix = oy + ky - pad, ox + kx - pad
+                        if 0 <= iy < h and 0 <= ix < wd:
+                            for ci in range(cin):
+                                total += (int(x[iy, ix, ci]) - z) * int(w[co, ci, ky, kx])
+                out[oy, ox, co] = total
+    return out
+
+
+def exact_requant(acc, m, n, z, lo, hi):
+    """``clamp(z + round(acc m / 2**n), lo, hi)``, ties toward +infinity, by fractions; per
+    output channel (the last axis)."""
+    out = np.zeros(acc.shape, dtype=np.int64)
+    for idx in np.ndindex(acc.shape):
+        c = idx[-1]
+        r = math.floor(Fraction(int(acc[idx]) * int(m[c]), 2 ** int(n[c])) + Fraction(1, 2))
+        out[idx] = min(max(z + r, lo), hi)
+    return out
+
+
 def test_fire_is_squeeze_then_expand_concat():
     rng = np.random.default_rng(5)
     cin, s, e1, e3 = 8, 4, 5, 6
 
-    def conv(cout, cin_, k, z):
-        rq = ops.Requant(rng.integers(2**30, 2**31, cout), rng.integers(36, 40, cout), z, True)
+    def conv(cout, cin_, k, z, hi=None):
+        rq = ops.Requant(rng.integers(2**30, 2**31, cout), rng.integers(36, 40, cout), z, True,
+                         hi)
         return ops.ConvLayer(rng.integers(-127, 128, (cout, cin_, k, k)),
                              rng.integers(-5000, 5000, cout), rq)
 
-    layer = ops.FireLayer(-3, conv(s, cin, 1, -100), conv(e1, s, 1, -90), conv(e3, s, 3, -90))
+    layer = ops.FireLayer(-3, conv(s, cin, 1, -100), conv(e1, s, 1, -90, hi=60),
+                          conv(e3, s, 3, -90))
     x = rng.integers(-128, 128, (6, 7, cin))
-    sq = requantize(float_conv(x, layer.squeeze.weight, layer.squeeze.bias, -3, 1, 0)
-                    .astype(np.int64), layer.squeeze.rq.m, layer.squeeze.rq.n, -100, relu=True)
-    want_e1 = requantize(float_conv(sq, layer.expand1x1.weight, layer.expand1x1.bias, -100, 1,
-                                    0).astype(np.int64), layer.expand1x1.rq.m,
-                         layer.expand1x1.rq.n, -90, relu=True)
-    want_e3 = requantize(float_conv(sq, layer.expand3x3.weight, layer.expand3x3.bias, -100, 1,
-                                    1).astype(np.int64), layer.expand3x3.rq.m,
-                         layer.expand3x3.rq.n, -90, relu=True)
+    sq, ex1, ex3 = layer.squeeze, layer.expand1x1, layer.expand3x3
+    want_sq = exact_requant(loop_conv(x, sq.weight, sq.bias, -3, 0), sq.rq.m, sq.rq.n, -100,
+                            -100, 127)
+    want_e1 = exact_requant(loop_conv(want_sq, ex1.weight, ex1.bias, -100, 0), ex1.rq.m,
+                            ex1.rq.n, -90, -90, 60)
+    want_e3 = exact_requant(loop_conv(want_sq, ex3.weight, ex3.bias, -100, 1), ex3.rq.m,
+                            ex3.rq.n, -90, -90, 127)
+    np.testing.assert_array_equal(ops.fire_squeeze(x, layer), want_sq)
     got = ops.fire(x, layer)
     np.testing.assert_array_equal(got, np.concatenate([want_e1, want_e3], axis=-1))
-    assert got.shape == (6, 7, e1 + e3) and got.min() >= -90
-    assert INT8.act_max >= got.max()
+    assert got.shape == (6, 7, e1 + e3)
+    # the case exercises what it should: clamping at both ends and at the e1 ceiling
+    assert (want_sq == -100).any() and (want_sq > -100).sum() > 20
+    assert (want_e1 == 60).any() and (want_e3 > 60).any() and (got == -90).any()
+    # the float64 reference above agrees with the loops (so it is exact here too)
+    np.testing.assert_array_equal(
+        float_conv(x, sq.weight, sq.bias, -3, 1, 0).astype(np.int64),
+        loop_conv(x, sq.weight, sq.bias, -3, 0).astype(np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([4, 8, 16]))
+def test_bypass_add_is_bit_exact(seed, bits):
+    """``clamp(z_out + round((A (a - z_a) + B (b - z_b)) / 2**n))`` by fractions, ties
+    (round half up) included: a shift of 1 or 2 with small multipliers makes many ties."""
+    spec = QuantSpec(bits)
+    rng = np.random.default_rng(seed)
+    shift = int(rng.choice([1, 2, 3, 31, 40]))
+    top = min(2**31 - 1, 2 ** (shift + 1))
+    p = ops.AddParams(*(int(v) for v in rng.integers(spec.act_min, spec.act_max + 1, 2)),
+                      int(rng.integers(0, top)), int(rng.integers(0, top)), shift,
+                      int(rng.integers(spec.act_min, spec.act_max + 1)))
+    a = rng.integers(spec.act_min, spec.act_max + 1, 64)
+    b = rng.integers(spec.act_min, spec.act_max + 1, 64)
+    want = []
+    for x, y in zip(a, b, strict=True):
+        total = p.mult_a * (int(x) - p.z_a) + p.mult_b * (int(y) - p.z_b)
+        r = math.floor(Fraction(total, 2**shift) + Fraction(1, 2))
+        want.append(min(max(p.z_out + r, spec.act_min), spec.act_max))
+    np.testing.assert_array_equal(ops.add(a, b, p, spec), want)
+
+
+def test_bypass_add_ties_round_toward_plus_infinity():
+    p = ops.AddParams(z_a=0, z_b=0, mult_a=1, mult_b=1, shift=1, z_out=0)
+    # (a + b) / 2: 2.5 -> 3, -2.5 -> -2, -0.5 -> 0, 0.5 -> 1
+    np.testing.assert_array_equal(ops.add(np.array([2, -2, 0, 0]), np.array([3, -3, -1, 1]),
+                                          p), [3, -2, 0, 1])

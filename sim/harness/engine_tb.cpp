@@ -7,7 +7,7 @@
 // little-endian uint32 words. Every queue is offered to the engine at once; the engine takes
 // what each run needs in order (its configuration says how many beats of each). RESULTS gets
 // {uint32 cycles_total, uint32 runs, uint32 timeout, then per run: uint32 error, uint32
-// cycles, uint32 outputs} and then every output value as int32.
+// cycles, uint32 compute, uint32 outputs} and then every output value as int32.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
     top->rst = 0;
 
     std::vector<int32_t> outputs;
-    std::vector<uint32_t> runs;  // error, cycles, outputs per run
+    std::vector<uint32_t> runs;  // error, cycles, compute, outputs per run
     uint32_t last_runs = top->runs, out_at_run = 0;
     uint64_t cycle = 0, idle = 0;
     bool timeout = false;
@@ -121,6 +121,7 @@ int main(int argc, char **argv) {
             last_runs = top->runs;
             runs.push_back(top->error);
             runs.push_back(top->cycles);
+            runs.push_back(top->compute);
             runs.push_back(uint32_t(outputs.size() - out_at_run));
             out_at_run = outputs.size();
         }
@@ -138,7 +139,7 @@ int main(int argc, char **argv) {
     }
     FILE *o = fopen(argv[2], "wb");
     if (!o) { perror(argv[2]); return 2; }
-    uint32_t header[3] = {uint32_t(cycle), uint32_t(runs.size() / 3), timeout};
+    uint32_t header[3] = {uint32_t(cycle), uint32_t(runs.size() / 4), timeout};
     fwrite(header, 4, 3, o);
     fwrite(runs.data(), 4, runs.size(), o);
     fwrite(outputs.data(), 4, outputs.size(), o);

@@ -1,13 +1,22 @@
 """Host driver command line.
 
-    python -m sw.driver info     [--port PORT --baud N]
-    python -m sw.driver run-fire [--arch A] [--layer fire2] [--check]
-    python -m sw.driver infer    [--arch A] [--image cat.jpg] [--weights F] [--check]
-    python -m sw.driver bench    [--arch A]
+    python -m sw.driver info         [device options]
+    python -m sw.driver run-fire     [--layer fire2] [network options] [device options]
+    python -m sw.driver infer        [--image cat.jpg] [network options] [device options]
+    python -m sw.driver infer        --model M.onnx [--image cat.jpg | --input X.npy]
+                                     [--calib N | --calibrate DIR] [--check] [device options]
+    python -m sw.driver bench        [--image cat.jpg] [network options] [device options]
+    python -m sw.driver compare-onnx --model M_qdq.onnx [--inputs 100] [device options]
+
+network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass] [--weights F]
+                 [--size 224] [--calib 8 | --calibrate DIR] [--check]
+device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
-board (the board's RTL under Verilator behind a pty; built once and cached). Every command
-takes --json.
+board (the board's RTL under Verilator behind a pty; built once and cached). --size must let
+the network's Fire layers fit the board's engine (its max_h x max_w; `infer --help` gives the
+range); every input is checked before anything starts. Progress goes to stderr (--quiet
+silences it); every command takes --json for its result on stdout.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ import numpy as np
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from sw import ops
-from sw.images import ImageError, load_image, random_images
+from sw.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float
+from sw.images import MAX_UPSCALE, ImageError, load_image, random_images
 from sw.model import get_weights, top5
-from sw.network import ARCHS, Fire, get_arch
+from sw.network import ARCHS, get_arch
 from sw.quantize import quantize_network
 from sw.weights import WeightsError
 
@@ -38,30 +48,63 @@ UART_LIMIT_FPS = 0.65
 
 @contextmanager
 def device(args):
+    """The device the arguments name, closed (a simulated board stopped) at the end.
+
+    ``args.opened`` records what was opened, for the message after a Ctrl-C.
+    """
     if args.port:
-        acc = Accelerator.open(args.port, args.baud or get_board(args.board).baud,
-                               timeout=args.timeout)
-    else:
-        note(args, f"no --port: starting the simulated {args.board} board "
-                   "(the first start builds it with Verilator, a minute or two)")
-        acc = Accelerator.simulated(args.board, timeout=args.timeout)
-    try:
+        with Accelerator.open(args.port, args.baud or get_board(args.board).baud,
+                              timeout=args.timeout) as acc:
+            args.opened = "port"
+            yield acc
+        return
+    # The command line is where the parts meet: it starts the simulated board (sim) and hands
+    # the driver its port; the driver (sw.driver) never imports the simulator.
+    from sim.board import harness_built, simulated_accelerator
+
+    board = get_board(args.board)
+    building = not harness_built(board.engine, board.clock_hz, board.baud)
+    note(args, f"no --port: starting the simulated {args.board} board"
+               + (" (this first start builds it with Verilator, a minute or two)"
+                  if building else ""))
+    with simulated_accelerator(args.board, timeout=args.timeout) as acc:
+        args.opened = "simulated"
         yield acc
-    finally:
-        acc.close()
+
+
+def progress(args) -> Progress:
+    return Progress(quiet=args.quiet)
 
 
 def note(args, text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    progress(args).note(text)
+
+
+def cycle_summary(compute: int, cycles: int, clock_hz: int) -> str:
+    """The two device figures, labelled: the engine's own cycles and those spent waiting."""
+    return (f"{compute:,} compute cycles ({compute / clock_hz * 1e3:.1f} ms at "
+            f"{clock_hz / 1e6:g} MHz), {cycles - compute:,} more waiting on the link")
 
 
 def emit(args, result: dict, text: str) -> None:
     print(json.dumps(result, indent=2) if args.json else text, flush=True)
 
 
+def check_size(args, net, size) -> None:
+    """Refuse an input size the network or the board's engine cannot take, before anything
+    runs (the engine's limits are the --board definition's)."""
+    label = (f"--size {size}" if isinstance(size, int)
+             else f"the model's input {size[0]}x{size[1]}")
+    net.check_input(size, get_board(args.board).engine, label=label,
+                    engine=f"the {args.board} engine")
+
+
 def calibration_images(args, size: int) -> list[np.ndarray]:
     if args.calibrate:
-        paths = sorted(p for p in Path(args.calibrate).iterdir()
+        folder = Path(args.calibrate)
+        if not folder.is_dir():
+            raise ImageError(f"--calibrate {args.calibrate}: not a directory")
+        paths = sorted(p for p in folder.iterdir()
                        if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if not paths:
             raise ImageError(f"--calibrate {args.calibrate}: no PNG or JPEG images there")
@@ -69,10 +112,18 @@ def calibration_images(args, size: int) -> list[np.ndarray]:
     return random_images(args.calib, size, seed=1)
 
 
-def quantized(args, size: int):
+def network(args):
+    """The network and its weights, with --size checked: fast, before any long work."""
     net = get_arch(args.arch)
-    weights = get_weights(net, args.weights)
-    return net, weights, quantize_network(net, weights, calibration_images(args, size))
+    check_size(args, net, args.size)
+    return net, get_weights(net, args.weights)
+
+
+def quantize(args, net, weights, size: int):
+    images = calibration_images(args, size)
+    how = args.calibrate or f"{len(images)} random images"
+    with progress(args).step(f"quantizing {net.name}: calibrating on {how}"):
+        return quantize_network(net, weights, images)
 
 
 # ------------------------------------------------------------------------------- commands
@@ -100,11 +151,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_run_fire(args) -> int:
-    net, weights, qnet = quantized(args, args.size)
-    layer = net.layer(args.layer) if args.layer in [f.name for f in net.fires] else None
-    if not isinstance(layer, Fire):
+    net, weights = network(args)
+    if args.layer not in [f.name for f in net.fires]:
         raise DriverError(f"{args.arch} has no Fire layer {args.layer!r}; choose from "
                           f"{', '.join(f.name for f in net.fires)}")
+    qnet = quantize(args, net, weights, args.size)
     inputs = {}
     qnet.forward(qnet.quantize_input(random_images(1, args.size, seed=3)[0]),
                  on_layer=lambda name, x, y: inputs.__setitem__(name, x))
@@ -116,35 +167,59 @@ def cmd_run_fire(args) -> int:
     match = bool(np.array_equal(r.output, ops.fire(x, qlayer, qnet.spec))) if args.check \
         else None
     result = {"arch": net.name, "layer": args.layer, "input": list(x.shape),
-              "output": list(r.output.shape), "cycles": r.cycles, "runs": r.runs,
-              "seconds": r.seconds, "bytes_down": r.bytes_down, "bytes_up": r.bytes_up,
-              "match": match, "weights": weights.source}
+              "output": list(r.output.shape), "compute_cycles": r.compute,
+              "device_cycles": r.cycles, "link_wait_cycles": r.cycles - r.compute,
+              "clock_hz": clock, "runs": r.runs, "host_seconds": r.seconds,
+              "bytes_down": r.bytes_down, "bytes_up": r.bytes_up, "match": match,
+              "weights": weights.source}
     text = (f"{net.name} {args.layer} on {x.shape[0]}x{x.shape[1]}x{x.shape[2]} "
-            f"({weights.source}): {r.cycles:,} device cycles ({r.cycles / clock * 1e3:.2f} ms "
-            f"at {clock / 1e6:g} MHz) in {r.runs} run(s), {r.seconds:.2f} s wall, "
-            f"{r.bytes_down:,} bytes down, {r.bytes_up:,} up"
-            + ("" if match is None else f"; bit-exact: {'yes' if match else 'NO'}"))
+            f"({weights.source}), {r.runs} run(s): {cycle_summary(r.compute, r.cycles, clock)}"
+            f"; {r.seconds:.2f} s host wall time, {r.bytes_down:,} bytes down, "
+            f"{r.bytes_up:,} up" + ("" if match is None else
+                                     f"; bit-exact: {'yes' if match else 'NO'}"))
     emit(args, result, text)
     return 0 if match in (None, True) else 1
 
 
 def _run(args, want_check: bool):
-    from tqdm import tqdm
-
-    net, weights, qnet = quantized(args, args.size)
+    net, weights = network(args)
     if args.image:
         image, label = load_image(args.image, args.size), args.image
     else:
         image, label = random_images(1, args.size, seed=3)[0], "a random input (seed 3)"
+    qnet = quantize(args, net, weights, args.size)
     with device(args) as acc:
         ident = acc.identity
-        bar = tqdm(total=len(net.layers), desc=net.name, unit="layer", file=sys.stderr,
-                   disable=None if not args.json else True, leave=False)
-        result = run_network(acc, qnet, image, check=want_check,
-                             on_layer=lambda rec: (bar.update(1),
-                                                   bar.set_postfix_str(rec.name)))
-        bar.close()
+        with progress(args).bar(len(net.layers), net.name, "layer") as bar:
+            result = run_network(acc, qnet, image, check=want_check,
+                                 on_layer=lambda rec: bar.update(rec.name))
     return net, weights, label, ident, result
+
+
+def load_batch(path: str, h: int, w: int) -> np.ndarray:
+    """A float (N, 3, h, w) batch from an .npy file, N >= 1, every value finite."""
+    try:
+        batch = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"--input {path}: not a readable .npy file: {exc}") from None
+    if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
+        raise ImageError(f"--input {path}: expected a float32 batch (N, 3, {h}, {w}) "
+                         f"for this model, got {batch.shape}")
+    if batch.shape[0] == 0:
+        raise ImageError(f"--input {path}: the batch is empty (shape {batch.shape}); it needs "
+                         "at least one input")
+    if not np.issubdtype(batch.dtype, np.floating):
+        raise ImageError(f"--input {path}: the batch is {batch.dtype}, expected float32 "
+                         "values already normalized as the model expects (integers would be "
+                         "taken as such without any scaling)")
+    bad = ~np.isfinite(batch)
+    if bad.any():
+        nan = int(np.isnan(batch).sum())
+        raise ImageError(f"--input {path}: {int(bad.sum())} of {batch.size} values are not "
+                         f"finite ({nan} NaN, {int(bad.sum()) - nan} infinite), in input"
+                         f"{'s' if bad.any(axis=(1, 2, 3)).sum() > 1 else ''} "
+                         f"{', '.join(map(str, np.flatnonzero(bad.any(axis=(1, 2, 3)))[:5]))}")
+    return batch
 
 
 def cmd_infer_onnx(args) -> int:
@@ -154,14 +229,9 @@ def cmd_infer_onnx(args) -> int:
 
     imported = load_model(args.model)
     h, w = imported.input_size
+    check_size(args, imported.net, (h, w))
     if args.input:
-        try:
-            batch = np.load(args.input)
-        except (OSError, ValueError) as exc:
-            raise ImageError(f"--input {args.input}: not a readable .npy file: {exc}") from None
-        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
-            raise ImageError(f"--input {args.input}: expected a float32 batch (N, 3, {h}, {w}) "
-                             f"for this model, got {batch.shape}")
+        batch = load_batch(args.input, h, w)
         images = [b.transpose(1, 2, 0).astype(np.float32) for b in batch]
         labels = [f"{args.input}[{i}]" for i in range(len(images))]
     else:
@@ -175,12 +245,18 @@ def cmd_infer_onnx(args) -> int:
         qnet = imported.qnet
         how = "the model's own QDQ quantization"
     else:
-        qnet = imported.quantize(calibration_images(args, h))
+        calibration = calibration_images(args, h)
+        with progress(args).step(f"quantizing {args.model}"):
+            qnet = imported.quantize(calibration)
         how = ("post-training quantization on " + (args.calibrate or
                                                    f"{args.calib} random images"))
     with device(args) as acc:
-        outs, records = run_network_batch(acc, qnet, [qnet.quantize_input(im) for im in images],
-                                          check=args.check)
+        with progress(args).bar(len(qnet.net.layers), f"{len(images)} input"
+                                f"{'s' if len(images) > 1 else ''}", "layer") as bar:
+            outs, records = run_network_batch(
+                acc, qnet, [qnet.quantize_input(im) for im in images], check=args.check,
+                on_layer=lambda rec: bar.update(rec.name))
+        clock = acc.identity.clock_hz
     results = []
     for label, out in zip(labels, outs, strict=True):
         logits = qnet.dequantize_output(out)
@@ -196,7 +272,11 @@ def cmd_infer_onnx(args) -> int:
         best = ", ".join(f"{t['class']} {t['name']} {t['prob'] * 100:.1f}%"
                          for t in r["top5"][:3])
         lines.append(f"{r['input']}: {best}")
-    lines.append(f"Fire layers on the device: {sum(r.cycles or 0 for r in records):,} cycles"
+    compute = sum(r.compute or 0 for r in records)
+    cycles = sum(r.cycles or 0 for r in records)
+    out.update(compute_cycles=compute, device_cycles=cycles, link_wait_cycles=cycles - compute)
+    lines.append(f"Fire layers on the device, {len(images)} input(s): "
+                 f"{cycle_summary(compute, cycles, clock)}"
                  + (f"; bit-exact: {'yes' if out['all_match'] else 'NO'}" if args.check else ""))
     emit(args, out, "\n".join(lines))
     return 0 if (not args.check or out["all_match"]) else 1
@@ -204,17 +284,29 @@ def cmd_infer_onnx(args) -> int:
 
 def cmd_compare_onnx(args) -> int:
     from sw.onnx_compare import compare
-    from sw.onnx_import import load_model
+    from sw.onnx_import import UnsupportedModel, load_model
 
     from .runner import run_network_batch
 
     imported = load_model(args.model)
+    if not imported.quantized:
+        raise UnsupportedModel(f"{args.model} is a float model: compare-onnx needs a QDQ "
+                               "model (onnxruntime.quantization.quantize_static)")
+    check_size(args, imported.net, imported.input_size)
     with device(args) as acc:
-        result = compare(
-            imported,
-            run_fires=lambda name, layer, xs: [r.output for r in acc.run_fire_batch(layer, xs)],
-            run_network=lambda qnet, xs: run_network_batch(acc, qnet, xs)[0],
-            inputs=args.inputs)
+        with progress(args).bar(args.inputs, "compared", "input") as bar:
+            counted = [0]
+
+            def batch_done(done, total):
+                bar.update(n=done - counted[0])
+                counted[0] = done
+
+            result = compare(
+                imported,
+                run_fires=lambda name, layer, xs: [r.output
+                                                   for r in acc.run_fire_batch(layer, xs)],
+                run_network=lambda qnet, xs: run_network_batch(acc, qnet, xs)[0],
+                inputs=args.inputs, on_batch=batch_done)
     conf = result["top1_agreement_confident"]
     text = "\n".join([
         f"{args.model} on {result['inputs']} random {result['input_size'][0]}x"
@@ -235,27 +327,33 @@ def cmd_infer(args) -> int:
     if args.model or args.input:
         if not args.model:
             raise ImageError("--input X.npy goes with --model")
+        if args.input and args.image:
+            raise ImageError("give --image or --input, not both")
         return cmd_infer_onnx(args)
     net, weights, label, ident, result = _run(args, args.check)
     best = top5(result.logits)
     layers = [r.as_dict() for r in result.layers]
+    compute, cycles, clock = result.compute_cycles, result.device_cycles, ident.clock_hz
     out = {"arch": net.name, "weights": weights.source, "input": label,
            "top5": best, "layers": layers, "logits": result.logits.tolist(),
-           "seconds": result.seconds, "device_cycles": result.device_cycles,
-           "clock_hz": ident.clock_hz}
+           "host_seconds": result.seconds, "compute_cycles": compute,
+           "device_cycles": cycles, "link_wait_cycles": cycles - compute, "clock_hz": clock}
     if args.check:
         out["all_match"] = result.all_match
     lines = [f"{net.name} on {label}", f"weights: {weights.source}", "top-5:"]
     lines += [f"  {t['prob'] * 100:6.2f}%  {t['class']:4d} {t['name']}" for t in best]
-    lines.append(f"{'layer':<10} {'on':<7} {'cycles':>11} {'ms':>9}"
+    lines.append(f"{'layer':<10} {'on':<7} {'compute cyc':>12} {'link wait':>11} {'host ms':>9}"
                  + ("  bit-exact" if args.check else ""))
     for r in result.layers:
-        cyc = f"{r.cycles:,}" if r.cycles is not None else "-"
+        comp = f"{r.compute:,}" if r.compute is not None else "-"
+        wait = f"{r.cycles - r.compute:,}" if r.cycles is not None else "-"
         mark = "" if r.match is None else ("  yes" if r.match else "  NO")
-        lines.append(f"{r.name:<10} {r.where:<7} {cyc:>11} {r.seconds * 1e3:>9.1f}{mark}")
-    lines.append(f"Fire layers on the device: {result.device_cycles:,} cycles = "
-                 f"{result.device_cycles / ident.clock_hz * 1e3:.1f} ms at "
-                 f"{ident.clock_hz / 1e6:g} MHz; whole inference {result.seconds:.1f} s wall")
+        lines.append(f"{r.name:<10} {r.where:<7} {comp:>12} {wait:>11} "
+                     f"{r.seconds * 1e3:>9.1f}{mark}")
+    lines.append(f"Fire layers on the device: {cycle_summary(compute, cycles, clock)}; "
+                 f"the engine alone would run them {clock / compute:.1f} times a second")
+    lines.append(f"whole inference {result.seconds:.1f} s host wall time (conv1, pools and "
+                 "conv10 on the host; the device's link waits included)")
     if args.check:
         lines.append("every Fire layer bit-exact with the golden model: "
                      + ("yes" if result.all_match else "NO"))
@@ -266,41 +364,48 @@ def cmd_infer(args) -> int:
 def cmd_bench(args) -> int:
     net, weights, label, ident, result = _run(args, args.check)
     baud = args.baud or ident.baud
+    clock = ident.clock_hz
     rows, wire_total, payload_total, frame_s = [], 0, 0, 0.0
     for r in result.layers:
         if r.where != "device":
             continue
         f = r.fire
         down_s, up_s = f.bytes_down * 10 / baud, f.bytes_up * 10 / baud
-        device_s = f.cycles / ident.clock_hz
+        device_s = f.compute / ident.clock_hz
         # the UART is full duplex and the engine overlaps both: the slowest of the three
         layer_s = max(down_s, up_s, device_s)
         frame_s += layer_s
         wire_total += f.bytes_down + f.bytes_up
         payload_total += f.payload_down + f.payload_up
-        rows.append({"layer": r.name, "cycles": f.cycles, "runs": f.runs,
+        rows.append({"layer": r.name, "compute_cycles": f.compute, "device_cycles": f.cycles,
+                     "link_wait_cycles": f.cycles - f.compute, "runs": f.runs,
                      "bytes_down": f.bytes_down, "bytes_up": f.bytes_up,
                      "payload_down": f.payload_down, "payload_up": f.payload_up,
                      "wire_ms_down": down_s * 1e3, "wire_ms_up": up_s * 1e3,
-                     "device_ms": device_s * 1e3, "layer_ms": layer_s * 1e3,
+                     "compute_ms": device_s * 1e3, "layer_ms": layer_s * 1e3,
                      "match": r.match})
     overhead = wire_total / payload_total
     fps = 1 / frame_s
     out = {"arch": net.name, "baud": baud, "clock_hz": ident.clock_hz, "layers": rows,
            "protocol_overhead": overhead, "projected_fps": fps, "uart_limit_fps": UART_LIMIT_FPS,
-           "device_cycles": sum(r["cycles"] for r in rows), "sim_seconds": result.seconds}
+           "compute_cycles": sum(r["compute_cycles"] for r in rows),
+           "device_cycles": sum(r["device_cycles"] for r in rows),
+           "host_seconds": result.seconds}
+    out["link_wait_cycles"] = out["device_cycles"] - out["compute_cycles"]
+    out["compute_fps"] = ident.clock_hz / out["compute_cycles"]
     lines = [f"{net.name}: Fire layers over the link at {baud:,} baud, device at "
              f"{ident.clock_hz / 1e6:g} MHz",
-             f"{'layer':<7} {'cycles':>10} {'down B':>10} {'up B':>10} {'wire ms down':>13} "
-             f"{'up':>8} {'device ms':>10}"]
+             f"{'layer':<7} {'compute cyc':>11} {'compute ms':>10} {'down B':>10} {'up B':>10} "
+             f"{'wire ms down':>13} {'up':>8}"]
     for r in rows:
-        lines.append(f"{r['layer']:<7} {r['cycles']:>10,} {r['bytes_down']:>10,} "
-                     f"{r['bytes_up']:>10,} {r['wire_ms_down']:>13.1f} {r['wire_ms_up']:>8.1f} "
-                     f"{r['device_ms']:>10.2f}")
+        lines.append(f"{r['layer']:<7} {r['compute_cycles']:>11,} {r['compute_ms']:>10.2f} "
+                     f"{r['bytes_down']:>10,} {r['bytes_up']:>10,} {r['wire_ms_down']:>13.1f} "
+                     f"{r['wire_ms_up']:>8.1f}")
+    lines.append(f"device: {cycle_summary(out['compute_cycles'], out['device_cycles'], clock)}")
     lines.append(f"protocol overhead (wire bytes / payload bytes): {overhead:.4f}")
     lines.append(f"projected Fire-only offload on the board: {fps:.2f} frames/s "
-                 f"(UART limit about {UART_LIMIT_FPS} frames/s; device compute alone "
-                 f"{ident.clock_hz / out['device_cycles']:.1f} frames/s)")
+                 f"(UART limit about {UART_LIMIT_FPS} frames/s; the engine's compute alone "
+                 f"{out['compute_fps']:.1f} frames/s)")
     emit(args, out, "\n".join(lines))
     return 0 if (not args.check or result.all_match) else 1
 
@@ -315,27 +420,41 @@ COMMANDS = {
 }
 
 
+def size_ranges(board: str) -> str:
+    """The input sizes each built-in network takes on ``board``'s engine, for --help."""
+    params = get_board(board).engine
+    spans = [f"{name} {lo} to {hi}" for name, (lo, hi) in
+             ((name, net.input_range(params)) for name, net in ARCHS.items())]
+    return (f"on the {board} engine (max_h x max_w = {params.max_h}x{params.max_w}): "
+            + ", ".join(spans))
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m sw.driver", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = ArgumentParser(prog="python -m sw.driver", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            title="commands (python -m sw.driver COMMAND --help for each)")
     for name, (_, help_text) in COMMANDS.items():
         s = sub.add_parser(name, help=help_text, description=help_text)
-        s.add_argument("--port", help="serial port of a board (default: the simulated board)")
-        s.add_argument("--baud", type=int, help="link baud (default: the board's, 12 Mbaud "
-                                                "for the Arty A7)")
-        s.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
-                       help=f"board definition (default: {DEFAULT_BOARD})")
-        s.add_argument("--timeout", type=float, default=10.0,
-                       help="seconds without an answer before a command fails (default: 10)")
-        s.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        dev = s.add_argument_group("device options")
+        dev.add_argument("--port", help="serial port of a board (default: the simulated board)")
+        dev.add_argument("--baud", type=at_least(1), metavar="N",
+                         help="link baud (default: the board's, 12 Mbaud for the Arty A7)")
+        dev.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
+                         help=f"board definition: its engine's limits and the simulated "
+                              f"board (default: {DEFAULT_BOARD})")
+        dev.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                         help="seconds without an answer before a command fails, above 0 "
+                              "(default: 10)")
+        dev.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        add_quiet(dev)
         if name == "info":
             continue
         if name == "compare-onnx":
             s.add_argument("--model", metavar="MODEL.onnx", required=True,
                            help="a QDQ model from onnxruntime.quantization.quantize_static")
-            s.add_argument("--inputs", type=int, default=100, metavar="N",
-                           help="random inputs for the comparison (default: 100)")
+            s.add_argument("--inputs", type=at_least(1), default=100, metavar="N",
+                           help="random inputs for the comparison, at least 1 (default: 100)")
             continue
         s.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS),
                        help="network (default: squeezenet1_1)")
@@ -343,9 +462,10 @@ def parser() -> argparse.ArgumentParser:
                        help=".npz with torchvision names, or .pth with torch installed "
                             "(default: deterministic random init)")
         s.add_argument("--size", type=int, default=224, metavar="N",
-                       help="input height and width (default: 224; an ONNX model's own)")
-        s.add_argument("--calib", type=int, default=8, metavar="N",
-                       help="random calibration images (default: 8)")
+                       help="input height and width (default: 224; with --model, the "
+                            f"model's own); {size_ranges(DEFAULT_BOARD)}")
+        s.add_argument("--calib", type=at_least(1), default=8, metavar="N",
+                       help="random calibration images, at least 1 (default: 8)")
         s.add_argument("--calibrate", metavar="DIR",
                        help="calibrate on the PNG/JPEG images in DIR instead")
         s.add_argument("--check", action="store_true",
@@ -353,18 +473,22 @@ def parser() -> argparse.ArgumentParser:
         if name == "run-fire":
             s.add_argument("--layer", default="fire2", help="Fire layer (default: fire2)")
         if name in ("infer", "bench"):
-            s.add_argument("--image", metavar="PATH", help="PNG or JPEG (default: random)")
+            s.add_argument("--image", metavar="PATH",
+                           help="PNG or JPEG (default: random); it is enlarged at most "
+                                f"{MAX_UPSCALE}x, so its shorter side must be at least "
+                                f"{-(-256 // MAX_UPSCALE)} pixels for a 224 input")
         if name == "infer":
             s.add_argument("--model", metavar="MODEL.onnx",
                            help="run an ONNX SqueezeNet (float: quantized here; QDQ: as is)")
             s.add_argument("--input", metavar="X.npy",
-                           help="an already-normalized float32 batch (N, 3, H, W) instead of "
-                                "an image")
+                           help="an already-normalized float batch (N, 3, H, W), N >= 1, "
+                                "finite, instead of an image (with --model)")
     return ap
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.opened = None
     run, _ = COMMANDS[args.command]
     try:
         return run(args)
@@ -372,7 +496,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (the device was reset)", file=sys.stderr)
+        if args.opened == "simulated":
+            print("interrupted (the simulated board was stopped)", file=sys.stderr)
+        elif args.opened == "port":
+            print(f"interrupted (the device on {args.port} was reset if a command was "
+                  "running)", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,7 @@
 """``Accelerator``: a Fire-engine device (a board, or the simulated board) from the host.
 
     with Accelerator.open("/dev/ttyUSB1", baud=12_000_000) as acc:   # a board
-    with Accelerator.simulated() as acc:                              # the simulated board
+    with sim.board.simulated_accelerator() as acc:                    # the simulated board
         acc.identify()                 # engine parameters, read from the device
         out = acc.run_fire(layer, x)   # one Fire layer, tiled as the device needs
         acc.counters()
@@ -21,9 +21,9 @@ from hw.params import EngineParams
 from hw.protocol import (
     COUNTER_FIELDS,
     MAX_PAYLOAD,
-    PROTOCOL_VERSION,
     Command,
     Identity,
+    IdentityError,
     Reply,
     item_bytes,
     unpack_fields,
@@ -40,7 +40,8 @@ from .link import Collected, Link
 @dataclass
 class FireResult:
     output: np.ndarray  #: (H, W, E1 + E3) int
-    cycles: int  #: device cycles, summed over the runs (tiles)
+    cycles: int  #: device cycles, configuration to last output, summed over the runs (tiles)
+    compute: int  #: of those, the engine's own: not waiting on the link (see docs/link.md)
     runs: int
     seconds: float  #: wall time of the whole exchange
     bytes_down: int
@@ -90,28 +91,6 @@ class Accelerator:
             raise
         return acc
 
-    @classmethod
-    def simulated(cls, board: str = "arty_a7", **kw) -> Accelerator:
-        """Start the simulated board (the core's RTL under Verilator, behind a pty)."""
-        from sim.board import SimulatedBoard
-
-        sim = SimulatedBoard(board).start()
-        try:
-            acc = cls.open(sim.port, sim.baud, **kw)
-        except BaseException:
-            sim.stop()
-            raise
-        inner = acc._closer
-
-        def close():
-            inner()
-            sim.stop()
-
-        acc._closer = close
-        acc.description = f"simulated {board} ({sim.port})"
-        acc.simulator = sim
-        return acc
-
     def close(self) -> None:
         if self._closer:
             closer, self._closer = self._closer, None
@@ -132,10 +111,10 @@ class Accelerator:
         frame = self._guard(lambda: self.link.request(Command.IDENTIFY))
         if frame.kind != Reply.IDENTITY:
             raise ProtocolError(f"IDENTIFY answered with {frame.kind:#x}")
-        ident = unpack_identity(frame.payload)
-        if ident.version != PROTOCOL_VERSION:
-            raise ProtocolError(f"device speaks protocol {ident.version}, this driver "
-                                f"{PROTOCOL_VERSION}")
+        try:
+            ident = unpack_identity(frame.payload)
+        except IdentityError as exc:
+            raise ProtocolError(str(exc)) from None
         self._identity = ident
         self.link.window = ident.rx_slots
         return ident
@@ -201,37 +180,38 @@ class Accelerator:
     def _run_plan(self, plan: FirePlan, layer: FireLayer, x, progress) -> FireResult:
         stats0 = _snapshot(self.link.stats)
         start = time.perf_counter()
-        outputs, cycles = [], 0
+        outputs, dones = [], []
         key = (id(layer), plan.shape, plan.bypass)
         for tile in plan.tiles:
             load = not (len(plan.tiles) == 1 and self._loaded == key)
             out, done = self._run_tile(plan, tile, layer, x, load, progress)
             outputs.append(out)
-            cycles += done.cycles
+            dones.append(done)
         if len(plan.tiles) == 1:
             self._loaded = key
-        return self._result(plan, [outputs], [cycles], stats0, start)[0]
+        return self._result(plan, [outputs], [dones], stats0, start)[0]
 
     def _run_batch(self, plan: FirePlan, layer: FireLayer, xs) -> list[FireResult]:
         stats0 = _snapshot(self.link.stats)
         start = time.perf_counter()
         outputs = [[] for _ in xs]
-        cycles = [0] * len(xs)
+        dones = [[] for _ in xs]
         for tile in plan.tiles:
             for j, x in enumerate(xs):
                 out, done = self._run_tile(plan, tile, layer, x, j == 0, None)
                 outputs[j].append(out)
-                cycles[j] += done.cycles
+                dones[j].append(done)
         self._loaded = (id(layer), plan.shape, plan.bypass) if len(plan.tiles) == 1 else None
-        return self._result(plan, outputs, cycles, stats0, start)
+        return self._result(plan, outputs, dones, stats0, start)
 
-    def _result(self, plan, outputs, cycles, stats0, start) -> list[FireResult]:
+    def _result(self, plan, outputs, dones, stats0, start) -> list[FireResult]:
         stats = _snapshot(self.link.stats)
         delta = {k: (stats[k] - stats0[k]) // len(outputs) for k in stats}
         seconds = (time.perf_counter() - start) / len(outputs)
-        return [FireResult(plan.assemble(out), cyc, len(plan.tiles), seconds,
+        return [FireResult(plan.assemble(out), sum(d.cycles for d in done),
+                           sum(d.compute for d in done), len(plan.tiles), seconds,
                            delta["bytes_down"], delta["bytes_up"], delta["payload_down"],
-                           delta["payload_up"]) for out, cyc in zip(outputs, cycles, strict=True)]
+                           delta["payload_up"]) for out, done in zip(outputs, dones, strict=True)]
 
     def _run_tile(self, plan: FirePlan, tile, layer: FireLayer, x, load: bool, progress):
         """One run: configure, (load), stream the input; the tile's output and its DONE."""

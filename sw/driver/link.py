@@ -37,7 +37,10 @@ from .errors import (
 )
 
 #: ERROR replies after which the same frames are simply sent again.
-_RESEND = {LinkError.BAD_CRC, LinkError.NO_BUFFER}
+_RESEND = {LinkError.BAD_CRC, LinkError.NO_BUFFER, LinkError.TIMEOUT}
+#: Pauses between RESETs while resynchronizing: the first is far above a board's idle
+#: timeout mid-frame (1 ms); they grow for a slow (simulated) device.
+_RESET_WAITS = (0.1, 0.2, 0.4, 0.8)
 
 
 @dataclass
@@ -54,7 +57,8 @@ class LinkStats:
 @dataclass
 class Done:
     error: int
-    cycles: int
+    cycles: int  #: the run's cycles, configuration to last output
+    compute: int  #: of those, the cycles the engine was not waiting on the link
     runs: int
 
 
@@ -181,7 +185,12 @@ class Link:
                         else:
                             go_back = i
                     else:
-                        raise self._device_error(name(i), code, detail)
+                        error = self._device_error(name(i), code, detail)
+                        # The device took the refused frame and maybe those sent after it,
+                        # which it will still play: start both sides afresh, so that the
+                        # next command is not out of step with it.
+                        self.reset()
+                        raise error
                     continue
                 pending[i].reply = frame
             while base < len(pending) and pending[base].reply is not None:
@@ -210,20 +219,55 @@ class Link:
         return self.transact([(command, payload)])[0]
 
     def reset(self) -> None:
-        """RESET: the device drops everything; frame order and output SEQ start anew."""
+        """RESET: the device drops everything; frame order and output SEQ start anew.
+
+        The device may be part-way through a frame of a host that died: its receiver then
+        takes these bytes as that frame's payload, until the line has idled for its
+        ``rx_idle_cycles`` (a millisecond on a board) and it drops the frame with ERROR
+        TIMEOUT. So RESET is sent again after a pause, at once after such an ERROR, and
+        again with longer pauses, until ``timeout`` seconds have passed.
+        """
         self.decoder = FrameDecoder()
+        flush = getattr(self.port, "reset_input_buffer", None)
+        if flush is not None:
+            try:
+                flush()  # answers to a previous host are of no use
+            except OSError as exc:
+                raise PortError(f"reading from the serial port failed: {exc}") from None
         seq = self.seq
-        for _ in range(self.retries + 1):
+        start = time.monotonic()
+        deadline = start + self.timeout
+        up0, tries, dropped = self.stats.bytes_up, 0, 0
+        while True:
             self._write(encode_frame(Command.RESET, seq))
-            deadline = time.monotonic() + min(self.timeout, 2.0)
-            while time.monotonic() < deadline:
-                for frame in self._read(0.05):
+            tries += 1
+            until = min(time.monotonic() + _RESET_WAITS[min(tries, len(_RESET_WAITS)) - 1],
+                        deadline)
+            again = False
+            while not again and time.monotonic() < until:
+                for frame in self._read(0.02):
                     if frame.kind == Reply.ACK and frame.seq == seq:
                         self.seq = (seq + 1) & 0xFF
                         self.device_seq = 0
+                        self._side.clear()
                         return
-        raise LinkTimeout(f"no answer from the device to RESET after {self.retries + 1} "
-                          "tries: is it connected, at this baud?")
+                    if frame.kind == Reply.ERROR and frame.payload[:1] == bytes(
+                            [LinkError.TIMEOUT]):
+                        dropped += 1
+                        again = True  # the device was mid-frame and is hunting now
+            if time.monotonic() >= deadline:
+                break
+        got = self.stats.bytes_up - up0
+        where = getattr(self.port, "port", None)
+        baud = getattr(self.port, "baudrate", None)
+        raise LinkTimeout(
+            f"no answer from the device to RESET: sent {tries} times over "
+            f"{time.monotonic() - start:.1f} s, waiting for a cut-off frame to be dropped in "
+            f"between; {got} bytes came back"
+            + (f" ({dropped} frame(s) dropped)" if dropped else
+               ", none of them a frame" if got else "")
+            + f". Is a board with this project's bitstream on {where or 'the port'}"
+            + (f" at {baud:,} baud" if baud else "") + "?")
 
     @staticmethod
     def _device_error(what: str, code: int, detail: int) -> DriverError:

@@ -19,8 +19,9 @@ from .accelerator import Accelerator, FireResult
 class LayerRecord:
     name: str
     where: str  #: "device" or "host"
-    seconds: float
-    cycles: int | None = None
+    seconds: float  #: host wall time
+    cycles: int | None = None  #: device cycles, waiting on the link included
+    compute: int | None = None  #: of those, the engine's own (not waiting on the link)
     runs: int | None = None
     match: bool | None = None  #: bit-exact with the golden model (with check=True)
     shape: list[int] = field(default_factory=list)
@@ -28,7 +29,8 @@ class LayerRecord:
 
     def as_dict(self) -> dict:
         d = {"name": self.name, "where": self.where, "seconds": self.seconds,
-             "cycles": self.cycles, "match": self.match, "shape": self.shape}
+             "cycles": self.cycles, "compute_cycles": self.compute, "match": self.match,
+             "shape": self.shape}
         if self.fire is not None:
             d.update(runs=self.fire.runs, bytes_down=self.fire.bytes_down,
                      bytes_up=self.fire.bytes_up, payload_down=self.fire.payload_down,
@@ -48,7 +50,13 @@ class NetworkResult:
 
     @property
     def device_cycles(self) -> int:
+        """Device cycles of the layers run there, waiting on the link included."""
         return sum(r.cycles or 0 for r in self.layers if r.where == "device")
+
+    @property
+    def compute_cycles(self) -> int:
+        """The engine's own cycles of the layers run on the device."""
+        return sum(r.compute or 0 for r in self.layers if r.where == "device")
 
 
 def run_network(acc: Accelerator, qnet: QuantizedNetwork, image: np.ndarray, *,
@@ -63,7 +71,8 @@ def run_network(acc: Accelerator, qnet: QuantizedNetwork, image: np.ndarray, *,
         if check:
             match = bool(np.array_equal(result.output, ops.fire(x, layer, qnet.spec)))
         records.append(LayerRecord(name, "device", result.seconds, result.cycles,
-                                   result.runs, match, list(result.output.shape), result))
+                                   result.compute, result.runs, match,
+                                   list(result.output.shape), result))
         return result.output
 
     def after(name, x_in, y):
@@ -99,8 +108,8 @@ def run_network_batch(acc: Accelerator, qnet: QuantizedNetwork, images_q: list[n
                             for r, x in zip(results, xs, strict=True))
             xs = [r.output for r in results]
             rec = LayerRecord(layer.name, "device", time.perf_counter() - start,
-                              sum(r.cycles for r in results), results[0].runs, match,
-                              list(xs[0].shape), results[0])
+                              sum(r.cycles for r in results), sum(r.compute for r in results),
+                              results[0].runs, match, list(xs[0].shape), results[0])
         else:
             xs = [qnet.run_layer(layer.name, x) for x in xs]
             rec = LayerRecord(layer.name, "host", time.perf_counter() - start,

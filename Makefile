@@ -26,9 +26,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m sw.driver infer --arch squeezenet1_1 --check
 
-# Lint, then the whole test suite (hardware simulations included) on both cores.
+# Lint (style, and the packages' import directions), then the whole test suite (hardware
+# simulations included) on both cores.
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	PYTHONWARNINGS=error $(BIN)/python -m pytest -n 2
 
 # The slow tests: the ULX3S open-flow bitstream build. CI runs them once after `make test`.
@@ -44,6 +46,7 @@ mutate: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf build sim_build .pytest_cache

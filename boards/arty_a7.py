@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 from .base import Board
 
 #: 96 MHz from the MMCM: 8 clocks per bit at 12 Mbaud, and exact dividers for every
-#: FT2232H rate 12M/N (see docs/board.md).
+#: FT2232H rate 12M/N (docs/link.md, "UART and clock").
 SYS_CLOCK_HZ = 96_000_000
 
 ARTY_A7 = Board(

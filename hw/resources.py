@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sw.cli import seconds
+from spec.cli import seconds
 
 #: LUTs each LUT-RAM or shift-register primitive occupies.
 _LUTRAM = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
@@ -78,7 +78,7 @@ def xilinx_script(source: str, top: str) -> str:
 def xilinx_cells(verilog_path: Path, top: str, work: Path, progress=None) -> dict[str, int]:
     """Cell counts of :func:`xilinx_script` (``synth_xilinx -family xc7``, flattened).
 
-    ``progress``: a :class:`sw.cli.Progress` for a line when yosys starts and one when it
+    ``progress``: a :class:`spec.cli.Progress` for a line when yosys starts and one when it
     ends (it runs for a minute or two).
     """
     source = Path(verilog_path)

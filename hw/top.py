@@ -9,9 +9,9 @@ from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from boards.base import Board
+from spec.params import EngineParams
 
 from .core import DEFAULT_STALL_CYCLES, AcceleratorCore
-from .params import EngineParams
 from .uart import UARTRx, UARTTx, baud_divisor
 
 

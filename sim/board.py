@@ -25,8 +25,8 @@ from amaranth.back import verilog
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.core import AcceleratorCore
-from hw.params import EngineParams, ParamError, parse_overrides
-from sw.cli import ArgumentParser, Progress, add_quiet
+from spec.cli import ArgumentParser, Progress, add_quiet
+from spec.params import EngineParams, ParamError, parse_overrides
 
 from . import verilator
 from .verilator import HARNESS, build

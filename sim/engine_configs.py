@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from boards import get_board
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 CONFIGS: dict[str, EngineParams] = {
     # the Arty A7-35T default: 16 x 5 lanes, int8, bypass

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from amaranth.back import verilog
 
-from hw.engine import FireEngine, config_layout, qparam_layout
-from hw.params import EngineParams
+from hw.engine import FireEngine
+from spec.params import EngineParams
+from spec.protocol import ENGINE_STREAMS, item_bits
+from spec.tiling import FirePlan, lanes_to_ints
 from sw.ops import FireLayer
-from sw.tiling import FirePlan, lanes_to_ints
 
 from .verilator import HARNESS, build, pack_beats
 
@@ -54,9 +55,8 @@ class HarnessResult:
 def run_streams(params: EngineParams, streams: dict, *, gaps=0, backpressure=0, seed=0,
                 max_cycles=2_000_000_000, multipliers="dsp") -> HarnessResult:
     """Offer every queue at once; return each handled configuration's outcome."""
-    widths = {"cfg": config_layout(params).size, "weights": params.weight_row_bits,
-              "qparams": qparam_layout(params).size, "input": params.ic_lanes * params.bits,
-              "bypass": params.bits}
+    widths = {ENGINE_STREAMS[cmd]: bits for cmd, bits in item_bits(params).items()}
+    widths.setdefault("bypass", params.bits)  # the harness reads a bypass queue regardless
     exe = harness(params, multipliers)
     with tempfile.TemporaryDirectory() as tmp:
         stim, res = Path(tmp) / "stim.bin", Path(tmp) / "res.bin"

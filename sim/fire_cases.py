@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from spec.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair
 from sw import ops
-from sw.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair
 
 
 def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None, ceiling=False):

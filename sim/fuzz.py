@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 
-from hw.protocol import (
+from spec.protocol import (
     COUNTER_FIELDS,
     MAX_PAYLOAD,
     SYNC,
@@ -218,7 +218,7 @@ def report(result: dict) -> str:
 
 def main(argv=None) -> int:
     from boards import BOARDS, DEFAULT_BOARD
-    from sw.cli import ArgumentParser, add_quiet, at_least, positive_float
+    from spec.cli import ArgumentParser, add_quiet, at_least, positive_float
 
     ap = ArgumentParser(prog="python -m sim.fuzz", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,7 +246,7 @@ def _main(args) -> int:
     import serial
 
     from boards import get_board
-    from sw.cli import Progress
+    from spec.cli import Progress
 
     baud = args.baud or get_board(args.board).baud
     with ExitStack() as stack:

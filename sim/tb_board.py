@@ -20,8 +20,11 @@ from cocotb.triggers import ClockCycles, with_timeout
 from cocotb.utils import get_sim_time
 from cocotbext.uart import UartSink, UartSource
 
-from hw.params import ConfigError, pack_config
-from hw.protocol import (
+from sim.engine_configs import CONFIGS
+from sim.fire_cases import random_fire, random_input
+from spec.frames import config_frame, decode_values, load_frames, tile_frames
+from spec.params import ConfigError, pack_config
+from spec.protocol import (
     COUNTER_FIELDS,
     DONE_FIELDS,
     Command,
@@ -32,12 +35,9 @@ from hw.protocol import (
     item_bytes,
     unpack_fields,
     unpack_identity,
-    value_bytes,
 )
-from sim.engine_configs import CONFIGS
-from sim.fire_cases import random_fire, random_input
+from spec.tiling import FirePlan, Shape
 from sw import ops
-from sw.tiling import FirePlan, Shape, lanes_to_ints
 
 PARAMS = CONFIGS[os.environ.get("BOARD_CONFIG", "arty_a7")]
 CLOCK_HZ = int(os.environ.get("BOARD_CLOCK_HZ", 96_000_000))
@@ -118,19 +118,8 @@ class Host:
 
     async def run_layer(self, plan, layer, x, *, load=True):
         """One single-tile layer through the wire; returns (output, DONE fields)."""
-        sizes = item_bytes(PARAMS)
-        tile = plan.tiles[0]
         self.side = []
-        frames = [(Command.CONFIGURE, pack_config_bytes(plan, tile, layer, load))]
-        if load:
-            frames += chunked(Command.LOAD_WEIGHTS, lanes_to_ints(plan.weight_rows(tile, layer),
-                                                                  PARAMS.bits), sizes)
-            frames += chunked(Command.LOAD_QPARAMS, plan.qparams(tile, layer), sizes)
-        frames += chunked(Command.RUN_INPUT, lanes_to_ints(plan.input_words(x), PARAMS.bits),
-                          sizes)
-        if plan.bypass:
-            frames += chunked(Command.RUN_BYPASS, [int(v) & ((1 << PARAMS.bits) - 1) for v in
-                                                   plan.bypass_values(tile, x)], sizes)
+        frames = tile_frames(plan, plan.tiles[0], layer, x, load=load)
         for kind, payload in frames:
             reply = await self.command(kind, payload, timeout_us=20000)
             assert reply.kind == Reply.ACK, f"{Command(kind).name}: {reply}"
@@ -139,26 +128,7 @@ class Host:
         data = b"".join(f.payload for f in self.side if f.kind == Reply.OUTPUT)
         done = unpack_fields(DONE_FIELDS, [f for f in self.side if f.kind == Reply.DONE][0]
                              .payload)
-        return plan.assemble([decode_values(data)]), done
-
-
-def pack_config_bytes(plan, tile, layer, load):
-    word = plan.config(tile, layer, load=load, compute=True)
-    return word.to_bytes(item_bytes(PARAMS)[Command.CONFIGURE], "little")
-
-
-def chunked(kind, values, sizes, per_frame=None):
-    size = sizes[kind]
-    data = b"".join(int(v).to_bytes(size, "little") for v in values)
-    step = per_frame * size if per_frame else (4096 // size) * size
-    return [(kind, data[i:i + step]) for i in range(0, len(data), step)]
-
-
-def decode_values(data: bytes) -> np.ndarray:
-    n = value_bytes(PARAMS)
-    raw = [int.from_bytes(data[i:i + n], "little") for i in range(0, len(data), n)]
-    bits = PARAMS.bits
-    return np.array([v - (1 << bits) if v >> (bits - 1) else v for v in raw])
+        return plan.assemble([decode_values(data, PARAMS.bits)]), done
 
 
 def small_layer(rng, bypass=False):
@@ -275,12 +245,11 @@ async def reset_mid_run(dut):
     await host.reset()
     rng = np.random.default_rng(9)
     plan, layer, x = small_layer(rng)
-    sizes = item_bytes(PARAMS)
     tile = plan.tiles[0]
-    reply = await host.command(Command.CONFIGURE, pack_config_bytes(plan, tile, layer, True))
+    reply = await host.command(*config_frame(plan, tile, layer, load=True))
     assert reply.kind == Reply.ACK
-    first = chunked(Command.LOAD_WEIGHTS, lanes_to_ints(plan.weight_rows(tile, layer),
-                                                        PARAMS.bits), sizes, per_frame=1)[0]
+    first = load_frames(plan, tile, layer)[0]  # the weights; their qparams never follow
+    assert first[0] == Command.LOAD_WEIGHTS
     assert (await host.command(*first)).kind == Reply.ACK
     await host.reset()
     plan, layer, x = small_layer(rng)

@@ -18,12 +18,12 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 from cocotbext.axi.stream import define_stream
 
-from hw.params import ConfigError, pack_config
 from sim.engine_configs import CONFIGS, fire_shapes
 from sim.engine_harness import fire_streams
 from sim.fire_cases import random_fire, random_input
+from spec.params import ConfigError, pack_config
+from spec.tiling import FirePlan, Shape
 from sw import ops
-from sw.tiling import FirePlan, Shape
 
 AmaranthBus, AmaranthTransaction, AmaranthSource, AmaranthSink, _ = define_stream(
     "Amaranth", signals=["payload", "valid", "ready"])

@@ -20,8 +20,9 @@ from importlib import resources
 
 import numpy as np
 
+from spec.cli import ArgumentParser, Progress, add_quiet, at_least
+
 from . import reference
-from .cli import ArgumentParser, Progress, add_quiet, at_least
 from .images import ImageError, load_image, random_images
 from .network import ARCHS, Network, get_arch
 from .quantize import QuantizedNetwork, end_to_end, layer_sqnr, quantize_network

@@ -214,7 +214,7 @@ class Network:
     def check_input(self, size: int | tuple[int, int], params=None, label: str = "",
                     engine: str = "the engine") -> None:
         """Raise :class:`InputSizeError` unless this network takes a ``size`` input, on an
-        engine with ``params`` (:class:`hw.params.EngineParams`; its ``max_h`` x ``max_w``
+        engine with ``params`` (:class:`spec.params.EngineParams`; its ``max_h`` x ``max_w``
         bound every Fire layer's input) when given. Nothing is run: shapes only.
 
         ``label`` names the size in the message (default ``input HxW``), e.g. ``--size 7``;

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from spec.quant import sqnr_db
+
 from .images import random_images
 from .onnx_import import ImportedModel, UnsupportedModel
-from .quant import sqnr_db
 
 
 def ort_session(imported: ImportedModel, extra: list[str]):

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spec.quant import INT8, quantize_multiplier_pair
+
 from . import ops
 from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network
-from .quant import INT8, quantize_multiplier_pair
 from .quantize import QAvgPool, QConv, QuantizedNetwork, _requant, quantize_network
 from .weights import Weights
 

@@ -7,12 +7,15 @@ reference the gateware is held to bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .quant import INT8, QuantSpec, requantize, scale_and_round
+from spec.layers import AddParams, ConvLayer, FireLayer, Requant
+from spec.quant import INT8, QuantSpec, scale_and_round
+
+__all__ = ["AddParams", "ConvLayer", "FireLayer", "Requant", "add", "concat", "conv2d",
+           "conv2d_acc", "fire", "fire_squeeze", "global_avgpool", "maxpool",
+           "pool_output_size", "rescale"]
 
 
 def conv2d_acc(x, w, bias, z_x: int, *, stride: int = 1, pad: int = 0) -> np.ndarray:
@@ -31,21 +34,6 @@ def conv2d_acc(x, w, bias, z_x: int, *, stride: int = 1, pad: int = 0) -> np.nda
     # windows: (H', W', Cin, kh, kw) -> contract with (Cout, Cin, kh, kw)
     acc = np.tensordot(windows, w, axes=([2, 3, 4], [1, 2, 3]))
     return acc + np.asarray(bias, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Requant:
-    """Per-output-channel requantization ``(m[c], n[c])`` to zero point ``z_out``."""
-
-    m: np.ndarray
-    n: np.ndarray
-    z_out: int
-    relu: bool
-    hi: int | None = None  #: ceiling below the largest activation (None: no other)
-
-    def __call__(self, acc: np.ndarray, spec: QuantSpec = INT8) -> np.ndarray:
-        return requantize(acc, self.m, self.n, self.z_out, relu=self.relu, spec=spec,
-                          hi=self.hi)
 
 
 def conv2d(x, w, bias, z_x: int, rq: Requant, *, stride=1, pad=0, spec=INT8) -> np.ndarray:
@@ -90,21 +78,6 @@ def concat(parts) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts], axis=-1)
 
 
-@dataclass(frozen=True)
-class AddParams:
-    """Requantization of ``a + b`` for inputs of different scales, with one common shift.
-
-    ``y = clamp(z_out + round((A (a - z_a) + B (b - z_b)) / 2**n), act_min, act_max)``.
-    """
-
-    z_a: int
-    z_b: int
-    mult_a: int
-    mult_b: int
-    shift: int
-    z_out: int
-
-
 def add(a, b, p: AddParams, spec: QuantSpec = INT8) -> np.ndarray:
     """The simple-bypass add (SqueezeNet Section 6), with its own requantization."""
     a = np.asarray(a, dtype=np.int64) - p.z_a
@@ -112,49 +85,6 @@ def add(a, b, p: AddParams, spec: QuantSpec = INT8) -> np.ndarray:
     total = a * p.mult_a + b * p.mult_b
     y = p.z_out + scale_and_round(total, 1, p.shift)
     return np.clip(y, spec.act_min, spec.act_max).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class ConvLayer:
-    """Quantized weights and requantization of one convolution."""
-
-    weight: np.ndarray  # OIHW int
-    bias: np.ndarray  # int, at scale s_x * s_w[c]
-    rq: Requant
-
-    @property
-    def out_channels(self) -> int:
-        return self.weight.shape[0]
-
-
-@dataclass(frozen=True)
-class FireLayer:
-    """Everything the engine needs to run one Fire module.
-
-    ``squeeze`` requantizes to ``z_squeeze`` (with ReLU); ``expand1x1`` and ``expand3x3``
-    requantize to one shared output zero point (with ReLU) so their outputs concatenate.
-    ``bypass`` (optional) adds the Fire input to that output.
-    """
-
-    z_in: int
-    squeeze: ConvLayer
-    expand1x1: ConvLayer
-    expand3x3: ConvLayer
-    bypass: AddParams | None = None
-
-    @property
-    def z_squeeze(self) -> int:
-        return self.squeeze.rq.z_out
-
-    @property
-    def z_out(self) -> int:
-        return self.bypass.z_out if self.bypass else self.expand1x1.rq.z_out
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(Cin, S, E1, E3)``."""
-        s, cin = self.squeeze.weight.shape[:2]
-        return cin, s, self.expand1x1.out_channels, self.expand3x3.out_channels
 
 
 def fire_squeeze(x, layer: FireLayer, spec: QuantSpec = INT8) -> np.ndarray:

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops, reference
-from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network
-from .quant import (
+from spec.quant import (
     INT8,
     QuantSpec,
     choose_qparams,
@@ -25,6 +23,9 @@ from .quant import (
     quantize_weights,
     sqnr_db,
 )
+
+from . import ops, reference
+from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network
 from .weights import Weights
 
 

@@ -24,12 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["hw/arith.py", "hw/mac_array.py", "hw/line_buffer.py", "sw/quant.py",
-           "sw/tiling.py"]
+MODULES = ["hw/arith.py", "hw/mac_array.py", "hw/line_buffer.py", "spec/quant.py",
+           "spec/tiling.py"]
 TESTS = ["tests/test_arith.py", "tests/test_mac_array.py", "tests/test_mac_array_pipeline.py",
          "tests/test_line_buffer.py", "tests/test_quant.py", "tests/test_tiling.py"]
 #: copied into the work directory (what the tests import)
-SOURCES = ["hw", "sw", "sim", "boards", "tests", "pyproject.toml"]
+SOURCES = ["spec", "hw", "sw", "sim", "boards", "tests", "pyproject.toml"]
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".hypothesis")
 
 #: Surviving mutants that behave exactly like the original, one a line: module:function,
@@ -90,7 +90,7 @@ REASONS = {
 
 
 def setup_cfg() -> str:
-    lines = ["[mutmut]", "source_paths =", "    hw", "    sw", "    sim", "    boards",
+    lines = ["[mutmut]", "source_paths =", "    spec", "    hw", "    sw", "    sim", "    boards",
              "only_mutate ="] + [f"    {m}" for m in MODULES]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in TESTS]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Amaranth-simulator tests of the requantizer and bypass adder against ``sw.quant``."""
+"""Amaranth-simulator tests of the requantizer and bypass adder against ``spec.quant``."""
 
 import math
 from fractions import Fraction
@@ -11,8 +11,8 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from rtl import count_instances, registers_with_reset, stream_ports
 
 from hw.arith import CHUNK, BypassAdder, Requantizer
+from spec.quant import MULT_BITS, QuantSpec, requantize
 from sw import ops
-from sw.quant import MULT_BITS, QuantSpec, requantize
 
 
 def run_pipeline(dut, inputs, set_inputs):
@@ -108,7 +108,7 @@ def test_bypass_adder_matches_golden(bits):
 
 def exact_round_half_up(num: int, shift: int) -> int:
     """``round(num / 2**shift)``, ties toward +infinity, computed with fractions (independent
-    of ``sw.quant``)."""
+    of ``spec.quant``)."""
     return math.floor(Fraction(num, 2**shift) + Fraction(1, 2))
 
 

@@ -24,9 +24,9 @@ import sw.onnx_import
 from boards import get_board
 from hw import bench, resources
 from hw import build as hw_build
-from hw.params import EngineParams, ParamError, parse_overrides
+from spec.cli import Progress
+from spec.params import EngineParams, ParamError, parse_overrides
 from sw import model
-from sw.cli import Progress
 from sw.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from sw.network import ARCHS
 from sw.onnx_export import export_float

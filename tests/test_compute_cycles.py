@@ -10,8 +10,8 @@ import pytest
 from sim.engine_configs import CONFIGS
 from sim.engine_harness import run_fire
 from sim.fire_cases import random_fire, random_input
+from spec.tiling import FirePlan, Shape
 from sw import ops
-from sw.tiling import FirePlan, Shape
 
 #: (input gaps %, output backpressure %): full rate first
 CONDITIONS = [(0, 0), (98, 0), (0, 90), (70, 70), (20, 80)]

@@ -4,12 +4,12 @@ configuration (4 to 16 bits), full-size SqueezeNet layers, and the engine's cycl
 import numpy as np
 import pytest
 
-from hw.params import EngineParams
 from sim.engine_configs import CONFIGS
 from sim.engine_harness import fire_streams, run_fire, run_streams
 from sim.fire_cases import random_fire, random_input
+from spec.params import EngineParams
+from spec.tiling import FirePlan, Shape
 from sw import ops
-from sw.tiling import FirePlan, Shape
 
 WIDTHS = dict(CONFIGS, int12=EngineParams(bits=12, ic_lanes=4, oc_lanes=3, max_h=8, max_w=8,
                                           max_cin=24, max_squeeze=8, max_e1=12, max_e3=12,

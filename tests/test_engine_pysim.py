@@ -5,10 +5,10 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from hw.engine import FireEngine
-from hw.params import ConfigError, EngineParams, pack_config
 from sim.fire_cases import random_fire, random_input
+from spec.params import ConfigError, EngineParams, pack_config
+from spec.tiling import FirePlan, Shape, lanes_to_ints
 from sw import ops
-from sw.tiling import FirePlan, Shape, lanes_to_ints
 
 SMALL = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=6, max_w=5, max_cin=8,
                      max_squeeze=4, max_e1=6, max_e3=6, weight_depth=48, squeeze_depth=80,

@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 from rtl import registers_with_reset
 
 from hw.line_buffer import BANK_DEPTH, LineBuffer
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 
 async def until_idle(ctx, dut, limit: int = 200):

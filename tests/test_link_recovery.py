@@ -14,10 +14,10 @@ import time
 import pytest
 import serial
 
-from hw.protocol import Command, Reply, encode_frame, item_bytes
 from sim.board import SimulatedBoard
 from sim.fuzz import CheckFailed, Fuzzer
 from sim.fuzz import run as fuzz
+from spec.protocol import Command, Reply, encode_frame, item_bytes
 from sw.driver import Accelerator, LinkTimeout
 from sw.driver.__main__ import main as driver_main
 from sw.driver.link import Link

@@ -5,7 +5,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.mac_array import MULTIPLIERS, MacArray
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 
 @pytest.mark.parametrize("multipliers", MULTIPLIERS)

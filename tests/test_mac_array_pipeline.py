@@ -12,7 +12,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from rtl import count_instances, registers_with_reset, stream_ports
 
 from hw.mac_array import MULTIPLIERS, MacArray
-from hw.params import EngineParams
+from spec.params import EngineParams
 
 
 def one_reduction_latency(dut, ic, oc, beats=3):

@@ -2,8 +2,15 @@
 
 import pytest
 
-from hw.params import ConfigError, EngineParams, ParamError, config_bits, config_fields, pack_config
-from sw.tiling import FirePlan, PlanError, Shape
+from spec.params import (
+    ConfigError,
+    EngineParams,
+    ParamError,
+    config_bits,
+    config_fields,
+    pack_config,
+)
+from spec.tiling import FirePlan, PlanError, Shape
 
 
 @pytest.mark.parametrize("changes,name", [

@@ -1,4 +1,4 @@
-"""The golden model's arithmetic (``sw.quant``) against exact rational arithmetic and values
+"""The golden model's arithmetic (``spec.quant``) against exact rational arithmetic and values
 worked out by hand."""
 
 import math
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sw.quant import (
+from spec.quant import (
     INT8,
     SHIFT_MAX,
     SHIFT_MIN,

@@ -1,4 +1,4 @@
-"""The tile planner and stream packing (``sw.tiling``) against references written here with
+"""The tile planner and stream packing (``spec.tiling``) against references written here with
 plain loops: every tile fits the weight buffer (squeeze rows included when it squeezes),
 tiles cover every output channel once, and the streams hold what the engine expects."""
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.params import EngineParams, config_fields, qparam_fields
 from sim.fire_cases import random_fire, random_input
-from sw.tiling import FirePlan, PlanError, Shape, lanes_to_ints
+from spec.params import EngineParams, config_fields, qparam_fields
+from spec.tiling import FirePlan, PlanError, Shape, lanes_to_ints
 
 P = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=8, max_w=8, max_cin=16, max_squeeze=8,
                  max_e1=16, max_e3=16, weight_depth=64, squeeze_depth=96, bypass=True)

@@ -6,7 +6,7 @@
         out = acc.run_fire(layer, x)   # one Fire layer, tiled as the device needs
         acc.counters()
 
-Tiles are planned from the parameters the device reports (``sw.tiling``), never from
+Tiles are planned from the parameters the device reports (``spec.tiling``), never from
 constants of the host's own.
 """
 
@@ -17,21 +17,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.params import EngineParams
-from hw.protocol import (
+from spec.frames import decode_values, tile_frames
+from spec.params import EngineParams
+from spec.protocol import (
     COUNTER_FIELDS,
-    MAX_PAYLOAD,
     Command,
     Identity,
     IdentityError,
     Reply,
-    item_bytes,
     unpack_fields,
     unpack_identity,
     value_bytes,
 )
+from spec.tiling import FirePlan, Shape
 from sw.ops import FireLayer
-from sw.tiling import FirePlan, Shape, lanes_to_ints
 
 from .errors import DeviceError, DriverError, OutputLost, PortError, ProtocolError
 from .link import Collected, Link
@@ -48,16 +47,6 @@ class FireResult:
     bytes_up: int
     payload_down: int
     payload_up: int
-
-
-def _items(values: list[int], size: int) -> bytes:
-    return b"".join(int(v).to_bytes(size, "little", signed=False) for v in values)
-
-
-def _chunks(data: bytes, item: int) -> list[bytes]:
-    """Split into frame payloads of whole items."""
-    step = (MAX_PAYLOAD // item) * item
-    return [data[i:i + step] for i in range(0, len(data), step)]
 
 
 class Accelerator:
@@ -215,19 +204,8 @@ class Accelerator:
 
     def _run_tile(self, plan: FirePlan, tile, layer: FireLayer, x, load: bool, progress):
         """One run: configure, (load), stream the input; the tile's output and its DONE."""
-        p, sizes = plan.p, item_bytes(plan.p)
-        frames = [(Command.CONFIGURE, _items([plan.config(tile, layer, load=load,
-                                                          compute=True)],
-                                             sizes[Command.CONFIGURE]))]
-        if load:
-            weights = _items(lanes_to_ints(plan.weight_rows(tile, layer), p.bits),
-                             sizes[Command.LOAD_WEIGHTS])
-            frames += [(Command.LOAD_WEIGHTS, c)
-                       for c in _chunks(weights, sizes[Command.LOAD_WEIGHTS])]
-            qparams = _items(plan.qparams(tile, layer), sizes[Command.LOAD_QPARAMS])
-            frames += [(Command.LOAD_QPARAMS, c)
-                       for c in _chunks(qparams, sizes[Command.LOAD_QPARAMS])]
-        frames += self._data_frames(plan, tile, x)
+        p = plan.p
+        frames = tile_frames(plan, tile, layer, x, load=load)
         self._loaded = None
         expected = int(np.prod(plan.tile_output_shape(tile))) * value_bytes(p)
         collect = Collected()
@@ -242,36 +220,10 @@ class Accelerator:
             raise OutputLost(f"expected {expected} output bytes, got {len(collect.output)}")
         if progress is not None:
             progress(len(frames), len(frames))
-        return _values(bytes(collect.output), p.bits), done
-
-    def _data_frames(self, plan: FirePlan, tile, x) -> list[tuple[int, bytes]]:
-        """Input and bypass rows interleaved in the order the engine takes them: input rows
-        0 and 1, bypass row 0, input row 2, bypass row 1, ... (see docs/engine.md)."""
-        p, sizes = plan.p, item_bytes(plan.p)
-        h = plan.shape.h
-        rows_in, rows_byp = [], []
-        if tile.squeeze:
-            words = lanes_to_ints(plan.input_words(x), p.bits)
-            per_row = len(words) // h
-            rows_in = [_items(words[r * per_row:(r + 1) * per_row], sizes[Command.RUN_INPUT])
-                       for r in range(h)]
-        if plan.bypass:
-            values = plan.bypass_values(tile, x)
-            mask = (1 << p.bits) - 1
-            per_row = len(values) // h
-            rows_byp = [_items([int(v) & mask for v in values[r * per_row:(r + 1) * per_row]],
-                               sizes[Command.RUN_BYPASS]) for r in range(h)]
-        frames = []
-        for r in range(h + 1):
-            if rows_in and r < h:
-                frames += [(Command.RUN_INPUT, c)
-                           for c in _chunks(rows_in[r], sizes[Command.RUN_INPUT])]
-            if rows_byp and (r >= 1 or not rows_in):
-                row = r - 1 if rows_in else r
-                if 0 <= row < h:
-                    frames += [(Command.RUN_BYPASS, c)
-                               for c in _chunks(rows_byp[row], sizes[Command.RUN_BYPASS])]
-        return frames
+        try:
+            return decode_values(bytes(collect.output), p.bits), done
+        except ValueError as e:
+            raise ProtocolError(f"the device's output is malformed: {e}") from None
 
     def _guard(self, action):
         """Run ``action``; on Ctrl-C, reset the device so the next command works."""
@@ -283,16 +235,6 @@ class Accelerator:
             except DriverError:
                 pass
             raise
-
-
-def _values(data: bytes, bits: int) -> np.ndarray:
-    size = -(-bits // 8)
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, size).astype(np.int64)
-    v = np.zeros(len(raw), dtype=np.int64)
-    for i in range(size):
-        v |= raw[:, i] << (8 * i)
-    v &= (1 << bits) - 1
-    return np.where(v >> (bits - 1), v - (1 << bits), v)
 
 
 def _snapshot(stats) -> dict:

@@ -1,4 +1,4 @@
-"""Host side of the wire protocol (``hw.protocol``): frames, a send window, go-back-N.
+"""Host side of the wire protocol (``spec.protocol``): frames, a send window, go-back-N.
 
 The device holds ``rx_slots`` frames and answers each, in order. The link keeps at most
 that many frames unanswered; a frame dropped by the device (bad CRC) or lost on the wire
@@ -13,8 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from hw.params import ConfigError
-from hw.protocol import (
+from spec.params import ConfigError
+from spec.protocol import (
     DONE_FIELDS,
     RX_SLOTS,
     Command,

@@ -12,7 +12,7 @@ only its channels' weights:
 Tile ``t`` outputs, pixel by pixel, its e1 channels then its e3 channels. The host puts each
 tile's channels back in place (:meth:`FirePlan.assemble`).
 
-Everything here is planned from :class:`hw.params.EngineParams`, which the driver reads
+Everything here is planned from :class:`spec.params.EngineParams`, which the driver reads
 from the device.
 """
 
@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.params import EngineParams, ceil_div, pack_config, pack_fields, qparam_fields
-
-from .ops import FireLayer
+from .layers import FireLayer
+from .params import EngineParams, ceil_div, pack_config, pack_fields, qparam_fields, weight_rows
 
 
 class PlanError(ValueError):
@@ -87,13 +86,14 @@ class FirePlan:
             raise PlanError(f"bypass needs cin == e1 + e3 ({sh.cin} != {sh.e1 + sh.e3})")
         self.kc = ceil_div(sh.cin, p.ic_lanes)
         self.ks = ceil_div(sh.s, p.ic_lanes)
-        self.squeeze_rows = ceil_div(sh.s, p.oc_lanes) * self.kc
+        self.squeeze_rows = weight_rows(p, cin=sh.cin, s=sh.s, e1=0, e3=0)
         self.tiles = self._plan()
 
     # -- planning -----------------------------------------------------------------------
     def rows(self, n1: int, n3: int) -> int:
-        oc = self.p.oc_lanes
-        return ceil_div(n1, oc) * self.ks + 9 * self.ks * ceil_div(n3, oc)
+        """Weight rows of ``n1`` expand1x1 and ``n3`` expand3x3 output channels."""
+        return weight_rows(self.p, cin=self.shape.cin, s=self.shape.s, e1=n1, e3=n3,
+                           squeeze=False)
 
     def _plan(self) -> list[Tile]:
         p, sh = self.p, self.shape

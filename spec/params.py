@@ -12,7 +12,13 @@ import enum
 import typing
 from dataclasses import dataclass
 
-from sw.quant import MULT_BITS, SHIFT_MAX, QuantSpec
+from .quant import MULT_BITS, SHIFT_MAX, QuantSpec
+
+#: Accumulator groups (``oc_lanes`` accumulators each) the FIFO between the MAC array and
+#: the requantizer holds; the sequencer issues a group's last beat only with a place for it.
+GROUP_FIFO_DEPTH = 16
+#: Output values buffered after the requantizer, and again after the bypass join.
+OUTPUT_FIFO_DEPTH = 32
 
 
 class ParamError(ValueError):
@@ -103,9 +109,7 @@ class EngineParams:
                 bad(name, "must be at least 1")
         if self.max_h > 4096 or self.max_w > 4096:
             bad("max_h" if self.max_h > 4096 else "max_w", "at most 4096")
-        min_rows = (ceil_div(self.max_cin, self.ic_lanes) * ceil_div(self.max_squeeze,
-                                                                     self.oc_lanes)
-                    + 9 * self.squeeze_words)
+        min_rows = weight_rows(self, cin=self.max_cin, s=self.max_squeeze, e1=0, e3=1)
         if self.weight_depth < min_rows:
             bad("weight_depth", f"must hold the squeeze weights plus one 3x3 output group at "
                                 f"the maxima ({min_rows} rows)")
@@ -132,6 +136,22 @@ class EngineParams:
         return dataclasses.replace(self, **changes)
 
 
+def weight_rows(p: EngineParams, *, cin: int, s: int, e1: int, e3: int,
+                squeeze: bool = True) -> int:
+    """Weight-buffer rows a run needs: for every output group of ``oc_lanes`` channels, one
+    row a word of ``ic_lanes`` input channels (and a tap, for the 3x3). The squeeze weights
+    (``cin`` inputs, ``s`` outputs) only when the run squeezes; the expands take ``s`` inputs.
+
+    The one statement of this rule: the planner (``spec.tiling``), the cost model, the
+    parameter checks here and the engine's own size computation (held to it by a test) all
+    come back to it.
+    """
+    ic, oc = p.ic_lanes, p.oc_lanes
+    ks = ceil_div(s, ic)
+    squeeze_rows = ceil_div(s, oc) * ceil_div(cin, ic) if squeeze else 0
+    return squeeze_rows + ceil_div(e1, oc) * ks + 9 * ceil_div(e3, oc) * ks
+
+
 class ConfigError(enum.IntEnum):
     """Why the engine refused a layer configuration (its status register)."""
 
@@ -148,12 +168,13 @@ class ConfigError(enum.IntEnum):
     NOT_LOADED = 10  #: run without weights loaded for this shape
     NO_SQUEEZE_MAP = 11  #: reuse of a squeeze map that is not retained
     SHIFT = 12  #: a requantization shift of 0 (the shift is 1 to 63)
+    NO_OUTPUT = 13  #: the layer has no output channels (e1 + e3 = 0)
 
     @property
     def field(self) -> str:
         return {1: "h", 2: "w", 3: "cin", 4: "s", 5: "e1", 6: "e3", 7: "weights",
                 8: "squeeze buffer", 9: "bypass", 10: "weights", 11: "squeeze map",
-                12: "shift"}.get(self.value, "")
+                12: "shift", 13: "e1 + e3"}.get(self.value, "")
 
     @property
     def message(self) -> str:
@@ -174,6 +195,7 @@ _ERROR_TEXT = {
     ConfigError.NOT_LOADED: "no weights loaded for this layer shape",
     ConfigError.NO_SQUEEZE_MAP: "no retained squeeze map of this shape to reuse",
     ConfigError.SHIFT: "a requantization shift is 0 (it must be 1 to 63)",
+    ConfigError.NO_OUTPUT: "the layer has no output channels (e1 + e3 = 0)",
 }
 
 

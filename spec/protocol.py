@@ -167,19 +167,34 @@ class FrameDecoder:
             frames.append(Frame(kind, seq, payload))
 
 
+#: The engine stream each data command feeds (``hw.engine.FireEngine``'s port names).
+ENGINE_STREAMS = {Command.CONFIGURE: "cfg", Command.LOAD_WEIGHTS: "weights",
+                  Command.LOAD_QPARAMS: "qparams", Command.RUN_INPUT: "input",
+                  Command.RUN_BYPASS: "bypass"}
+
+
+def item_bits(params: EngineParams) -> dict[int, int]:
+    """Bits of one item of each data command: one beat of its engine stream (a configuration
+    word, a weight row, a channel's parameters, a pixel's word of ``ic_lanes`` channels, a
+    bypass value). RUN_BYPASS only where the engine has bypass."""
+    bits = {Command.CONFIGURE: config_bits(params),
+            Command.LOAD_WEIGHTS: params.weight_row_bits,
+            Command.LOAD_QPARAMS: qparam_bits(params),
+            Command.RUN_INPUT: params.ic_lanes * params.bits}
+    if params.bypass:
+        bits[Command.RUN_BYPASS] = params.bits
+    return bits
+
+
 def item_bytes(params: EngineParams) -> dict[int, int]:
-    """Bytes of one item of each data command (payloads hold whole items)."""
-    return {
-        Command.CONFIGURE: -(-config_bits(params) // 8),
-        Command.LOAD_WEIGHTS: -(-params.weight_row_bits // 8),
-        Command.LOAD_QPARAMS: -(-qparam_bits(params) // 8),
-        Command.RUN_INPUT: -(-(params.ic_lanes * params.bits) // 8),
-        Command.RUN_BYPASS: -(-params.bits // 8),
-    }
+    """Bytes of one item of each data command (payloads hold whole items, little-endian)."""
+    sizes = {cmd: -(-bits // 8) for cmd, bits in item_bits(params).items()}
+    sizes.setdefault(Command.RUN_BYPASS, -(-params.bits // 8))  # refused there, sized anyway
+    return sizes
 
 
 def value_bytes(params: EngineParams) -> int:
-    """Bytes of one output value in OUTPUT frames."""
+    """Bytes of one output value in OUTPUT frames (signed little-endian, sign-extended)."""
     return -(-params.bits // 8)
 
 

@@ -1,0 +1,193 @@
+"""The requantizer stage: the group FIFO after the MAC array and the requantizer pipeline.
+
+Accumulator groups (``oc_lanes`` sums and their tag) leave the MAC array into a FIFO of
+``GROUP_FIFO_DEPTH`` groups, which the requantizer drains one channel per cycle: each
+channel's parameter row is read (its address registered, the block RAM's output registered
+once more), then ``hw.arith.Requantizer`` computes ``clamp(z + round((acc + bias) m / 2**n),
+lo, hi)``. Squeeze values go to the line buffer (``squeeze``), expand values to the output
+stage (``expand``).
+
+Flow control is by credits, so that the MAC array and the requantizer are fixed-latency
+pipelines with no stall logic (their registers map onto DSP pipeline registers):
+
+* the sequencer issues a group's last beat only with a credit for a FIFO slot; popping a
+  group returns it (``group_freed``, registered: a cycle late, which is safe and keeps the
+  return off the credit counter's path);
+* an expand channel issues only with a credit for a slot in the output stage's first FIFO,
+  which ``output_freed`` returns (registered on the output stage's side).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from spec.params import GROUP_FIFO_DEPTH, EngineParams
+
+from .arith import Requantizer
+from .layouts import Kind, config_layout, group_tag_layout, qparam_layout, read_signature
+from .mac_array import array_out_layout
+
+#: Registers from a pop to the requantizer's input: the request (with the parameter
+#: address), the parameter memory's read register, and the register after it (``req``,
+#: ``req2``, ``req3`` below).
+REQUEST_LATENCY = 3
+
+
+def squeeze_write_layout(p: EngineParams) -> data.StructLayout:
+    """One squeeze value on its way into the line buffer."""
+    return data.StructLayout({"row": range(p.max_h + 1), "word": range(p.squeeze_depth + 1),
+                              "lane": range(p.ic_lanes), "value": signed(p.bits)})
+
+
+def result_tag_layout(p: EngineParams) -> data.StructLayout:
+    """What a value carries through the requantizer: where it goes."""
+    return data.StructLayout({"squeeze": 1, "group_end": 1, "row": range(p.max_h + 1),
+                              "word": range(p.squeeze_depth + 1), "lane": range(p.ic_lanes)})
+
+
+class RequantStage(wiring.Component):
+    """Group FIFO and requantizer with their credits (see the module docstring).
+
+    Parameters
+    ----------
+    output_credits : int
+        Slots of the output stage's FIFO that expand values may take.
+
+    Ports
+    -----
+    groups : In(stream of array_out_layout, always ready)
+        The MAC array's groups; the sequencer's credits guarantee room.
+    layer : In(config_layout)
+        The run's configuration (channel counts, zero points, ceilings).
+    go : In(1)
+        Pulse: a run starts (every output credit back).
+    qparam_read : Out(read_signature)
+        The parameter memory.
+    squeeze : Out(stream of squeeze_write_layout, always ready)
+        Squeeze values, to the line buffer.
+    expand : Out(stream of signed(bits), always ready)
+        Expand values in output order, to the output stage.
+    group_freed, squeeze_written : Out(1)
+        Registered pulses: a group left the FIFO; a squeeze group's last value was written.
+    output_freed : In(1)
+        An output credit comes back (registered by the output stage).
+    idle : Out(1)
+        Nothing in the requantizer, every output credit back.
+    """
+
+    def __init__(self, params: EngineParams, *, output_credits: int,
+                 multipliers: str = "dsp"):
+        self._p = p = params
+        self._output_credits = output_credits
+        self._requantizer = Requantizer(p.spec, p.acc_bits,
+                                        tag_bits=result_tag_layout(p).size,
+                                        multipliers=multipliers)
+        tag_bits = group_tag_layout(p).size
+        super().__init__({
+            "groups": In(stream.Signature(array_out_layout(p, tag_bits), always_ready=True)),
+            "layer": In(config_layout(p)),
+            "go": In(1),
+            "qparam_read": Out(read_signature(range(p.qparam_depth), qparam_layout(p))),
+            "squeeze": Out(stream.Signature(squeeze_write_layout(p), always_ready=True)),
+            "expand": Out(stream.Signature(signed(p.bits), always_ready=True)),
+            "group_freed": Out(1),
+            "squeeze_written": Out(1),
+            "output_freed": In(1),
+            "idle": Out(1),
+        })
+
+    @property
+    def group_depth(self) -> int:
+        """The group FIFO's depth: the sequencer's credits."""
+        return GROUP_FIFO_DEPTH
+
+    @property
+    def write_latency(self) -> int:
+        """Cycles from a group's pop to its ``squeeze_written`` pulse: the request stages,
+        the requantizer, and the pulse's register."""
+        return REQUEST_LATENCY + self._requantizer.latency + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        oc = p.oc_lanes
+        log_ic = (p.ic_lanes - 1).bit_length()
+        layer = self.layer
+        entry = data.StructLayout({"acc": data.ArrayLayout(signed(p.acc_bits), oc),
+                                   "tag": group_tag_layout(p)})
+        m.submodules.groups = groups = fifo.SyncFIFO(width=entry.size, depth=GROUP_FIFO_DEPTH)
+        # always ready: the sequencer's credits guarantee the FIFO has room
+        w = groups.w_stream
+        m.d.comb += [w.valid.eq(self.groups.valid), w.payload.eq(self.groups.payload)]
+        r = groups.r_stream
+        head = data.View(entry, r.payload)
+
+        out_credit = Signal(range(self._output_credits + 1))
+        lane = Signal(range(oc + 1))
+        is_sq = head.tag.kind == Kind.SQUEEZE
+        can_rq = r.valid & (is_sq | (out_credit != 0))
+        lane_last = lane + 1 >= head.tag.count
+        pop = can_rq & lane_last
+        m.d.comb += r.ready.eq(pop)
+        m.d.sync += self.group_freed.eq(pop)
+        with m.If(can_rq):
+            m.d.sync += lane.eq(Mux(lane_last, 0, lane + 1))
+        qbase = Mux(is_sq, 0, Mux(head.tag.kind == Kind.EXPAND1, layer.s, layer.s + layer.e1))
+        channel = head.tag.chan + lane
+
+        # The request is registered, then its address reads the parameter memory, whose
+        # output is registered once more (block-RAM outputs feed only registers).
+        request = data.StructLayout({"valid": 1, "acc": signed(p.acc_bits),
+                                     "tag": result_tag_layout(p), "kind": Kind})
+        req, req2, req3 = (Signal(request, name=f"request{i}") for i in (1, 2, 3))
+        q_addr = Signal.like(self.qparam_read.addr)
+        # the block RAM's output straight into a register without reset (req3.valid says
+        # when it counts): a reset there would put logic after the RAM
+        q_data = Signal.like(self.qparam_read.data, reset_less=True)
+        m.d.sync += [
+            req.valid.eq(can_rq), q_addr.eq(qbase + channel), req.kind.eq(head.tag.kind),
+            req.acc.eq(head.acc[lane] if oc > 1 else head.acc[0]),
+            req.tag.squeeze.eq(is_sq), req.tag.group_end.eq(lane_last),
+            req.tag.row.eq(head.tag.row),
+            req.tag.word.eq(head.tag.xoff + (channel >> log_ic)),
+            req.tag.lane.eq(channel[:log_ic] if log_ic else 0),
+            req2.eq(req), req3.eq(req2), q_data.eq(self.qparam_read.data),
+        ]
+        m.d.comb += self.qparam_read.addr.eq(q_addr)
+
+        m.submodules.requantizer = rq = self._requantizer
+        ri = rq.i.payload
+        m.d.comb += [
+            rq.i.valid.eq(req3.valid),
+            ri.acc.eq(req3.acc), ri.bias.eq(q_data.bias), ri.mult.eq(q_data.mult),
+            ri.shift.eq(q_data.shift), ri.relu.eq(1), ri.tag.eq(req3.tag),
+            ri.z.eq(Mux(req3.tag.squeeze, layer.z_sq, layer.z_out)),
+            ri.hi.eq(Mux(req3.kind == Kind.SQUEEZE, p.spec.act_max,
+                         Mux(req3.kind == Kind.EXPAND1, layer.e1_max, layer.e3_max))),
+        ]
+        # values in the requantizer: at most one a cycle for its latency
+        in_flight = Signal(range(rq.latency + 1))
+        m.d.sync += in_flight.eq(in_flight + rq.i.valid - rq.o.valid)
+
+        out_tag = data.View(result_tag_layout(p), rq.o.payload.tag)
+        sq = self.squeeze.payload
+        m.d.comb += [
+            self.squeeze.valid.eq(rq.o.valid & out_tag.squeeze),
+            sq.row.eq(out_tag.row), sq.word.eq(out_tag.word), sq.lane.eq(out_tag.lane),
+            sq.value.eq(rq.o.payload.y),
+            self.expand.valid.eq(rq.o.valid & ~out_tag.squeeze),
+            self.expand.payload.eq(rq.o.payload.y),
+        ]
+        # a squeeze group counts as written once its last lane's write has landed
+        m.d.sync += self.squeeze_written.eq(rq.o.valid & out_tag.squeeze & out_tag.group_end)
+
+        issue_ex = can_rq & ~is_sq
+        with m.If(self.go):
+            m.d.sync += out_credit.eq(self._output_credits)
+        with m.Else():
+            m.d.sync += out_credit.eq(out_credit - issue_ex + self.output_freed)
+        m.d.comb += self.idle.eq((in_flight == 0) & ~req.valid & ~req2.valid & ~req3.valid
+                                 & (out_credit == self._output_credits))
+        return m

@@ -86,6 +86,8 @@ REASONS = {
                "values exactly",
     "numpy": "NumPy takes any negative dimension in reshape as the one to infer",
     "last-tile": "the last tile of a tiled plan is never its first: None is falsy like False",
+    "no-squeeze": "weight_rows reads cin only for a run that squeezes: with squeeze=False "
+                  "(or None, falsy like it) the expand rows alone are counted",
 }
 
 

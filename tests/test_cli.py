@@ -311,10 +311,17 @@ def test_build_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 130 and err == "interrupted\n"
 
 
+def _interruptible():
+    """In the child: Ctrl-C as at a terminal, even when this run was started in the background
+    by a shell without job control (its children inherit SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_build_sigint_in_a_real_process_leaves_no_traceback(tmp_path):
     with subprocess.Popen([sys.executable, "-m", "hw.build", "--board", "arty_a7", "--out",
                            str(tmp_path)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True) as proc:
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_interruptible) as proc:
         try:
             first = proc.stderr.readline()  # progress: the elaboration has begun
             assert first.startswith("elaborating"), first

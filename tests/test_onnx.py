@@ -284,3 +284,51 @@ def test_compare_onnx_takes_a_batch(models, tmp_path, capsys):
     assert driver_main(["compare-onnx", "--model", qdq, "--input",
                         str(tmp_path / "bad.npy")]) == 2
     assert "expected a float32 batch (N, 3, 64, 64)" in capsys.readouterr().err
+
+
+def golden(imported, **kw):
+    return compare(imported, lambda name, layer, xs: [ops.fire(x, layer) for x in xs],
+                   lambda qnet, xs: [qnet.forward(x) for x in xs], **kw)
+
+
+def test_qoperator_bypass_model_and_a_fixed_batch(models, tmp_path):
+    """onnxruntime's QOperator format (QLinearConv, QLinearConcat, QLinearAdd for the
+    bypass) read as the QDQ model it is equivalent to; a model with a fixed batch of 1 runs
+    one input at a time in onnxruntime."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    _, _, float_path, _ = models["squeezenet1_0_bypass"]
+    calib = iter([{"input": im.transpose(2, 0, 1)[None]}
+                  for im in random_images(4, SIZE, seed=1)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(calib, None)
+
+    path = tmp_path / "qop.onnx"
+    quantize_static(float_path, str(path), Reader(), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    model = onnx.load(path)
+    assert {"QLinearConv", "QLinearConcat", "QLinearAdd"} <= {n.op_type
+                                                              for n in model.graph.node}
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, path)
+    imported = load_model(path)
+    assert imported.qformat == "QOperator" and imported.batch == 1
+    assert [f.bypass for f in imported.net.fires] == [False, True, False, True, False, True,
+                                                      False, True]
+    result = golden(imported, inputs=3)
+    assert result["fire_max_lsb"] <= 1 and result["logits_sqnr_db"] >= 35, result
+    node = next(n for n in model.graph.node if n.op_type == "QLinearAdd")
+    node.op_type = "QLinearMul"
+    with pytest.raises(UnsupportedModel, match=rf"node {node.name!r} \(QLinearMul\): "
+                                               "QLinearMul is not supported; a QOperator "
+                                               "model maps QLinearConv"):
+        load_model(model)

@@ -37,7 +37,9 @@ def _to_8bit(img, path):
 def load_image(path: str | Path, size: int = 224) -> np.ndarray:
     """Resize the short side to ``size * 256/224``, center-crop ``size``, normalize; HWC.
 
-    This is torchvision's ImageNet preprocessing. 16-bit images are scaled to 8 bits first.
+    This is torchvision's ImageNet preprocessing; an image already ``size`` x ``size`` is
+    only normalized (no 1.14x zoom of a dataset's own 32x32 pictures). 16-bit images are
+    scaled to 8 bits first.
     An image is enlarged by at most :data:`MAX_UPSCALE` (4x): a shorter side below a quarter
     of the resize target (64 pixels for a 224 input) is refused with :class:`ImageError`
     rather than blown up from a few pixels into a picture of nothing.
@@ -60,12 +62,13 @@ def load_image(path: str | Path, size: int = 224) -> np.ndarray:
             if img.mode == "I" or img.mode.startswith("I;16"):
                 img = _to_8bit(img, path)
             img = img.convert("RGB")
-            scale = short / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             Image.Resampling.BILINEAR)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            if (w, h) != (size, size):  # an image already at the input size is taken as is
+                scale = short / min(w, h)
+                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                                 Image.Resampling.BILINEAR)
+                w, h = img.size
+                left, top = (w - size) // 2, (h - size) // 2
+                img = img.crop((left, top, left + size, top + size))
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None

@@ -36,12 +36,15 @@ def class_names() -> list[str]:
     return text.splitlines()
 
 
-def top5(logits) -> list[dict]:
+def top5(logits, names: list[str] | None = None) -> list[dict]:
+    """The five highest classes (fewer if the model has fewer), named by ``names``; without
+    them ImageNet's names for a 1000-class output, ``class N`` for any other."""
     logits = np.asarray(logits, dtype=np.float64)
     probs = reference.softmax(logits)
-    names = class_names()
+    if names is None and len(logits) == len(class_names()):
+        names = class_names()
     order = np.argsort(-logits, kind="stable")[:5]
-    return [{"class": int(i), "name": names[i] if i < len(names) else str(i),
+    return [{"class": int(i), "name": names[i] if names else f"class {i}",
              "logit": float(logits[i]), "prob": float(probs[i])} for i in order]
 
 

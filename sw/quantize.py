@@ -45,15 +45,23 @@ class QConv:
 
 @dataclass(frozen=True)
 class QAvgPool:
-    """Global average pool; its multiplier ``s_in / (N s_out)`` follows the input's size N."""
+    """Global average pool; its multiplier ``s_in / (N s_out)`` follows the input's size N.
+
+    ``exact``: the pool's output is not quantized (a model that averages in float, as
+    onnxruntime leaves ``ReduceMean``): the output is the sum ``sum(x - z_in)`` itself, at
+    scale ``s_in / N`` (``s_out``) and zero point 0, with no rounding or clamping.
+    """
 
     s_in: float
     z_in: int
     s_out: float
     z_out: int
+    exact: bool = False
 
     def __call__(self, x, spec=INT8):
         count = x.shape[0] * x.shape[1]
+        if self.exact:
+            return np.sum(np.asarray(x, dtype=np.int64) - self.z_in, axis=(0, 1))[None, None]
         rq = _requant(self.s_in, 1.0 / count, self.s_out, self.z_out, relu=False)
         return ops.global_avgpool(x, self.z_in, rq, spec)[None, None, :]
 

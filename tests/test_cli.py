@@ -232,7 +232,8 @@ def test_flatten_before_the_pool_says_what_is_supported(tmp_path, capsys, nothin
     onnx.save(conv_relu_then("Gemm"), tmp_path / "gemm.onnx")
     err = refused(driver.main, ["infer", "--model", str(tmp_path / "gemm.onnx")], capsys,
                   "node '/fc/Gemm' (Gemm): Gemm is not supported", "Conv", "MaxPool",
-                  "GlobalAveragePool, then Flatten, Reshape or Squeeze at the end")
+                  "GlobalAveragePool (or ReduceMean or AveragePool over the whole map), then "
+                  "Flatten, Reshape or Squeeze at the end")
 
 
 # ------------------------------------------------------------------------------ --weights

@@ -147,3 +147,188 @@ def test_cli_infer_with_a_batch(models, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 32, 32), np.float32))
     assert driver_main(["infer", "--model", qdq, "--input", str(tmp_path / "bad.npy")]) == 2
     assert "expected a float32 batch (N, 3, 64, 64)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- single node forms (issue 14)
+def with_pool(float_path, nodes_after, opset=17, extra_inits=()):
+    """The float model with its GlobalAveragePool and Flatten replaced by ``nodes_after``
+    (taking ``x``, giving ``output``)."""
+    from onnx import helper
+
+    model = onnx.load(float_path)
+    pool = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    x = pool.input[0]
+    keep = [n for n in model.graph.node if n.op_type not in ("GlobalAveragePool", "Flatten")]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    for node in nodes_after:
+        node.input[:] = [x if i == "x" else i for i in node.input]
+        model.graph.node.append(node)
+    model.graph.initializer.extend(extra_inits)
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", opset))
+    onnx.checker.check_model(model)
+    return model
+
+
+POOL_FORMS = {
+    "ReduceMean-13-attr": (13, lambda h: [
+        h.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
+        h.make_node("Flatten", ["m"], ["output"])]),
+    "ReduceMean-18-input": (18, lambda h: [
+        h.make_node("Constant", [], ["axes"], value_ints=[-1, -2]),
+        h.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
+        h.make_node("Constant", [], ["c"], value_ints=[1000]),
+        h.make_node("Constant", [], ["n"], value_ints=[-1]),
+        h.make_node("Concat", ["n", "c"], ["shape"], axis=0),  # a constant subgraph
+        h.make_node("Reshape", ["m", "shape"], ["output"])]),
+    "ReduceMean-keepdims0": (18, lambda h: [
+        h.make_node("Constant", [], ["axes"], value_ints=[2, 3]),
+        h.make_node("ReduceMean", ["x", "axes"], ["output"], keepdims=0)]),
+    "AveragePool-whole-map": (22, lambda h: [
+        h.make_node("AveragePool", ["x"], ["m"], kernel_shape=[3, 3]),
+        h.make_node("Identity", ["m"], ["i"]),
+        h.make_node("Constant", [], ["axes"], value_ints=[3, 2]),
+        h.make_node("Squeeze", ["i", "axes"], ["output"])]),
+}
+
+
+@pytest.mark.parametrize("form", POOL_FORMS)
+def test_global_pool_forms(models, form):
+    """Every way the exporters write global average pooling, on a float model: the same
+    network, and the same integer network, as GlobalAveragePool + Flatten gives."""
+    from onnx import helper
+
+    net, weights, float_path, _ = models["squeezenet1_1"]
+    opset, nodes = POOL_FORMS[form]
+    imported = load_model(with_pool(float_path, nodes(helper), opset))
+    assert imported.net.layers == load_model(float_path).net.layers
+    image = random_images(1, SIZE, seed=8)[0]
+    np.testing.assert_allclose(reference.forward(imported.net, imported.weights, image),
+                               reference.forward(net, weights, image), rtol=1e-6)
+
+
+def test_a_pool_that_is_not_global_is_named(models):
+    from onnx import helper
+
+    _, _, float_path, _ = models["squeezenet1_1"]
+    model = with_pool(float_path, [helper.make_node("AveragePool", ["x"], ["m"],
+                                                    kernel_shape=[2, 2], name="/avg"),
+                                   helper.make_node("Flatten", ["m"], ["output"])])
+    with pytest.raises(UnsupportedModel, match=r"node '/avg' \(AveragePool\): only a pool "
+                                               r"over the whole 3x3 map"):
+        load_model(model)
+    model = with_pool(float_path, [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1],
+                                                    name="/mean"),
+                                   helper.make_node("Flatten", ["m"], ["output"])], opset=13)
+    with pytest.raises(UnsupportedModel, match=r"node '/mean' \(ReduceMean\): only a mean "
+                                               r"over the two spatial axes"):
+        load_model(model)
+
+
+def test_bias_free_convs_and_identity_weights(models):
+    """A Conv without a bias (the dynamo exporter drops all-zero ones) has zero bias; a weight
+    reached through Identity (the legacy exporter's shared constants) is that weight."""
+    from onnx import helper
+
+    net, weights, float_path, _ = models["squeezenet1_1"]
+    model = onnx.load(float_path)
+    for node in list(model.graph.node):
+        if node.op_type == "Conv" and "squeeze" in node.input[1]:
+            del node.input[2]
+        elif node.op_type == "Conv" and "expand1x1" in node.input[1]:
+            shared = node.input[1] + "/shared"
+            model.graph.node.insert(0, helper.make_node("Identity", [node.input[1]], [shared]))
+            node.input[1] = shared
+    imported = load_model(model)
+    for fire in net.fires:
+        np.testing.assert_array_equal(imported.weights[f"{fire.prefix}.squeeze.bias"],
+                                      np.zeros(fire.s1x1, np.float32))
+        np.testing.assert_array_equal(imported.weights[f"{fire.prefix}.expand1x1.weight"],
+                                      weights[f"{fire.prefix}.expand1x1.weight"])
+
+
+def test_activations_of_other_widths_are_refused(models, tmp_path):
+    from onnx import numpy_helper
+
+    _, _, _, qdq = models["squeezenet1_1"]
+    model = onnx.load(qdq)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    zero = next(t for t in model.graph.initializer if t.name == q.input[2])
+    zero.CopyFrom(numpy_helper.from_array(np.array(0, np.int16), zero.name))
+    with pytest.raises(UnsupportedModel, match=rf"node {q.name!r} \(QuantizeLinear\): "
+                                               "activations must be int8 or uint8"):
+        load_model(model)
+
+
+def test_an_image_at_the_input_size_is_not_resized(tmp_path):
+    from PIL import Image
+
+    from sw.images import IMAGENET_MEAN, IMAGENET_STD, load_image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "x.png", 32),
+                                  (pixels.astype(np.float32) / 255.0 - IMAGENET_MEAN)
+                                  / IMAGENET_STD)
+
+
+def test_compare_onnx_takes_a_batch(models, tmp_path, capsys):
+    _, _, _, qdq = models["squeezenet1_1"]
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, SIZE, SIZE), np.float32))
+    assert driver_main(["compare-onnx", "--model", qdq, "--input", str(tmp_path / "x.npy"),
+                        "--inputs", "3"]) == 2
+    assert capsys.readouterr().err == (f"error: --inputs 3: {tmp_path / 'x.npy'} holds only 2 "
+                                       "inputs\n")
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 32, 32), np.float32))
+    assert driver_main(["compare-onnx", "--model", qdq, "--input",
+                        str(tmp_path / "bad.npy")]) == 2
+    assert "expected a float32 batch (N, 3, 64, 64)" in capsys.readouterr().err
+
+
+def golden(imported, **kw):
+    return compare(imported, lambda name, layer, xs: [ops.fire(x, layer) for x in xs],
+                   lambda qnet, xs: [qnet.forward(x) for x in xs], **kw)
+
+
+def test_qoperator_bypass_model_and_a_fixed_batch(models, tmp_path):
+    """onnxruntime's QOperator format (QLinearConv, QLinearConcat, QLinearAdd for the
+    bypass) read as the QDQ model it is equivalent to; a model with a fixed batch of 1 runs
+    one input at a time in onnxruntime."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    _, _, float_path, _ = models["squeezenet1_0_bypass"]
+    calib = iter([{"input": im.transpose(2, 0, 1)[None]}
+                  for im in random_images(4, SIZE, seed=1)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(calib, None)
+
+    path = tmp_path / "qop.onnx"
+    quantize_static(float_path, str(path), Reader(), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    model = onnx.load(path)
+    assert {"QLinearConv", "QLinearConcat", "QLinearAdd"} <= {n.op_type
+                                                              for n in model.graph.node}
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, path)
+    imported = load_model(path)
+    assert imported.qformat == "QOperator" and imported.batch == 1
+    assert [f.bypass for f in imported.net.fires] == [False, True, False, True, False, True,
+                                                      False, True]
+    result = golden(imported, inputs=3)
+    assert result["fire_max_lsb"] <= 1 and result["logits_sqnr_db"] >= 35, result
+    node = next(n for n in model.graph.node if n.op_type == "QLinearAdd")
+    node.op_type = "QLinearMul"
+    with pytest.raises(UnsupportedModel, match=rf"node {node.name!r} \(QLinearMul\): "
+                                               "QLinearMul is not supported; a QOperator "
+                                               "model maps QLinearConv"):
+        load_model(model)

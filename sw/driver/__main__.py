@@ -4,12 +4,14 @@
     python -m sw.driver run-fire     [--layer fire2] [network options] [device options]
     python -m sw.driver infer        [--image cat.jpg] [network options] [device options]
     python -m sw.driver infer        --model M.onnx [--image cat.jpg | --input X.npy]
-                                     [--calib N | --calibrate DIR] [--check] [device options]
+                                     [--calibrate DIR|X.npy|random] [--labels FILE]
+                                     [--check] [device options]
     python -m sw.driver bench        [--image cat.jpg] [network options] [device options]
-    python -m sw.driver compare-onnx --model M_qdq.onnx [--inputs 100] [device options]
+    python -m sw.driver compare-onnx --model M_qdq.onnx [--inputs 100] [--input X.npy]
+                                     [device options]
 
 network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass] [--weights F]
-                 [--size 224] [--calib 8 | --calibrate DIR] [--check]
+                 [--size 224] [--calib 8 | --calibrate DIR|X.npy|random] [--check]
 device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
@@ -96,17 +98,60 @@ def check_size(args, net, size) -> None:
                     engine=f"the {args.board} engine")
 
 
-def calibration_images(args, size: int) -> list[np.ndarray]:
-    if args.calibrate:
-        folder = Path(args.calibrate)
-        if not folder.is_dir():
-            raise ImageError(f"--calibrate {args.calibrate}: not a directory")
-        paths = sorted(p for p in folder.iterdir()
-                       if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        if not paths:
-            raise ImageError(f"--calibrate {args.calibrate}: no PNG or JPEG images there")
-        return [load_image(p, size) for p in paths]
-    return random_images(args.calib, size, seed=1)
+CALIBRATE_HOW = ("--calibrate DIR (PNG or JPEG images), --calibrate X.npy (a float (N, 3, "
+                 "H, W) batch, normalized as the model expects) or --calibrate random "
+                 "(random images: poor ranges for a trained model)")
+
+
+def calibration_images(args, size: int | tuple[int, int], *,
+                       required: str = "") -> tuple[list[np.ndarray], str]:
+    """The calibration images (HWC float) ``--calibrate`` names, and how to say where they
+    came from. Without ``--calibrate``: ``--calib`` random images, unless ``required`` (the
+    reason calibration data must be given) is set, which makes it an error."""
+    h, w = (size, size) if isinstance(size, int) else size
+    source = args.calibrate
+    if source is None and required:
+        raise ImageError(f"{required}: quantizing it needs calibration data, {CALIBRATE_HOW}")
+    if source is None or source == "random":
+        if h != w:
+            raise ImageError(f"the model takes {h}x{w} inputs: calibrate with --calibrate "
+                             "X.npy")
+        if source == "random":
+            print(f"warning: calibrating on {args.calib} random images (--calibrate random); "
+                  "a trained model's ranges want its own data", file=sys.stderr, flush=True)
+        return random_images(args.calib, h, seed=1), f"{args.calib} random images"
+    path = Path(source)
+    if path.suffix.lower() == ".npy":
+        batch = load_batch(source, h, w, option="--calibrate")
+        return ([b.transpose(1, 2, 0).astype(np.float32) for b in batch],
+                f"{len(batch)} inputs from {source}")
+    if not path.is_dir():
+        raise ImageError(f"--calibrate {source}: not a directory, an .npy file or 'random' "
+                         f"({CALIBRATE_HOW})")
+    if h != w:
+        raise ImageError(f"the model takes {h}x{w} inputs: calibrate with --calibrate X.npy")
+    paths = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise ImageError(f"--calibrate {source}: no PNG or JPEG images there")
+    return [load_image(p, h) for p in paths], f"{len(paths)} images in {source}"
+
+
+def class_labels(args, classes: int, model_labels: list[str] | None) -> list[str] | None:
+    """Class names: ``--labels FILE`` (one per line), else the model's own (its metadata),
+    else None (ImageNet's for a 1000-class output, class numbers otherwise)."""
+    if not getattr(args, "labels", None):
+        return model_labels
+    try:
+        names = Path(args.labels).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageError(f"--labels {args.labels}: not a readable text file "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    while names and not names[-1].strip():
+        names.pop()
+    if len(names) != classes:
+        raise ImageError(f"--labels {args.labels} names {len(names)} classes (one per line), "
+                         f"but the model has {classes} outputs")
+    return names
 
 
 def network(args):
@@ -117,8 +162,7 @@ def network(args):
 
 
 def quantize(args, net, weights, size: int):
-    images = calibration_images(args, size)
-    how = args.calibrate or f"{len(images)} random images"
+    images, how = calibration_images(args, size)
     with progress(args).step(f"quantizing {net.name}: calibrating on {how}"):
         return quantize_network(net, weights, images)
 
@@ -193,26 +237,27 @@ def _run(args, want_check: bool):
     return net, weights, label, ident, result
 
 
-def load_batch(path: str, h: int, w: int) -> np.ndarray:
-    """A float (N, 3, h, w) batch from an .npy file, N >= 1, every value finite."""
+def load_batch(path: str, h: int, w: int, option: str = "--input") -> np.ndarray:
+    """A float (N, 3, h, w) batch from an .npy file, N >= 1, every value finite; errors
+    name it as ``option``."""
     try:
         batch = np.load(path)
     except (OSError, ValueError) as exc:
-        raise ImageError(f"--input {path}: not a readable .npy file: {exc}") from None
+        raise ImageError(f"{option} {path}: not a readable .npy file: {exc}") from None
     if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
-        raise ImageError(f"--input {path}: expected a float32 batch (N, 3, {h}, {w}) "
+        raise ImageError(f"{option} {path}: expected a float32 batch (N, 3, {h}, {w}) "
                          f"for this model, got {batch.shape}")
     if batch.shape[0] == 0:
-        raise ImageError(f"--input {path}: the batch is empty (shape {batch.shape}); it needs "
+        raise ImageError(f"{option} {path}: the batch is empty (shape {batch.shape}); it needs "
                          "at least one input")
     if not np.issubdtype(batch.dtype, np.floating):
-        raise ImageError(f"--input {path}: the batch is {batch.dtype}, expected float32 "
+        raise ImageError(f"{option} {path}: the batch is {batch.dtype}, expected float32 "
                          "values already normalized as the model expects (integers would be "
                          "taken as such without any scaling)")
     bad = ~np.isfinite(batch)
     if bad.any():
         nan = int(np.isnan(batch).sum())
-        raise ImageError(f"--input {path}: {int(bad.sum())} of {batch.size} values are not "
+        raise ImageError(f"{option} {path}: {int(bad.sum())} of {batch.size} values are not "
                          f"finite ({nan} NaN, {int(bad.sum()) - nan} infinite), in input"
                          f"{'s' if bad.any(axis=(1, 2, 3)).sum() > 1 else ''} "
                          f"{', '.join(map(str, np.flatnonzero(bad.any(axis=(1, 2, 3)))[:5]))}")
@@ -227,6 +272,7 @@ def cmd_infer_onnx(args) -> int:
     imported = load_model(args.model)
     h, w = imported.input_size
     check_size(args, imported.net, (h, w))
+    names = class_labels(args, imported.num_classes, imported.labels)
     if args.input:
         batch = load_batch(args.input, h, w)
         images = [b.transpose(1, 2, 0).astype(np.float32) for b in batch]
@@ -240,13 +286,13 @@ def cmd_infer_onnx(args) -> int:
             images, labels = random_images(1, h, seed=3), ["a random input (seed 3)"]
     if imported.quantized:
         qnet = imported.qnet
-        how = "the model's own QDQ quantization"
+        how = f"the model's own {imported.qformat} quantization"
     else:
-        calibration = calibration_images(args, h)
-        with progress(args).step(f"quantizing {args.model}"):
+        calibration, source = calibration_images(
+            args, (h, w), required=f"{args.model} is a float model")
+        with progress(args).step(f"quantizing {args.model}: calibrating on {source}"):
             qnet = imported.quantize(calibration)
-        how = ("post-training quantization on " + (args.calibrate or
-                                                   f"{args.calib} random images"))
+        how = f"post-training quantization on {source}"
     with device(args) as acc:
         with progress(args).bar(len(qnet.net.layers), f"{len(images)} input"
                                 f"{'s' if len(images) > 1 else ''}", "layer") as bar:
@@ -257,9 +303,11 @@ def cmd_infer_onnx(args) -> int:
     results = []
     for label, out in zip(labels, outs, strict=True):
         logits = qnet.dequantize_output(out)
-        results.append({"input": label, "logits": logits.tolist(), "top5": top5(logits)})
+        results.append({"input": label, "logits": logits.tolist(),
+                        "top5": top5(logits, names)})
     layers = [r.as_dict() for r in records]
     out = {"model": args.model, "quantization": how, "input_size": [h, w],
+           "classes": imported.num_classes,
            "inputs": results, "layers": layers,
            "top5": results[0]["top5"], "logits": results[0]["logits"]}
     if args.check:
@@ -280,18 +328,30 @@ def cmd_infer_onnx(args) -> int:
 
 
 def cmd_compare_onnx(args) -> int:
-    from sw.onnx_compare import compare
+    from sw.onnx_compare import compare, comparison_images
     from sw.onnx_import import UnsupportedModel, load_model
 
     from .runner import run_network_batch
 
     imported = load_model(args.model)
     if not imported.quantized:
-        raise UnsupportedModel(f"{args.model} is a float model: compare-onnx needs a QDQ "
-                               "model (onnxruntime.quantization.quantize_static)")
+        raise UnsupportedModel(f"{args.model} is a float model: compare-onnx needs a QDQ or "
+                               "QOperator model (onnxruntime.quantization.quantize_static)")
     check_size(args, imported.net, imported.input_size)
+    h, w = imported.input_size
+    if args.input:
+        batch = load_batch(args.input, h, w)
+        if args.inputs is not None and args.inputs > len(batch):
+            raise ImageError(f"--inputs {args.inputs}: {args.input} holds only {len(batch)} "
+                             "inputs")
+        batch = batch[:args.inputs]
+        images = [b.transpose(1, 2, 0).astype(np.float32) for b in batch]
+        source = f"{len(images)} inputs from {args.input}"
+    else:
+        images = comparison_images(imported, args.inputs or 100, seed=11)
+        source = f"{len(images)} random {h}x{w} inputs"
     with device(args) as acc:
-        with progress(args).bar(args.inputs, "compared", "input") as bar:
+        with progress(args).bar(len(images), "compared", "input") as bar:
             counted = [0]
 
             def batch_done(done, total):
@@ -303,11 +363,12 @@ def cmd_compare_onnx(args) -> int:
                 run_fires=lambda name, layer, xs: [r.output
                                                    for r in acc.run_fire_batch(layer, xs)],
                 run_network=lambda qnet, xs: run_network_batch(acc, qnet, xs)[0],
-                inputs=args.inputs, on_batch=batch_done)
+                images=images, on_batch=batch_done)
+    result["source"] = source
     conf = result["top1_agreement_confident"]
+    kernels = result["ort_kernels_vs_reference"]
     text = "\n".join([
-        f"{args.model} on {result['inputs']} random {result['input_size'][0]}x"
-        f"{result['input_size'][1]} inputs, against onnxruntime:",
+        f"{args.model} ({imported.qformat}) on {source}, against onnxruntime:",
         f"Fire outputs (fed onnxruntime's inputs): at most {result['fire_max_lsb']} LSB off, "
         f"{result['fire_identical_fraction'] * 100:.2f}% of {result['fire_values']:,} values "
         "identical",
@@ -315,6 +376,14 @@ def cmd_compare_onnx(args) -> int:
         f"top-1 agreement {result['top1_agreement'] * 100:.1f}% overall; "
         + (f"{conf * 100:.1f}% of the {result['confident_inputs']} inputs whose top-1 leads by "
            "more than 2 LSB" if conf is not None else "no input leads by more than 2 LSB"),
+        "onnxruntime's integer kernels against its own QDQ reference (every optimization "
+        "off), on the same inputs: " + (
+            f"logits SQNR {kernels['logits_sqnr_db']:.2f} dB, top-1 agreement "
+            f"{kernels['top1_agreement'] * 100:.1f}%, Fire outputs (end to end) at most "
+            f"{kernels['fire_max_lsb']} LSB apart; this project against that reference: "
+            f"{kernels['ours_logits_sqnr_db']:.2f} dB, "
+            f"{kernels['ours_top1_agreement'] * 100:.1f}%" if kernels is not None
+            else "none (a QOperator model has no QDQ reference)"),
     ])
     emit(args, result, text)
     return 0
@@ -327,8 +396,9 @@ def cmd_infer(args) -> int:
         if args.input and args.image:
             raise ImageError("give --image or --input, not both")
         return cmd_infer_onnx(args)
+    names = class_labels(args, get_arch(args.arch).num_classes, None)
     net, weights, label, ident, result = _run(args, args.check)
-    best = top5(result.logits)
+    best = top5(result.logits, names)
     layers = [r.as_dict() for r in result.layers]
     compute, cycles, clock = result.compute_cycles, result.device_cycles, ident.clock_hz
     out = {"arch": net.name, "weights": weights.source, "input": label,
@@ -452,9 +522,14 @@ def parser() -> argparse.ArgumentParser:
             continue
         if name == "compare-onnx":
             s.add_argument("--model", metavar="MODEL.onnx", required=True,
-                           help="a QDQ model from onnxruntime.quantization.quantize_static")
-            s.add_argument("--inputs", type=at_least(1), default=100, metavar="N",
-                           help="random inputs for the comparison, at least 1 (default: 100)")
+                           help="a QDQ or QOperator model from "
+                                "onnxruntime.quantization.quantize_static")
+            s.add_argument("--inputs", type=at_least(1), metavar="N",
+                           help="inputs for the comparison, at least 1 (default: 100 random "
+                                "ones; with --input, the first N of the batch)")
+            s.add_argument("--input", metavar="X.npy",
+                           help="compare on this float batch (N, 3, H, W), N >= 1, finite, "
+                                "normalized as the model expects, instead of random inputs")
             continue
         s.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS),
                        help="network (default: squeezenet1_1)")
@@ -465,9 +540,13 @@ def parser() -> argparse.ArgumentParser:
                        help="input height and width (default: 224; with --model, the "
                             f"model's own); {size_ranges(DEFAULT_BOARD)}")
         s.add_argument("--calib", type=at_least(1), default=8, metavar="N",
-                       help="random calibration images, at least 1 (default: 8)")
-        s.add_argument("--calibrate", metavar="DIR",
-                       help="calibrate on the PNG/JPEG images in DIR instead")
+                       help="random calibration images, at least 1 (default: 8; with "
+                            "--model, only with --calibrate random)")
+        s.add_argument("--calibrate", metavar="DIR|X.npy|random",
+                       help="calibrate on the PNG/JPEG images in DIR (an image already at "
+                            "the input size is not resized), on a float (N, 3, H, W) .npy "
+                            "batch, or on --calib random images (a float --model needs one "
+                            "of these; random warns)")
         s.add_argument("--check", action="store_true",
                        help="compare every device layer with the golden model")
         if name == "run-fire":
@@ -483,6 +562,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--input", metavar="X.npy",
                            help="an already-normalized float batch (N, 3, H, W), N >= 1, "
                                 "finite, instead of an image (with --model)")
+            s.add_argument("--labels", metavar="FILE",
+                           help="class names, one per line, as many as the model's outputs "
+                                "(default: the model's metadata 'labels'; ImageNet's for "
+                                "1000 classes; class numbers otherwise)")
     return ap
 
 

@@ -29,7 +29,7 @@ from spec.params import EngineParams, ParamError, parse_overrides
 from sw import model
 from sw.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from sw.network import ARCHS
-from sw.onnx_export import export_float
+from sw.onnx_export import export_float, quantize_qdq
 from sw.weights import random_init, save_npz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +184,29 @@ def test_bad_npy_batches_are_refused_before_anything_runs(float_model, tmp_path,
     np.save(tmp_path / "x.npy", batch)
     refused(driver.main, ["infer", "--model", float_model, "--input", str(tmp_path / "x.npy")],
             capsys, f"--input {tmp_path / 'x.npy'}", *words)
+
+
+def test_calibrate_with_a_quantized_model_is_refused(float_model, tmp_path, capsys,
+                                                      nothing_starts):
+    """--calibrate cannot change a quantized model's scales: refused, not silently ignored."""
+    from sw.images import random_images
+
+    qdq = tmp_path / "q.onnx"
+    quantize_qdq(float_model, str(qdq), [im.transpose(2, 0, 1)
+                                         for im in random_images(2, 64, seed=1)])
+    refused(driver.main, ["infer", "--model", str(qdq), "--calibrate", "random"], capsys,
+            "--calibrate random:", "is already quantized (QDQ)", "drop --calibrate")
+
+
+def test_trained_weights_without_calibration_data_are_refused(tmp_path, capsys,
+                                                              nothing_starts):
+    """--weights without --calibrate would be calibrated on random images: an error that
+    says how to give data (or --calibrate random, explicitly)."""
+    net = ARCHS["squeezenet1_1"]
+    save_npz(tmp_path / "w.npz", random_init(net))
+    refused(driver.main, ["infer", "--weights", str(tmp_path / "w.npz"), "--size", "64"],
+            capsys, f"--weights {tmp_path / 'w.npz'} are trained weights",
+            "needs calibration data", "--calibrate random")
 
 
 # -------------------------------------------------------------------------------- --model

@@ -10,8 +10,9 @@
     python -m sw.driver compare-onnx --model M_qdq.onnx [--inputs 100] [--input X.npy]
                                      [device options]
 
-network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass] [--weights F]
-                 [--size 224] [--calib 8 | --calibrate DIR|X.npy|random] [--check]
+network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass]
+                 [--weights F --calibrate DIR|X.npy|random]
+                 [--size 224] [--calib 8] [--check]
 device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
@@ -162,7 +163,10 @@ def network(args):
 
 
 def quantize(args, net, weights, size: int):
-    images, how = calibration_images(args, size)
+    # random calibration suits random weights; trained ones want their own data, or an
+    # explicit --calibrate random
+    required = f"--weights {args.weights} are trained weights" if args.weights else ""
+    images, how = calibration_images(args, size, required=required)
     with progress(args).step(f"quantizing {net.name}: calibrating on {how}"):
         return quantize_network(net, weights, images)
 
@@ -270,6 +274,9 @@ def cmd_infer_onnx(args) -> int:
     from .runner import run_network_batch
 
     imported = load_model(args.model)
+    if imported.quantized and args.calibrate is not None:
+        raise ImageError(f"--calibrate {args.calibrate}: {args.model} is already quantized "
+                         f"({imported.qformat}) and runs with its own scales; drop --calibrate")
     h, w = imported.input_size
     check_size(args, imported.net, (h, w))
     names = class_labels(args, imported.num_classes, imported.labels)
@@ -541,12 +548,13 @@ def parser() -> argparse.ArgumentParser:
                             f"model's own); {size_ranges(DEFAULT_BOARD)}")
         s.add_argument("--calib", type=at_least(1), default=8, metavar="N",
                        help="random calibration images, at least 1 (default: 8; with "
-                            "--model, only with --calibrate random)")
+                            "--model or --weights, only with --calibrate random)")
         s.add_argument("--calibrate", metavar="DIR|X.npy|random",
                        help="calibrate on the PNG/JPEG images in DIR (an image already at "
                             "the input size is not resized), on a float (N, 3, H, W) .npy "
-                            "batch, or on --calib random images (a float --model needs one "
-                            "of these; random warns)")
+                            "batch, or on --calib random images (a float --model and "
+                            "--weights need one of these; random warns; without --weights "
+                            "the random-init network is calibrated on random images)")
         s.add_argument("--check", action="store_true",
                        help="compare every device layer with the golden model")
         if name == "run-fire":

@@ -5,6 +5,7 @@ or a quantization is started. Plus the command lines' progress, option names and
 import contextlib
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -344,14 +345,20 @@ def _interruptible():
 def test_build_sigint_in_a_real_process_leaves_no_traceback(tmp_path):
     with subprocess.Popen([sys.executable, "-m", "hw.build", "--board", "arty_a7", "--out",
                            str(tmp_path)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True,
-                          preexec_fn=_interruptible) as proc:
+                          stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible,
+                          # as a user runs it: an interrupt that lands in an import leaves a
+                          # file to the garbage collector, which -W error would print
+                          env={k: v for k, v in os.environ.items()
+                               if k != "PYTHONWARNINGS"}) as proc:
         try:
             first = proc.stderr.readline()  # progress: the elaboration has begun
             assert first.startswith("elaborating"), first
             proc.send_signal(signal.SIGINT)
             rest = proc.stderr.read()
-            assert proc.wait(timeout=60) == 130
+            # 130, or killed by SIGINT (what a shell reports as 130 too): CPython 3.11 ends
+            # with SIGINT after a handled interrupt that landed in code run by exec() of a
+            # string (dataclass and namedtuple creation), its "unhandled" flag left set
+            assert proc.wait(timeout=60) in (130, -signal.SIGINT), rest
         finally:
             proc.kill()
     assert "Traceback" not in rest and rest.splitlines()[-1] == "interrupted", rest

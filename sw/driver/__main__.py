@@ -12,7 +12,7 @@
     python -m sw.driver evaluate     [--dataset mnist5k|digits] [--limit N]
                                      [--weights F --arch mnist_fire] [device options]
 
-network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass]
+network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass|mnist_fire]
                  [--weights F --calibrate DIR|X.npy|random]
                  [--size 224] [--calib 8] [--check]
 device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
@@ -21,7 +21,9 @@ With --port it talks to a board on that serial port; without it, it starts the s
 board (the board's RTL under Verilator behind a pty; built once and cached). --size must let
 the network's Fire layers fit the board's engine (its max_h x max_w; `infer --help` gives the
 range); every input is checked before anything starts. Progress goes to stderr (--quiet
-silences it); every command takes --json for its result on stdout.
+silences it); every command takes --json for its result on stdout. evaluate runs the shipped
+trained model (sw/data/mnist_fire_mnist5k.npz, from python -m sw.train) on the held-out
+digits of sw.train's split: top-1 on the device, the golden model and the float reference.
 """
 
 from __future__ import annotations

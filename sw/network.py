@@ -8,7 +8,7 @@ takes an explicit list of ``(s1x1, e1x1, e3x3)`` per Fire module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .ops import pool_output_size
 
@@ -275,7 +275,8 @@ class _Builder:
 
 
 def squeezenet(name: str, fires: list[tuple[int, int, int]], *, conv1=(96, 7, 2),
-               pool_after=(0, 3, 7), bypass=(), num_classes=1000, description="") -> Network:
+               pool_after=(0, 3, 7), bypass=(), num_classes=1000, classifier_relu=True,
+               description="") -> Network:
     """Build a SqueezeNet from its Fire stack.
 
     Parameters
@@ -288,6 +289,10 @@ def squeezenet(name: str, fires: list[tuple[int, int, int]], *, conv1=(96, 7, 2)
         Max pools follow conv1 (0) and the Fire modules at these 1-based positions.
     bypass
         Fire numbers (2, 3, ...) with a simple bypass.
+    classifier_relu
+        Whether conv10 has a ReLU, as torchvision's SqueezeNet does. Without it the logits
+        may be negative: a network trained from scratch then has no class whose output ReLU
+        has died for every position of an image (and so no gradient to come back with).
     """
     b = _Builder()
     b.conv1(*conv1)
@@ -299,7 +304,7 @@ def squeezenet(name: str, fires: list[tuple[int, int, int]], *, conv1=(96, 7, 2)
         cin = e1 + e3
         if i in pool_after:
             b.pool()
-    b.layers.append(Conv("conv10", "classifier.1", cin, num_classes, 1))
+    b.layers.append(Conv("conv10", "classifier.1", cin, num_classes, 1, relu=classifier_relu))
     b.layers.append(GlobalAvgPool())
     return Network(name, tuple(b.layers), num_classes, description=description)
 
@@ -334,6 +339,18 @@ ARCHS: dict[str, Network] = {
                                        description="SqueezeNet v1.0 with simple bypass "
                                                    "around fire3, 5, 7, 9 (paper Section 6)"),
 }
+
+
+#: A Fire stack for 28x28 digits (MNIST; the grey image repeated on 3 channels so that every
+#: tool here takes it unchanged): the paper's metaparameters (base_e 64, incr_e 64, pct3x3
+#: 0.5, freq 2, SR 0.125) over 4 Fire modules, a 3x3 stride-1 conv1, pools after conv1 and
+#: fire3 (Fire inputs 13x13 and 6x6), simple bypass around fire3 and fire5, 10 classes, and
+#: no ReLU after conv10 (see :func:`squeezenet`'s ``classifier_relu``).
+ARCHS["mnist_fire"] = design_space(
+    "mnist_fire", base_e=64, incr_e=64, pct3x3=0.5, freq=2, sr=0.125, modules=4,
+    bypass=(3, 5), conv1=(64, 3, 1), pool_after=(0, 2), num_classes=10, classifier_relu=False,
+    description="a 4-Fire SqueezeNet for 28x28 digits (sw.train; paper metaparameters)")
+ARCHS["mnist_fire"] = replace(ARCHS["mnist_fire"], default_input=28)
 
 
 def get_arch(name: str) -> Network:

@@ -29,7 +29,7 @@ def export_float(net: Network, weights: Weights, size: int = 224):
         counter[0] += 1
         return f"{kind}_{counter[0]}"
 
-    def conv(x, prefix, k, stride, pad, tag):
+    def conv(x, prefix, k, stride, pad, tag, relu=True):
         w = np.asarray(weights[f"{prefix}.weight"], dtype=np.float32)
         b = np.asarray(weights[f"{prefix}.bias"], dtype=np.float32)
         inits.extend([numpy_helper.from_array(w, f"{prefix}.weight"),
@@ -38,6 +38,8 @@ def export_float(net: Network, weights: Weights, size: int = 224):
         nodes.append(helper.make_node("Conv", [x, f"{prefix}.weight", f"{prefix}.bias"], [y],
                                       name=f"/{tag}/Conv", kernel_shape=[k, k],
                                       strides=[stride, stride], pads=[pad] * 4))
+        if not relu:
+            return y
         r = f"/{tag}/Relu_output_0"
         nodes.append(helper.make_node("Relu", [y], [r], name=f"/{tag}/Relu"))
         return r
@@ -46,7 +48,7 @@ def export_float(net: Network, weights: Weights, size: int = 224):
     for layer in net.layers:
         if isinstance(layer, Conv):
             tag = layer.prefix.replace(".", "/")
-            x = conv(x, layer.prefix, layer.kernel, layer.stride, layer.pad, tag)
+            x = conv(x, layer.prefix, layer.kernel, layer.stride, layer.pad, tag, layer.relu)
         elif isinstance(layer, MaxPool):
             y = f"/{layer.name}/MaxPool_output_0"
             nodes.append(helper.make_node("MaxPool", [x], [y], name=f"/{layer.name}/MaxPool",

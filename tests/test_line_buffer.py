@@ -18,6 +18,18 @@ async def until_idle(ctx, dut, limit: int = 200):
     raise AssertionError(f"the row table was not built in {limit} cycles")
 
 
+async def start(ctx, dut, rows: int, row_words: int, retain: int):
+    """Configure a map of ``rows`` x ``row_words`` words, pulse ``init`` and wait for the row
+    table."""
+    ctx.set(dut.rows, rows)
+    ctx.set(dut.row_words, row_words)
+    ctx.set(dut.retain, retain)
+    ctx.set(dut.init, 1)
+    await ctx.tick()
+    ctx.set(dut.init, 0)
+    await until_idle(ctx, dut)
+
+
 PARAMS = EngineParams(bits=8, ic_lanes=2, oc_lanes=2, max_h=7, max_w=3, max_cin=4,
                       max_squeeze=4, max_e1=4, max_e3=4, weight_depth=64, squeeze_depth=48)
 
@@ -31,13 +43,7 @@ def test_rows_land_in_their_slots(retain):
     written = {}
 
     async def bench(ctx):
-        ctx.set(dut.rows, rows)
-        ctx.set(dut.row_words, row_words)
-        ctx.set(dut.retain, retain)
-        ctx.set(dut.init, 1)
-        await ctx.tick()
-        ctx.set(dut.init, 0)
-        await until_idle(ctx, dut)
+        await start(ctx, dut, rows, row_words, retain)
         for r in range(rows):
             # write row r lane by lane
             for word in range(row_words):
@@ -91,13 +97,7 @@ def fill_rows(rows: int, row_words: int, retain: int, check):
         return (r * 11 + word * ic + lane) % 200 - 100
 
     async def bench(ctx):
-        ctx.set(dut.rows, rows)
-        ctx.set(dut.row_words, row_words)
-        ctx.set(dut.retain, retain)
-        ctx.set(dut.init, 1)
-        await ctx.tick()
-        ctx.set(dut.init, 0)
-        await until_idle(ctx, dut)
+        await start(ctx, dut, rows, row_words, retain)
 
         async def read(row):
             words = []
@@ -168,13 +168,7 @@ def sparse(params, rows, row_words, retain, words):
     result = {}
 
     async def bench(ctx):
-        ctx.set(dut.rows, rows)
-        ctx.set(dut.row_words, row_words)
-        ctx.set(dut.retain, retain)
-        ctx.set(dut.init, 1)
-        await ctx.tick()
-        ctx.set(dut.init, 0)
-        await until_idle(ctx, dut)
+        await start(ctx, dut, rows, row_words, retain)
         for n, (row, word) in enumerate(words):
             values = [(n * ic + lane) % 251 - 125 for lane in range(ic)]
             result[(row, word)] = [values]

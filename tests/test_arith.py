@@ -30,6 +30,17 @@ def requant_inputs(dut):
     return set_inputs
 
 
+def add_inputs(dut, params):
+    """Drive the bypass adder: ``(a, b, ...)`` items on its stream, ``params`` (AddParams) on
+    its parameter ports."""
+    def set_inputs(ctx, item):
+        ctx.set(dut.i.payload.a, int(item[0]))
+        ctx.set(dut.i.payload.b, int(item[1]))
+        for name in ("z_a", "z_b", "z_out", "mult_a", "mult_b", "shift"):
+            ctx.set(getattr(dut, name), getattr(params, name))
+    return set_inputs
+
+
 def run_pipeline(dut, inputs, set_inputs):
     """Feed one input per cycle into an always-ready pipeline; collect (tag, y) in order."""
     out = []
@@ -95,14 +106,7 @@ def test_bypass_adder_matches_golden(bits):
     a[:4], b[:4] = [spec.act_min, spec.act_max, spec.act_min, spec.act_max], [
         spec.act_min, spec.act_max, spec.act_max, spec.act_min]
     dut = BypassAdder(spec, tag_bits=16)
-
-    def set_inputs(ctx, item):
-        ctx.set(dut.i.payload.a, int(item[0]))
-        ctx.set(dut.i.payload.b, int(item[1]))
-        for name in ("z_a", "z_b", "z_out", "mult_a", "mult_b", "shift"):
-            ctx.set(getattr(dut, name), getattr(params, name))
-
-    out = run_pipeline(dut, list(zip(a, b, strict=True)), set_inputs)
+    out = run_pipeline(dut, list(zip(a, b, strict=True)), add_inputs(dut, params))
     assert [t for t, _ in out] == list(range(200))
     want = ops.add(a, b, params, spec)
     np.testing.assert_array_equal([y for _, y in out], want)
@@ -209,14 +213,7 @@ def test_bypass_adder_rounds_exact_ties_half_up(mult_a, mult_b, shift):
     b = np.array([b for _, b, _ in items])
     np.testing.assert_array_equal(ops.add(a, b, params, spec), want)  # the golden model
     dut = BypassAdder(spec, tag_bits=16)
-
-    def set_inputs(ctx, item):
-        ctx.set(dut.i.payload.a, int(item[0]))
-        ctx.set(dut.i.payload.b, int(item[1]))
-        for name in ("z_a", "z_b", "z_out", "mult_a", "mult_b", "shift"):
-            ctx.set(getattr(dut, name), getattr(params, name))
-
-    out = run_pipeline(dut, items, set_inputs)
+    out = run_pipeline(dut, items, add_inputs(dut, params))
     assert [t for t, _ in out] == list(range(len(items)))
     np.testing.assert_array_equal([y for _, y in out], want)
 

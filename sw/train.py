@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from spec.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float, seconds
+from spec.quant import INT8, QuantSpec
 
 from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network, get_arch
 from .quantize import QuantizedNetwork, quantize_network
-from .weights import Weights, random_init, save_npz
+from .weights import Weights, load, random_init, save_npz
 
 #: MNIST's pixel mean and standard deviation (of values scaled to 0..1).
 MEAN, STD = 0.1307, 0.3081
@@ -41,6 +42,8 @@ SIDE = 28
 DATASETS = ("mnist5k", "digits")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is fixed, whatever --seed trains with
+#: The widths ``--bits-table`` measures unless told (the engine takes 2 to 16 bits).
+TABLE_BITS = (4, 6, 8, 12, 16)
 #: The trained model shipped with the package: ``python -m sw.train --dataset mnist5k``'s
 #: ``build/train/mnist_fire_mnist5k.npz`` (README, "Training").
 SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "mnist_fire_mnist5k.npz"
@@ -263,16 +266,43 @@ def float_logits(net: Network, weights: Weights, inputs: np.ndarray,
 
 
 def int8_logits(qnet: QuantizedNetwork, inputs: np.ndarray) -> np.ndarray:
-    """The golden integer model's dequantized outputs (N, classes)."""
+    """The golden integer model's dequantized outputs (N, classes), at ``qnet``'s width."""
     return np.array([qnet.logits(x) for x in inputs])
 
 
 def model_bytes(net: Network) -> dict[str, int]:
     """Float32 bytes, and int8 bytes (8-bit weights, 32-bit biases) of the parameters."""
+    return {"float32": 4 * net.params, "int8": quantized_bytes(net, INT8)}
+
+
+def quantized_bytes(net: Network, spec: QuantSpec) -> int:
+    """Bytes of the parameters at ``spec``'s width: ``bits``-bit weights packed, biases of
+    ``bias_bits`` each (as the engine loads them)."""
     shapes = net.param_shapes
     weights = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".weight"))
     biases = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".bias"))
-    return {"float32": 4 * (weights + biases), "int8": weights + 4 * biases}
+    return -(-weights * spec.bits // 8) + biases * spec.bias_bits // 8
+
+
+def width_table(net: Network, weights: Weights, data: Dataset, calib: np.ndarray,
+                test_idx: np.ndarray, widths, f_pred: np.ndarray,
+                progress: Progress | None = None) -> list[dict]:
+    """Test accuracy of ``weights`` quantized (PTQ, calibrated on the images ``calib``) to
+    each of ``widths`` bits, through the golden model; ``f_pred`` the float top-1."""
+    progress = progress or Progress(quiet=True)
+    test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
+    images = list(data.inputs(calib))
+    rows = []
+    for bits in widths:
+        spec = QuantSpec(bits)
+        with progress.step(f"{bits} bits: calibrating on {len(calib)} training images, then "
+                           f"the golden model on {len(test_idx)} test images"):
+            pred = int8_logits(quantize_network(net, weights, images, spec),
+                               test_x).argmax(axis=1)
+        rows.append({"bits": bits, "accuracy": float(np.mean(pred == test_y)),
+                     "float_agreement": float(np.mean(pred == f_pred)),
+                     "model_bytes": quantized_bytes(net, spec)})
+    return rows
 
 
 def calibration_indices(data: Dataset, train_idx: np.ndarray, count: int) -> np.ndarray:
@@ -287,8 +317,13 @@ def run(args) -> dict:
     if net.num_classes != 10:
         raise TrainError(f"--arch {args.arch} has {net.num_classes} outputs; the digits have "
                          "10 classes")
+    if args.weights and not args.bits_table:
+        raise TrainError(f"--weights {args.weights} goes with --bits-table (training starts "
+                         "from a random initialization)")
     progress = Progress(quiet=args.quiet)
     started = time.perf_counter()
+    # a bad --weights file is refused before the data are loaded
+    trained = load(args.weights or str(SHIPPED_MODEL), net) if args.bits_table else None
     data = load_dataset(args.dataset)
     train_idx = data.train
     if args.train_limit is not None:
@@ -296,6 +331,8 @@ def run(args) -> dict:
     test_idx = data.test
     if args.test_limit is not None:
         test_idx = stratified_subset(test_idx, data.labels, args.test_limit)
+    if args.bits_table:
+        return run_bits_table(args, net, trained, data, train_idx, test_idx, progress, started)
     result = train(net, data, train_idx, epochs=args.epochs, batch=args.batch, lr=args.lr,
                    seed=args.seed, threads=args.threads, augment=not args.no_augment,
                    max_steps=args.max_steps, progress=progress)
@@ -319,21 +356,59 @@ def run(args) -> dict:
         q_pred = int8_logits(qnet, test_x).argmax(axis=1)
     f_acc, q_acc = float(np.mean(f_pred == test_y)), float(np.mean(q_pred == test_y))
     sizes = model_bytes(net)
-    return {"arch": net.name, "dataset": data.name, "seed": args.seed, "epochs": args.epochs,
-            "steps": result.steps, "final_loss": result.final_loss,
-            "train_images": len(train_idx), "test_images": len(test_idx),
-            "calibration_images": len(calib), "augment": not args.no_augment,
-            "threads": args.threads,
-            "float_accuracy": f_acc, "int8_accuracy": q_acc,
-            "int8_float_agreement": float(np.mean(f_pred == q_pred)),
-            "params": net.params, "float32_bytes": sizes["float32"],
-            "int8_bytes": sizes["int8"], "npz_bytes": npz.stat().st_size,
-            "weights": str(npz), "onnx": str(onnx_path),
-            "train_seconds": result.seconds,
+    report = {"arch": net.name, "dataset": data.name, "seed": args.seed,
+              "epochs": args.epochs, "steps": result.steps, "final_loss": result.final_loss,
+              "train_images": len(train_idx), "test_images": len(test_idx),
+              "calibration_images": len(calib), "augment": not args.no_augment,
+              "threads": args.threads,
+              "float_accuracy": f_acc, "int8_accuracy": q_acc,
+              "int8_float_agreement": float(np.mean(f_pred == q_pred)),
+              "params": net.params, "float32_bytes": sizes["float32"],
+              "int8_bytes": sizes["int8"], "npz_bytes": npz.stat().st_size,
+              "weights": str(npz), "onnx": str(onnx_path),
+              "train_seconds": result.seconds}
+    if args.bits:
+        report["widths"] = width_table(net, weights, data, calib, test_idx, args.bits, f_pred,
+                                       progress)
+    report["total_seconds"] = time.perf_counter() - started
+    return report
+
+
+def run_bits_table(args, net, weights, data, train_idx, test_idx, progress, started) -> dict:
+    """``--bits-table``: a trained model's test accuracy at each width, no training."""
+    widths = args.bits or TABLE_BITS
+    test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
+    f_pred = float_logits(net, weights, test_x, args.threads).argmax(axis=1)
+    calib = calibration_indices(data, train_idx, args.calib)
+    rows = width_table(net, weights, data, calib, test_idx, widths, f_pred, progress)
+    return {"arch": net.name, "dataset": data.name, "weights": weights.source,
+            "test_images": len(test_idx), "calibration_images": len(calib),
+            "float_accuracy": float(np.mean(f_pred == test_y)),
+            "float32_bytes": 4 * net.params, "widths": rows,
             "total_seconds": time.perf_counter() - started}
 
 
+def format_widths(r: dict) -> list[str]:
+    lines = [f"{'bits':>4} {'accuracy':>9} {'agreement with float':>21} {'model bytes':>12}"]
+    lines += [f"{w['bits']:>4} {w['accuracy'] * 100:>8.2f}% {w['float_agreement'] * 100:>20.2f}% "
+              f"{w['model_bytes']:>12,}" for w in r["widths"]]
+    return lines
+
+
+def format_bits_table(r: dict) -> str:
+    return "\n".join([
+        f"{r['arch']} ({r['weights']}) on {r['test_images']} held-out {r['dataset']} images: "
+        f"float {r['float_accuracy'] * 100:.2f}% ({r['float32_bytes']:,} bytes); post-training "
+        f"quantization at each width (calibrated on {r['calibration_images']} training "
+        "images), through the golden model:",
+        *format_widths(r),
+        f"total {seconds(r['total_seconds'])}",
+    ])
+
+
 def format_result(r: dict) -> str:
+    if "steps" not in r:
+        return format_bits_table(r)
     return "\n".join([
         f"{r['arch']} trained on {r['dataset']}: {r['train_images']} training images, "
         f"{r['epochs']} epochs ({r['steps']} steps, seed {r['seed']}"
@@ -344,9 +419,27 @@ def format_result(r: dict) -> str:
         f"{r['int8_float_agreement'] * 100:.2f}%)",
         f"{r['params']:,} parameters: {r['float32_bytes']:,} bytes float32, "
         f"{r['int8_bytes']:,} bytes int8",
+        *(["golden model at other widths:", *format_widths(r)] if "widths" in r else []),
         f"wrote {r['weights']} ({r['npz_bytes']:,} bytes) and {r['onnx']}",
         f"total {seconds(r['total_seconds'])}",
     ])
+
+
+def widths_list(text: str) -> list[int]:
+    """``--bits``: comma-separated widths the engine takes (2 to 16), in the order given."""
+    widths = []
+    for item in text.split(","):
+        try:
+            bits = int(item.strip())
+            QuantSpec(bits)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not a width from 2 to 16 bits (e.g. 4,6,8,12,16)") \
+                from None
+        if bits in widths:
+            raise argparse.ArgumentTypeError(f"{bits} is given twice")
+        widths.append(bits)
+    return widths
 
 
 def parser() -> argparse.ArgumentParser:
@@ -379,6 +472,18 @@ def parser() -> argparse.ArgumentParser:
                    help="measure on N of the test images (stratified), not all")
     p.add_argument("--calib", type=at_least(1), default=200, metavar="N",
                    help="training images to calibrate the int8 model on (default: 200)")
+    p.add_argument("--bits-table", action="store_true",
+                   help="train nothing: the test accuracy of a trained model (--weights, "
+                        "default the shipped sw/data/mnist_fire_mnist5k.npz) quantized to "
+                        "each of --bits widths, through the golden model")
+    p.add_argument("--bits", type=widths_list, metavar="LIST",
+                   help="comma-separated widths, each 2 to 16 (the engine's): with "
+                        "--bits-table the widths to tabulate (default: "
+                        f"{','.join(map(str, TABLE_BITS))}); when training, also measure "
+                        "the trained model at these widths")
+    p.add_argument("--weights", metavar="FILE.npz",
+                   help="the trained weights --bits-table measures (default: the shipped "
+                        "model)")
     p.add_argument("--out", default="build/train", metavar="DIR",
                    help="where the .npz and .onnx go (default: build/train)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

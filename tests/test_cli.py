@@ -482,10 +482,28 @@ class FakeAccelerator:
         raise KeyboardInterrupt
 
 
+STARTED = []  # (board, engine parameters) of every fake start
+
+
 @contextlib.contextmanager
-def fake_simulated_accelerator(board, **kw):
+def fake_simulated_accelerator(board, params=None, **kw):
     """Stands in for sim.board.simulated_accelerator: no board is built or started."""
+    STARTED.append((board, params))
     yield FakeAccelerator()
+
+
+def test_param_builds_the_simulated_board_with_that_engine(monkeypatch, capsys):
+    monkeypatch.setattr(sim.board, "simulated_accelerator", fake_simulated_accelerator)
+    built = []
+    monkeypatch.setattr(sim.board, "harness_built", lambda *a: built.append(a) or True)
+    STARTED.clear()
+    code, _, err = run(driver.main, ["info", "--param", "bits=16", "--param", "oc_lanes=3"],
+                       capsys)
+    assert code == 130
+    engine = get_board("arty_a7").engine.replace(bits=16, oc_lanes=3)
+    assert STARTED == [("arty_a7", engine)] and built[0][0] == engine
+    assert err.splitlines()[0] == ("no --port: starting the simulated arty_a7 board, bits=16, "
+                                   "oc_lanes=3")
 
 
 @pytest.mark.parametrize("built", [True, False])

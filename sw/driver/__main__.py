@@ -15,15 +15,18 @@
 network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass|mnist_fire]
                  [--weights F --calibrate DIR|X.npy|random]
                  [--size 224] [--calib 8] [--check]
-device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
+device options:  [--port PORT] [--baud N] [--board arty_a7] [--param NAME=VALUE ...]
+                 [--params FILE.toml] [--timeout 10] [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
-board (the board's RTL under Verilator behind a pty; built once and cached). --size must let
-the network's Fire layers fit the board's engine (its max_h x max_w; `infer --help` gives the
-range); every input is checked before anything starts. Progress goes to stderr (--quiet
-silences it); every command takes --json for its result on stdout. evaluate runs the shipped
-trained model (sw/data/mnist_fire_mnist5k.npz, from python -m sw.train) on the held-out
-digits of sw.train's split: top-1 on the device, the golden model and the float reference.
+board (the board's RTL under Verilator behind a pty; built once and cached per engine:
+--param bits=16 builds a 16-bit one). The network is quantized at the width the device's
+engine reports. --size must let the network's Fire layers fit the board's engine (its max_h x
+max_w; `infer --help` gives the range); every input is checked before anything starts.
+Progress goes to stderr (--quiet silences it); every command takes --json for its result on
+stdout. evaluate runs the shipped trained model (sw/data/mnist_fire_mnist5k.npz, from
+python -m sw.train) on the held-out digits of sw.train's split: top-1 on the device, the
+golden model and the float reference.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
-from spec.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float
+from spec.cli import ArgumentParser, Progress, add_quiet, at_least, positive_float, seconds
+from spec.params import EngineParams, parse_overrides
+from spec.quant import QuantSpec
 from sw import ops
 from sw.images import MAX_UPSCALE, ImageError, load_image, random_images
 from sw.model import get_weights, top5
@@ -67,11 +73,14 @@ def device(args):
     from sim.board import harness_built, simulated_accelerator
 
     board = get_board(args.board)
-    building = not harness_built(board.engine, board.clock_hz, board.baud)
+    building = not harness_built(args.engine, board.clock_hz, board.baud)
+    changed = {k: v for k, v in args.engine.to_dict().items()
+               if board.engine.to_dict()[k] != v}
     note(args, f"no --port: starting the simulated {args.board} board"
+               + "".join(f", {k}={v}" for k, v in changed.items())
                + (" (this first start builds it with Verilator, a minute or two)"
                   if building else ""))
-    with simulated_accelerator(args.board, timeout=args.timeout) as acc:
+    with simulated_accelerator(args.board, args.engine, timeout=args.timeout) as acc:
         args.opened = "simulated"
         yield acc
 
@@ -94,13 +103,21 @@ def emit(args, result: dict, text: str) -> None:
     print(json.dumps(result, indent=2) if args.json else text, flush=True)
 
 
+def engine_params(args) -> EngineParams:
+    """The engine the command expects: the --board definition's, with --param/--params
+    (which build the simulated board; a board on --port reports its own)."""
+    if args.port and (args.param or args.params):
+        raise DriverError("--param and --params choose the simulated board's engine; a "
+                          f"board on --port {args.port} reports its own (drop them)")
+    return parse_overrides(get_board(args.board).engine, args.param, args.params)
+
+
 def check_size(args, net, size) -> None:
-    """Refuse an input size the network or the board's engine cannot take, before anything
-    runs (the engine's limits are the --board definition's)."""
+    """Refuse an input size the network or the engine cannot take, before anything runs
+    (the engine's limits are the --board definition's, with --param/--params)."""
     label = (f"--size {size}" if isinstance(size, int)
              else f"the model's input {size[0]}x{size[1]}")
-    net.check_input(size, get_board(args.board).engine, label=label,
-                    engine=f"the {args.board} engine")
+    net.check_input(size, args.engine, label=label, engine=f"the {args.board} engine")
 
 
 CALIBRATE_HOW = ("--calibrate DIR (PNG or JPEG images), --calibrate X.npy (a float (N, 3, "
@@ -166,13 +183,18 @@ def network(args):
     return net, get_weights(net, args.weights)
 
 
-def quantize(args, net, weights, size: int):
+def calibration(args, size: int):
     # random calibration suits random weights; trained ones want their own data, or an
     # explicit --calibrate random
     required = f"--weights {args.weights} are trained weights" if args.weights else ""
-    images, how = calibration_images(args, size, required=required)
-    with progress(args).step(f"quantizing {net.name}: calibrating on {how}"):
-        return quantize_network(net, weights, images)
+    return calibration_images(args, size, required=required)
+
+
+def quantize(args, net, images, how, weights, spec: QuantSpec):
+    """Post-training quantization at the device's width (``spec``: what it reports)."""
+    with progress(args).step(f"quantizing {net.name} to {spec.bits} bits: calibrating on "
+                             f"{how}"):
+        return quantize_network(net, weights, images, spec)
 
 
 # ------------------------------------------------------------------------------- commands
@@ -204,13 +226,14 @@ def cmd_run_fire(args) -> int:
     if args.layer not in [f.name for f in net.fires]:
         raise DriverError(f"{args.arch} has no Fire layer {args.layer!r}; choose from "
                           f"{', '.join(f.name for f in net.fires)}")
-    qnet = quantize(args, net, weights, args.size)
-    inputs = {}
-    qnet.forward(qnet.quantize_input(random_images(1, args.size, seed=3)[0]),
-                 on_layer=lambda name, x, y: inputs.__setitem__(name, x))
-    x = inputs[args.layer]
-    qlayer = qnet.layers[args.layer]
+    images, how = calibration(args, args.size)
     with device(args) as acc:
+        qnet = quantize(args, net, images, how, weights, acc.params.spec)
+        inputs = {}
+        qnet.forward(qnet.quantize_input(random_images(1, args.size, seed=3)[0]),
+                     on_layer=lambda name, x, y: inputs.__setitem__(name, x))
+        x = inputs[args.layer]
+        qlayer = qnet.layers[args.layer]
         r = acc.run_fire(qlayer, x)
         clock = acc.identity.clock_hz
     match = bool(np.array_equal(r.output, ops.fire(x, qlayer, qnet.spec))) if args.check \
@@ -236,9 +259,10 @@ def _run(args, want_check: bool):
         image, label = load_image(args.image, args.size), args.image
     else:
         image, label = random_images(1, args.size, seed=3)[0], "a random input (seed 3)"
-    qnet = quantize(args, net, weights, args.size)
+    images, how = calibration(args, args.size)
     with device(args) as acc:
         ident = acc.identity
+        qnet = quantize(args, net, images, how, weights, ident.params.spec)
         with progress(args).bar(len(net.layers), net.name, "layer") as bar:
             result = run_network(acc, qnet, image, check=want_check,
                                  on_layer=lambda rec: bar.update(rec.name))
@@ -342,7 +366,7 @@ def cmd_compare_onnx(args) -> int:
     from sw.onnx_compare import compare, comparison_images
     from sw.onnx_import import UnsupportedModel, load_model
 
-    from .runner import run_network_batch
+    from .runner import check_width, run_network_batch
 
     imported = load_model(args.model)
     if not imported.quantized:
@@ -362,6 +386,7 @@ def cmd_compare_onnx(args) -> int:
         images = comparison_images(imported, args.inputs or 100, seed=11)
         source = f"{len(images)} random {h}x{w} inputs"
     with device(args) as acc:
+        check_width(acc, imported.qnet)
         with progress(args).bar(len(images), "compared", "input") as bar:
             counted = [0]
 
@@ -506,17 +531,19 @@ def cmd_evaluate(args) -> int:
     test = data.test if args.limit is None else train.stratified_subset(
         data.test, data.labels, args.limit)
     calib = train.calibration_indices(data, data.train, args.calib)
-    with progress(args).step(f"quantizing {net.name}: calibrating on {len(calib)} "
-                             f"{data.name} training images"):
-        qnet = quantize_network(net, weights, list(data.inputs(calib)))
     inputs, labels = data.inputs(test), data.labels[test]
-    with progress(args).step(f"golden model and float reference on {len(test)} test images"):
-        golden = [qnet.forward(qnet.quantize_input(x)) for x in inputs]
-        floats = np.array([reference.forward(net, weights, x) for x in inputs])
     device_out, all_layers_match = [], True
     compute = cycles = 0
     with device(args) as acc:
         clock = acc.identity.clock_hz
+        # quantized as sw.train does, at the width the device's engine reports
+        qnet = quantize(args, net, list(data.inputs(calib)),
+                        f"{len(calib)} {data.name} training images", weights, acc.params.spec)
+        with progress(args).step(f"golden model and float reference on {len(test)} test "
+                                 "images"):
+            golden = [qnet.forward(qnet.quantize_input(x)) for x in inputs]
+            floats = np.array([reference.forward(net, weights, x) for x in inputs])
+        started = time.perf_counter()
         with progress(args).bar(len(test), f"{net.name} on the device", "image") as bar:
             for first in range(0, len(test), args.chunk):
                 chunk = inputs[first:first + args.chunk]
@@ -527,12 +554,13 @@ def cmd_evaluate(args) -> int:
                 compute += sum(r.compute or 0 for r in records)
                 cycles += sum(r.cycles or 0 for r in records)
                 bar.update(n=len(chunk))
+        device_seconds = time.perf_counter() - started
     exact = [bool(np.array_equal(d, g)) for d, g in zip(device_out, golden, strict=True)]
     d_pred = np.array([int(np.argmax(qnet.dequantize_output(d))) for d in device_out])
     g_pred = np.array([int(np.argmax(qnet.dequantize_output(g))) for g in golden])
     f_pred = floats.argmax(axis=1)
     out = {"arch": net.name, "weights": weights.source, "dataset": data.name,
-           "images": len(test), "calibration_images": len(calib),
+           "images": len(test), "calibration_images": len(calib), "bits": qnet.spec.bits,
            "device_accuracy": float(np.mean(d_pred == labels)),
            "golden_accuracy": float(np.mean(g_pred == labels)),
            "float_accuracy": float(np.mean(f_pred == labels)),
@@ -540,16 +568,20 @@ def cmd_evaluate(args) -> int:
            "golden_float_agreement": float(np.mean(g_pred == f_pred)),
            "bit_exact_images": sum(exact), "all_bit_exact": all(exact) and all_layers_match,
            "compute_cycles": compute, "device_cycles": cycles,
-           "link_wait_cycles": cycles - compute, "clock_hz": clock}
+           "link_wait_cycles": cycles - compute, "clock_hz": clock,
+           "device_seconds": device_seconds}
     text = "\n".join([
-        f"{net.name} ({weights.source}) on {len(test)} held-out {data.name} images",
+        f"{net.name} ({weights.source}) on {len(test)} held-out {data.name} images, "
+        f"{qnet.spec.bits}-bit engine",
         f"top-1: device {out['device_accuracy'] * 100:.2f}%, golden model "
         f"{out['golden_accuracy'] * 100:.2f}%, float {out['float_accuracy'] * 100:.2f}%",
         f"agreement: device/golden {out['device_golden_agreement'] * 100:.2f}%, golden/float "
         f"{out['golden_float_agreement'] * 100:.2f}%",
         f"bit-exact device vs golden model: {sum(exact)}/{len(exact)} images"
-        + ("" if all_layers_match else "; some Fire layer differed"),
-        f"device: {cycle_summary(compute, cycles, clock)}",
+        + ("; every Fire layer of each bit-exact too" if all_layers_match
+           else "; some Fire layer differed"),
+        f"device: {cycle_summary(compute, cycles, clock)}; {seconds(device_seconds)} host "
+        "wall time on the device path (Fire layers on the device, the rest on the host)",
     ])
     emit(args, out, text)
     return 0 if out["all_bit_exact"] else 1
@@ -593,6 +625,12 @@ def parser() -> argparse.ArgumentParser:
         dev.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
                          help="seconds without an answer before a command fails, above 0 "
                               "(default: 10)")
+        dev.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="an engine parameter of the simulated board's, repeatable "
+                              "(e.g. bits=16; as python -m hw.build --param; not with --port: "
+                              "a board reports its own)")
+        dev.add_argument("--params", metavar="FILE.toml",
+                         help="the simulated board's engine parameters from a TOML file")
         dev.add_argument("--json", action="store_true", help="print machine-readable JSON")
         add_quiet(dev)
         if name == "info":
@@ -668,6 +706,7 @@ def main(argv=None) -> int:
     args.opened = None
     run, _ = COMMANDS[args.command]
     try:
+        args.engine = engine_params(args)
         return run(args)
     except (DriverError, ImageError, WeightsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from sw import ops
 from sw.quantize import QuantizedNetwork
 
 from .accelerator import Accelerator, FireResult
+from .errors import DriverError
 
 
 @dataclass
@@ -59,9 +60,19 @@ class NetworkResult:
         return sum(r.compute or 0 for r in self.layers if r.where == "device")
 
 
+def check_width(acc: Accelerator, qnet: QuantizedNetwork) -> None:
+    """Refuse a network quantized to another width than the device's engine: its values
+    would fit, but the engine clamps and rounds at its own width, not the network's."""
+    bits = acc.params.bits
+    if qnet.spec.bits != bits:
+        raise DriverError(f"the device's engine computes {bits}-bit values, but the network "
+                          f"is quantized to {qnet.spec.bits} bits")
+
+
 def run_network(acc: Accelerator, qnet: QuantizedNetwork, image: np.ndarray, *,
                 check: bool = False, on_layer=None) -> NetworkResult:
     """Infer one float HWC image; Fire layers on ``acc``. ``on_layer(record)`` after each."""
+    check_width(acc, qnet)
     records: list[LayerRecord] = []
     started = [time.perf_counter()]
 
@@ -95,6 +106,7 @@ def run_network_batch(acc: Accelerator, qnet: QuantizedNetwork, images_q: list[n
                       *, check: bool = False, on_layer=None):
     """Infer a batch of already-quantized HWC inputs layer by layer (each Fire layer's
     weights loaded once for the whole batch); returns (int outputs, per-layer records)."""
+    check_width(acc, qnet)
     xs = [np.asarray(x, dtype=np.int64) for x in images_q]
     records: list[LayerRecord] = []
     for layer in qnet.net.layers:

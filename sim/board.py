@@ -25,7 +25,9 @@ from amaranth.back import verilog
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.core import AcceleratorCore
+from hw.top import SimMemoryTop
 from spec.cli import ArgumentParser, Progress, add_quiet
+from spec.dram import DramConfig
 from spec.params import EngineParams, ParamError, parse_overrides
 
 from . import verilator
@@ -33,41 +35,57 @@ from .verilator import HARNESS, build
 
 
 @cache
-def core_verilog(params: EngineParams, clock_hz: int, baud: int) -> str:
-    return verilog.convert(AcceleratorCore(params, clock_hz=clock_hz, baud=baud),
-                           name="accelerator_core")
+def core_verilog(params: EngineParams, clock_hz: int, baud: int,
+                 memory: DramConfig | None = None) -> str:
+    """The simulated board's Verilog: the core alone, or with ``memory`` the core beside the
+    LiteDRAM controller with its PHY model (``hw.top.SimMemoryTop``), whose generated
+    Verilog follows."""
+    if memory is None:
+        return verilog.convert(AcceleratorCore(params, clock_hz=clock_hz, baud=baud),
+                               name="accelerator_core")
+    top = SimMemoryTop(params, clock_hz=clock_hz, baud=baud, memory=memory)
+    return (verilog.convert(top, name="accelerator_core") + "\n"
+            + top.generated.verilog_text())
 
 
-def _harness_args(params: EngineParams, clock_hz: int, baud: int) -> tuple:
-    return "board_tb", core_verilog(params, clock_hz, baud), [HARNESS / "board_tb.cpp"], \
-        "accelerator_core"
+def _harness_args(params: EngineParams, clock_hz: int, baud: int,
+                  memory: DramConfig | None) -> tuple:
+    return "board_tb", core_verilog(params, clock_hz, baud, memory), \
+        [HARNESS / "board_tb.cpp"], "accelerator_core"
 
 
-def harness(params: EngineParams, clock_hz: int, baud: int) -> Path:
-    return build(*_harness_args(params, clock_hz, baud))
+def harness(params: EngineParams, clock_hz: int, baud: int,
+            memory: DramConfig | None = None) -> Path:
+    return build(*_harness_args(params, clock_hz, baud, memory))
 
 
-def harness_built(params: EngineParams, clock_hz: int, baud: int) -> bool:
+def harness_built(params: EngineParams, clock_hz: int, baud: int,
+                  memory: DramConfig | None = None) -> bool:
     """Whether the simulated board for these parameters is compiled already, so that a start
     takes seconds rather than a Verilator build of a minute or two (the core is elaborated
     to tell, a few seconds, which a start then reuses)."""
-    return verilator.executable(*_harness_args(params, clock_hz, baud)).exists()
+    return verilator.executable(*_harness_args(params, clock_hz, baud, memory)).exists()
 
 
 class SimulatedBoard:
     """A running simulated board; ``port`` is its serial device. Use as a context manager."""
 
-    def __init__(self, board: str = DEFAULT_BOARD, params: EngineParams | None = None):
+    def __init__(self, board: str = DEFAULT_BOARD, params: EngineParams | None = None, *,
+                 memory: bool = True):
         b = get_board(board)
         self.board = b
         self.params = params or b.engine
+        #: the board's external memory (with LiteDRAM's PHY model), or None: ``memory=False``
+        #: simulates the board as if it had none (a smaller, quicker model for the tests of
+        #: streaming alone)
+        self.memory = b.dram if memory else None
         self.clock_hz = b.clock_hz
         self.baud = b.baud
         self._proc: subprocess.Popen | None = None
         self.port: str | None = None
 
     def start(self, timeout: float = 600.0) -> SimulatedBoard:
-        exe = harness(self.params, self.clock_hz, self.baud)
+        exe = harness(self.params, self.clock_hz, self.baud, self.memory)
         self._proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
@@ -135,7 +153,7 @@ def main(argv=None) -> int:
     progress = Progress(quiet=args.quiet)
     running = False
     try:
-        if not harness_built(params, board.clock_hz, board.baud):
+        if not harness_built(params, board.clock_hz, board.baud, board.dram):
             progress.note("building the simulated board with Verilator (a minute or two; "
                           "cached for the next start)...")
         with SimulatedBoard(args.board, params) as sim:

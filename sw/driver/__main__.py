@@ -67,7 +67,7 @@ def device(args):
     from sim.board import harness_built, simulated_accelerator
 
     board = get_board(args.board)
-    building = not harness_built(board.engine, board.clock_hz, board.baud)
+    building = not harness_built(board.engine, board.clock_hz, board.baud, board.dram)
     note(args, f"no --port: starting the simulated {args.board} board"
                + (" (this first start builds it with Verilator, a minute or two)"
                   if building else ""))

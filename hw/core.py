@@ -25,6 +25,7 @@ from spec.protocol import (
     rx_idle_cycles,
 )
 
+from .dma import DMAReader, DMAWriter
 from .engine import FireEngine
 from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
 from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
@@ -38,6 +39,9 @@ from .stream_fifo import StreamFIFO
 DEFAULT_STALL_CYCLES = 1 << 20
 
 _STRUCT_BITS = {"B": 8, "H": 16, "I": 32, "Q": 64}
+#: The core's ports to the memory controller's native user ports (``hw.dram.USER_PORTS``,
+#: in that order): the memory bridge's, the DMA reader's, the DMA writer's.
+MEMORY_PORTS = ("dram_bridge", "dram_rd", "dram_wr")
 
 
 class AcceleratorCore(wiring.Component):
@@ -50,8 +54,9 @@ class AcceleratorCore(wiring.Component):
 
     With ``memory`` (a :class:`~spec.dram.DramConfig`; ``mem_variant`` its index in
     ``spec.dram.VARIANTS``, reported in IDENTITY) the memory commands go through a
-    :class:`~hw.memory_bridge.MemoryBridge` to ``dram`` (the controller's native port) and
-    ``dram_bus`` (its control bus); without, they are refused.
+    :class:`~hw.memory_bridge.MemoryBridge` to ``dram_bridge`` (a native port of the
+    controller's) and ``dram_bus`` (its control bus), and COPY_MEM through the DMA reader and
+    writer (``hw.dma``) on ``dram_rd`` and ``dram_wr``; without, they are refused.
     """
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
@@ -61,7 +66,8 @@ class AcceleratorCore(wiring.Component):
         members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
                    "uart_error": In(1), "busy": Out(1), "active": Out(1)}
         if memory is not None:
-            members["dram"] = Out(native_port_signature(memory.addr_bits, memory.port_bits))
+            for name in MEMORY_PORTS:  # the controller's native user ports
+                members[name] = Out(native_port_signature(memory.addr_bits, memory.port_bits))
             members["dram_bus"] = Out(WISHBONE_SIGNATURE)
         elif mem_variant:
             raise ValueError("mem_variant without memory")
@@ -179,7 +185,7 @@ class AcceleratorCore(wiring.Component):
         jobs = resettable("jobs", StreamFIFO(TxJob, 4))
         wiring.connect(m, framer.job, jobs.w)
 
-        counters = self._counters(m, rx, executor, engine)
+        counters = self._counters(m, rx, executor, engine, mem)
         mem_cfg = self._memory
         identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
                                  stall_cycles=self._stall, rx_idle=self._rx_idle,
@@ -237,15 +243,29 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += bridge.data.payload.eq(s.payload)
             m.d.comb += s.ready.eq(bridge.data.ready)
         wiring.connect(m, bridge.answer, executor.mem_answer)
-        wiring.connect(m, bridge.port, wiring.flipped(self.dram))
+        wiring.connect(m, bridge.port, wiring.flipped(self.dram_bridge))
         wiring.connect(m, bridge.bus, wiring.flipped(self.dram_bus))
+        # COPY_MEM: the DMA reader fills a FIFO of a chunk, then the writer drains it
+        geometry = {"addr_bits": cfg.addr_bits, "data_bits": cfg.port_bits,
+                    "words": cfg.words}
+        reader = resettable("dma_reader", DMAReader(**geometry))
+        writer = resettable("dma_writer", DMAWriter(**geometry))
+        chunk = resettable("copy_fifo", StreamFIFO(cfg.port_bits, bridge.copy_chunk))
+        wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
+        wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
+        wiring.connect(m, bridge.rd_request, reader.request)
+        wiring.connect(m, bridge.wr_request, writer.request)
+        wiring.connect(m, reader.data, chunk.w)
+        wiring.connect(m, chunk.r, writer.data)
+        m.d.comb += [bridge.rd_done.eq(reader.done), bridge.rd_error.eq(reader.error),
+                     bridge.wr_done.eq(writer.done), bridge.wr_error.eq(writer.error)]
         m.submodules.membuf = self._membuf = ram(shape=8, depth=MAX_PAYLOAD)
         wr = self._membuf.write_port()
         m.d.comb += [wr.addr.eq(bridge.buf_addr), wr.data.eq(bridge.buf_data),
                      wr.en.eq(bridge.buf_en)]
         return bridge
 
-    def _counters(self, m, rx, executor, engine):
+    def _counters(self, m, rx, executor, engine, mem):
         """Live counter values packed as ``COUNTER_FIELDS`` (little-endian)."""
         def counter(width, pulse):
             # the pulse is registered first: a count lands a cycle late, off the pulse's path
@@ -263,6 +283,9 @@ class AcceleratorCore(wiring.Component):
             "bad_crc": counter(32, rx.bad_crc), "bad_header": counter(32, rx.bad_header),
             "uart_errors": counter(32, self.uart_error), "stalls": counter(32, executor.stalled),
             "rx_timeouts": counter(32, rx.timeout),
+            "dma_words": mem.dma_words if mem is not None else 0,
+            "dma_read_cycles": mem.dma_read_cycles if mem is not None else 0,
+            "dma_write_cycles": mem.dma_write_cycles if mem is not None else 0,
         }
         packed = Signal(sum(_STRUCT_BITS[c] for _, c in COUNTER_FIELDS))
         offset = 0

@@ -45,7 +45,10 @@ from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I0
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
 #: Bumped when what this module asks of the generator changes (part of the cache key).
-GENERATOR_REVISION = 2
+GENERATOR_REVISION = 3
+#: The controller's native user ports, arbitrated by its crossbar: the link's memory bridge,
+#: the DMA reader and the DMA writer.
+USER_PORTS = ("bridge", "dma_rd", "dma_wr")
 #: The clock each variant's controller is generated for. The simulated board runs the
 #: controller on the board's system clock. On the Arty the controller makes its own clocks
 #: from the 100 MHz oscillator with one PLL (sys, sys4x and its 90-degree copy, the IDELAY
@@ -82,7 +85,7 @@ def _core_config(config: DramConfig, clock_hz: int) -> dict:
         "sdram_rank_nb": 1, "sdram_phy": getattr(phy, config.phy),
         "input_clk_freq": 100e6, "sys_clk_freq": float(clock_hz), "iodelay_clk_freq": 200e6,
         "cmd_buffer_depth": 16,
-        "user_ports": {"native_0": {"type": "native"}},
+        "user_ports": {name: {"type": "native"} for name in USER_PORTS},
     }
     if config.memtype == "DDR3":
         cfg.update(rtt_nom=config.rtt_nom, rtt_wr=config.rtt_wr, ron=config.ron,
@@ -196,9 +199,10 @@ def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
 
 class LiteDRAM(wiring.Component):
     """The generated ``litedram_core`` as an Amaranth component (an ``Instance``; the Verilog
-    goes into the build beside the design's). ``port``: its native user port; ``bus``: its
-    control bus; ``init_done``/``init_error``: what the host wrote to its ``ddrctrl``
-    registers after bringing it up (the user port is blocked until then).
+    goes into the build beside the design's). ``port_NAME``: its native user ports
+    (``USER_PORTS``); ``bus``: its control bus; ``init_done``/``init_error``: what the host
+    wrote to its ``ddrctrl`` registers after bringing it up (the user ports are blocked
+    until then).
 
     Only the simulation variant is instantiated here: one clock (the design's ``sync``), the
     PHY model inside. On a board the core makes its own clocks from the oscillator and has
@@ -212,29 +216,33 @@ class LiteDRAM(wiring.Component):
         self.core = core
         c = core.config
         super().__init__({
-            "port": In(native_port_signature(c.addr_bits, c.port_bits)),
+            **{f"port_{name}": In(native_port_signature(c.addr_bits, c.port_bits))
+               for name in USER_PORTS},
             "bus": In(WISHBONE_SIGNATURE),
             "init_done": Out(1), "init_error": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        p, b = self.port, self.bus
-        u = "user_port_native_0_"
+        b = self.bus
+        ports = {}
+        for name in USER_PORTS:
+            p, u = getattr(self, f"port_{name}"), f"user_port_{name}_"
+            ports.update({
+                f"i_{u}cmd_valid": p.cmd.valid, f"o_{u}cmd_ready": p.cmd.ready,
+                f"i_{u}cmd_we": p.cmd.payload.we, f"i_{u}cmd_addr": p.cmd.payload.addr,
+                f"i_{u}wdata_valid": p.wdata.valid, f"o_{u}wdata_ready": p.wdata.ready,
+                f"i_{u}wdata_data": p.wdata.payload.data, f"i_{u}wdata_we": p.wdata.payload.we,
+                f"o_{u}rdata_valid": p.rdata.valid, f"i_{u}rdata_ready": p.rdata.ready,
+                f"o_{u}rdata_data": p.rdata.payload})
         m.submodules.litedram_core = Instance(
             "litedram_core",
             i_clk=ClockSignal(), i_sim_trace=0,
             o_init_done=self.init_done, o_init_error=self.init_error,
-            **{f"i_{u}cmd_valid": p.cmd.valid, f"o_{u}cmd_ready": p.cmd.ready,
-               f"i_{u}cmd_we": p.cmd.payload.we, f"i_{u}cmd_addr": p.cmd.payload.addr,
-               f"i_{u}wdata_valid": p.wdata.valid, f"o_{u}wdata_ready": p.wdata.ready,
-               f"i_{u}wdata_data": p.wdata.payload.data, f"i_{u}wdata_we": p.wdata.payload.we,
-               f"o_{u}rdata_valid": p.rdata.valid, f"i_{u}rdata_ready": p.rdata.ready,
-               f"o_{u}rdata_data": p.rdata.payload,
-               "i_wb_ctrl_adr": b.adr, "i_wb_ctrl_dat_w": b.dat_w, "o_wb_ctrl_dat_r": b.dat_r,
-               "i_wb_ctrl_sel": b.sel, "i_wb_ctrl_cyc": b.cyc, "i_wb_ctrl_stb": b.stb,
-               "i_wb_ctrl_we": b.we, "o_wb_ctrl_ack": b.ack, "o_wb_ctrl_err": b.err,
-               "i_wb_ctrl_cti": 0, "i_wb_ctrl_bte": 0})
+            i_wb_ctrl_adr=b.adr, i_wb_ctrl_dat_w=b.dat_w, o_wb_ctrl_dat_r=b.dat_r,
+            i_wb_ctrl_sel=b.sel, i_wb_ctrl_cyc=b.cyc, i_wb_ctrl_stb=b.stb, i_wb_ctrl_we=b.we,
+            o_wb_ctrl_ack=b.ack, o_wb_ctrl_err=b.err, i_wb_ctrl_cti=0, i_wb_ctrl_bte=0,
+            **ports)
         return m
 
 

@@ -13,7 +13,7 @@ its user port until the host has brought it up), so the device never hangs on it
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,6 +43,11 @@ WISHBONE_SIGNATURE = wiring.Signature({
     "stb": Out(1), "we": Out(1), "ack": In(1), "err": In(1),
 })
 
+def dma_request(addr_bits: int) -> data.StructLayout:
+    """A DMA job (``hw.dma``): the first word's address and the number of words."""
+    return data.StructLayout({"addr": addr_bits, "words": addr_bits + 1})
+
+
 #: What the bridge answers a job with (the executor turns it into the reply frame).
 MemAnswer = data.StructLayout({"kind": 8, "code": 8, "detail": 8, "value": 32, "length": 16})
 
@@ -56,7 +61,10 @@ class MemoryBridge(wiring.Component):
     read buffer: a READ_MEM waits for it.
     """
 
-    def __init__(self, *, size: int, port_bits: int, timeout: int = MEM_TIMEOUT_CYCLES):
+    def __init__(self, *, size: int, port_bits: int, timeout: int = MEM_TIMEOUT_CYCLES,
+                 copy_chunk: int = 1024):
+        self._chunk = copy_chunk
+        self.copy_chunk = copy_chunk
         self._size = size
         self._port_bytes = port_bits // 8
         self._words = size // self._port_bytes
@@ -71,6 +79,13 @@ class MemoryBridge(wiring.Component):
             "buf_addr": Out(PAYLOAD_ADDR_BITS), "buf_data": Out(8), "buf_en": Out(1),
             "buf_busy": In(1),
             "busy": Out(1),
+            # COPY_MEM: requests to the DMA reader and writer (``hw.dma``), whose words meet
+            # in a FIFO of ``copy_chunk`` words; and the counts of what they did
+            "rd_request": Out(stream.Signature(dma_request(self._addr_bits))),
+            "rd_done": In(1), "rd_error": In(1),
+            "wr_request": Out(stream.Signature(dma_request(self._addr_bits))),
+            "wr_done": In(1), "wr_error": In(1),
+            "dma_words": Out(32), "dma_read_cycles": Out(32), "dma_write_cycles": Out(32),
         })
 
     def elaborate(self, platform):
@@ -78,8 +93,10 @@ class MemoryBridge(wiring.Component):
         pb = self._port_bytes
         command = Signal(8)
         length = Signal(16)  # payload bytes still to come
-        head = Signal(64)  # the header, shifted in from the top
-        head_left = Signal(range(9))
+        head = Signal(96)  # the header, shifted in from the top
+        head_left = Signal(range(13))
+        dst = Signal(32)  # COPY_MEM's destination
+        chunk = Signal(self._addr_bits + 1)
         addr = Signal(32)
         count = Signal(32)  # WRITE_MEM: data bytes; READ_MEM: the length asked
         word = Signal(8 * pb)  # a native-port word, assembled or being unpacked
@@ -113,9 +130,10 @@ class MemoryBridge(wiring.Component):
                 m.d.sync += wait.eq(wait + 1)
 
         headers = {Command.WRITE_MEM: 4, Command.READ_MEM: 8, Command.WRITE_CSR: 8,
-                   Command.READ_CSR: 4}
+                   Command.READ_CSR: 4, Command.COPY_MEM: 12}
         end = Signal(33)
-        m.d.comb += end.eq(addr + count)
+        dst_end = Signal(33)
+        m.d.comb += [end.eq(addr + count), dst_end.eq(dst + count)]
         unaligned = Signal()
         m.d.comb += unaligned.eq((addr[:max(1, (pb - 1).bit_length())] != 0)
                                  | (count[:max(1, (pb - 1).bit_length())] != 0)
@@ -124,7 +142,7 @@ class MemoryBridge(wiring.Component):
         m.d.comb += [port.cmd.payload.addr.eq(waddr), port.wdata.payload.data.eq(word),
                      port.wdata.payload.we.eq((1 << pb) - 1),
                      self.bus.sel.eq(0b1111), self.bus.adr.eq(addr[2:]),
-                     self.bus.dat_w.eq(head[32:64])]
+                     self.bus.dat_w.eq(head[64:96])]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -148,12 +166,15 @@ class MemoryBridge(wiring.Component):
                         m.d.sync += [head.eq(Cat(head[8:], self.data.payload)),
                                      head_left.eq(head_left - 1), length.eq(length - 1)]
             with m.State("CHECK"):
-                # head holds the header in its top bytes: 4 bytes at [32:64], 8 at [0:64]
+                # head holds the header in its top bytes: 4 bytes at [64:96], 8 at [32:96]
                 with m.Switch(command):
                     with m.Case(Command.WRITE_MEM, Command.READ_CSR):
-                        m.d.sync += [addr.eq(head[32:64]), count.eq(length)]
+                        m.d.sync += [addr.eq(head[64:96]), count.eq(length)]
+                    with m.Case(Command.COPY_MEM):
+                        m.d.sync += [addr.eq(head[:32]), dst.eq(head[32:64]),
+                                     count.eq(head[64:96])]
                     with m.Default():
-                        m.d.sync += [addr.eq(head[:32]), count.eq(head[32:64])]
+                        m.d.sync += [addr.eq(head[32:64]), count.eq(head[64:96])]
                 m.next = "CHECK2"
             with m.State("CHECK2"):
                 m.d.sync += [waddr.eq(addr // pb if pb > 1 else addr),
@@ -173,6 +194,17 @@ class MemoryBridge(wiring.Component):
                             m.next = "WR_FILL"
                         with m.Else():
                             m.next = "RD_WAIT_BUF"
+                    with m.Case(Command.COPY_MEM):
+                        with m.If(length != 0):
+                            fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)
+                        with m.Elif(unaligned | (dst[:max(1, (pb - 1).bit_length())] != 0
+                                                 if pb > 1 else 0)):
+                            fail(LinkError.MEM_RANGE, MemFault.UNALIGNED)
+                        with m.Elif((end > self._size) | (dst_end > self._size)):
+                            fail(LinkError.MEM_RANGE, MemFault.BEYOND_END)
+                        with m.Else():
+                            m.d.sync += dst.eq(dst // pb if pb > 1 else dst)
+                            m.next = "CP_READ"
                     with m.Default():  # the control bus
                         with m.If(length != 0):
                             fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)
@@ -236,6 +268,41 @@ class MemoryBridge(wiring.Component):
                 with m.If(fill == 1):
                     m.d.sync += wait.eq(0)
                     m.next = "RD_CMD"
+
+            # ---- COPY_MEM: a chunk read into the FIFO, then written out; cycles counted
+            words_now = Signal.like(chunk)
+            m.d.comb += words_now.eq(Mux(left > self._chunk, self._chunk, left))
+            for name, req in (("CP_READ", self.rd_request), ("CP_WRITE", self.wr_request)):
+                with m.State(name):
+                    with m.If(left == 0):
+                        reply(Reply.ACK)
+                    with m.Else():
+                        is_read = name == "CP_READ"
+                        m.d.comb += [req.valid.eq(1),
+                                     req.payload.addr.eq(waddr if is_read else dst),
+                                     req.payload.words.eq(words_now)]
+                        with m.If(req.ready):
+                            m.d.sync += [chunk.eq(words_now), wait.eq(0)]
+                            m.next = name + "_WAIT"
+            with m.State("CP_READ_WAIT"):
+                m.d.sync += self.dma_read_cycles.eq(self.dma_read_cycles + 1)
+                with m.If(self.rd_error):
+                    fail(LinkError.MEM_RANGE, MemFault.BEYOND_END)
+                with m.Elif(self.rd_done):
+                    m.d.sync += waddr.eq(waddr + chunk)
+                    m.next = "CP_WRITE"
+                with m.Else():
+                    waiting(MemFault.READ_DATA)
+            with m.State("CP_WRITE_WAIT"):
+                m.d.sync += self.dma_write_cycles.eq(self.dma_write_cycles + 1)
+                with m.If(self.wr_error):
+                    fail(LinkError.MEM_RANGE, MemFault.BEYOND_END)
+                with m.Elif(self.wr_done):
+                    m.d.sync += [dst.eq(dst + chunk), left.eq(left - chunk),
+                                 self.dma_words.eq(self.dma_words + chunk)]
+                    m.next = "CP_READ"
+                with m.Else():
+                    waiting(MemFault.WRITE_DATA)
 
             # ---- the control bus: one Wishbone classic cycle
             with m.State("CSR"):

@@ -65,14 +65,16 @@ class SimMemoryTop(wiring.Component):
         super().__init__()
 
     def elaborate(self, platform):
-        from .dram import LiteDRAM
+        from .core import MEMORY_PORTS
+        from .dram import USER_PORTS, LiteDRAM
 
         m = Module()
         m.submodules.core = core = self.core
         m.submodules.dram = dram = LiteDRAM(self.generated)
         wiring.connect(m, wiring.flipped(self.rx), core.rx)
         wiring.connect(m, core.tx, wiring.flipped(self.tx))
-        wiring.connect(m, core.dram, dram.port)
+        for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
+            wiring.connect(m, getattr(core, core_port), getattr(dram, f"port_{dram_port}"))
         wiring.connect(m, core.dram_bus, dram.bus)
         m.d.comb += [core.uart_error.eq(self.uart_error), self.busy.eq(core.busy),
                      self.active.eq(core.active)]

@@ -71,13 +71,16 @@ class SimulatedBoard:
     """A running simulated board; ``port`` is its serial device. Use as a context manager."""
 
     def __init__(self, board: str = DEFAULT_BOARD, params: EngineParams | None = None, *,
-                 memory: bool = True):
+                 memory: bool = False):
         b = get_board(board)
         self.board = b
         self.params = params or b.engine
-        #: the board's external memory (with LiteDRAM's PHY model), or None: ``memory=False``
-        #: simulates the board as if it had none (a smaller, quicker model for the tests of
-        #: streaming alone)
+        #: the board's external memory (``memory=True``: the LiteDRAM controller with
+        #: LiteDRAM's PHY model), or None. Without it the simulated board is the bitstream
+        #: ``python -m hw.build`` makes today, which streams everything over the link; the
+        #: memory doubles the simulator's work per cycle.
+        if memory and b.dram is None:
+            raise ValueError(f"{board} has no external memory to simulate")
         self.memory = b.dram if memory else None
         self.clock_hz = b.clock_hz
         self.baud = b.baud
@@ -122,13 +125,15 @@ class SimulatedBoard:
 
 @contextmanager
 def simulated_accelerator(board: str = DEFAULT_BOARD, params: EngineParams | None = None,
-                          **kw):
-    """The driver's :class:`~sw.driver.Accelerator` on a simulated board, both closed at the
-    end: what ``python -m sw.driver`` does without ``--port``. The driver itself only ever
-    sees a serial port (``kw`` goes to ``Accelerator.open``)."""
+                          *, memory: bool = False, **kw):
+    """The driver's :class:`~sw.driver.Accelerator` on a simulated board (with its external
+    memory if ``memory``), both closed at the end: what ``python -m sw.driver`` does without
+    ``--port``. The driver itself only ever sees a serial port (``kw`` goes to
+    ``Accelerator.open``)."""
     from sw.driver import Accelerator
 
-    with SimulatedBoard(board, params) as sim, Accelerator.open(sim.port, sim.baud, **kw) as acc:
+    with SimulatedBoard(board, params, memory=memory) as sim, \
+            Accelerator.open(sim.port, sim.baud, **kw) as acc:
         acc.description = f"simulated {board} ({sim.port})"
         yield acc
 
@@ -142,6 +147,9 @@ def main(argv=None) -> int:
                     help="override an engine parameter of the board's, repeatable")
     ap.add_argument("--params", metavar="FILE.toml",
                     help="engine parameters from a TOML file (an [engine] table or top level)")
+    ap.add_argument("--memory", action="store_true",
+                    help="include the board's external memory: its LiteDRAM controller with "
+                         "LiteDRAM's PHY model (the simulation then runs about half as fast)")
     add_quiet(ap)
     args = ap.parse_args(argv)
     board = get_board(args.board)
@@ -153,10 +161,14 @@ def main(argv=None) -> int:
     progress = Progress(quiet=args.quiet)
     running = False
     try:
-        if not harness_built(params, board.clock_hz, board.baud, board.dram):
+        memory = board.dram if args.memory else None
+        if args.memory and memory is None:
+            print(f"error: {board.name} has no external memory (--memory)", file=sys.stderr)
+            return 2
+        if not harness_built(params, board.clock_hz, board.baud, memory):
             progress.note("building the simulated board with Verilator (a minute or two; "
                           "cached for the next start)...")
-        with SimulatedBoard(args.board, params) as sim:
+        with SimulatedBoard(args.board, params, memory=args.memory) as sim:
             running = True
             print(sim.port, flush=True)
             progress.note(f"simulated {sim.board.name} running on {sim.port}; Ctrl-C to stop")

@@ -80,6 +80,9 @@ class Command(enum.IntEnum):
     READ_MEM = 0x0A  #: reply MEM_DATA with the bytes at an address
     WRITE_CSR = 0x0B  #: a word to the memory controller's control bus; reply ACK
     READ_CSR = 0x0C  #: reply CSR_VALUE: a word of the memory controller's control bus
+    #: the device copies a region of the memory with its DMA (read a chunk, then write it),
+    #: counting the cycles of each (COUNTERS ``dma_*``); reply ACK once done
+    COPY_MEM = 0x0D
 
 
 class Reply(enum.IntEnum):
@@ -192,11 +195,13 @@ class FrameDecoder:
 #: Memory commands' payloads (little-endian): WRITE_MEM is its address then the data (whole
 #: native-port words); READ_MEM an address and a length (at most MAX_PAYLOAD bytes, whole
 #: words); WRITE_CSR an address on the controller's control bus and the word; READ_CSR the
-#: address. Addresses are byte addresses.
+#: address; COPY_MEM source, destination and length (whole words, both regions inside the
+#: memory). Addresses are byte addresses.
 MEM_HEADERS = {Command.WRITE_MEM: [("addr", "I")],
                Command.READ_MEM: [("addr", "I"), ("length", "I")],
                Command.WRITE_CSR: [("addr", "I"), ("value", "I")],
-               Command.READ_CSR: [("addr", "I")]}
+               Command.READ_CSR: [("addr", "I")],
+               Command.COPY_MEM: [("src", "I"), ("dst", "I"), ("length", "I")]}
 MEM_COMMANDS = list(MEM_HEADERS)
 #: The most data one WRITE_MEM carries: a frame less its address, rounded down to whole
 #: words of the widest native port (128 bits).
@@ -257,7 +262,11 @@ COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to la
                   ("bad_header", "I"),  # headers discarded while hunting
                   ("uart_errors", "I"),  # UART framing errors and overruns
                   ("stalls", "I"),  # frames dropped because the engine stopped taking data
-                  ("rx_timeouts", "I")]  # frames dropped because the line idled mid-frame
+                  ("rx_timeouts", "I"),  # frames dropped because the line idled mid-frame
+                  # COPY_MEM's DMA: native-port words copied, and the cycles spent reading
+                  # them (request to the last word back) and writing them (request to the
+                  # last word taken), summed over its chunks
+                  ("dma_words", "I"), ("dma_read_cycles", "I"), ("dma_write_cycles", "I")]
 
 #: DONE payload: the run's error, its cycles and compute cycles (as in COUNTERS), run count.
 DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("compute", "I"), ("runs", "H")]

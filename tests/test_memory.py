@@ -24,7 +24,7 @@ def test_recorded_bring_up_data_is_litedrams(variant):
 
 @pytest.fixture(scope="module")
 def board():
-    with SimulatedBoard("arty_a7") as sim:
+    with SimulatedBoard("arty_a7", memory=True) as sim:
         yield sim
 
 
@@ -85,6 +85,32 @@ def test_device_refuses_bad_memory_frames(acc, command, fields, data, words):
     assert acc.identify().mem_variant
 
 
+def test_device_copy_with_its_dma(acc):
+    """COPY_MEM: the DMA reader and writer move a region (several chunks and a short last
+    one) through the controller's own ports; the copy reads back equal, the source is
+    untouched, and the counters count every word, at most one a cycle each way."""
+    mem = acc.memory
+    rng = np.random.default_rng(3)
+    n = 16 * (2 * 1024 + 17)
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    mem.write(0x100000, data)
+    mem.write(0x200000 + n, b"\xaa" * 16)  # the word after the copy stays as it was
+    dma = mem.copy(0x100000, 0x200000, n)
+    assert mem.read(0x200000, n + 16) == data + b"\xaa" * 16
+    assert mem.read(0x100000, n) == data
+    assert dma["dma_words"] == n // 16
+    assert n // 16 <= dma["dma_read_cycles"] and n // 16 <= dma["dma_write_cycles"]
+    with pytest.raises(MemoryAccessError, match="overlap"):
+        mem.copy(0x100000, 0x100010, 64)
+
+
+def test_device_refuses_a_copy_beyond_the_memory(acc):
+    with pytest.raises(DeviceError, match="beyond end"):
+        acc._request(Command.COPY_MEM, pack_mem(Command.COPY_MEM, src=0,
+                                                dst=(256 << 20) - 16, length=32), 0)
+    assert acc.memory.read(0, 16) is not None
+
+
 def test_csr_read_back(acc):
     """The control bus: the registers the bring-up wrote read back."""
     assert acc.memory.csr_read("ddrctrl_init_done") == 1
@@ -95,7 +121,7 @@ def test_csr_read_back(acc):
 def test_memory_not_brought_up_answers_with_a_timeout():
     """The controller blocks its user port until brought up: the device gives up on it and
     says so (it never hangs), and the memory works once the host has brought it up."""
-    with SimulatedBoard("arty_a7") as sim, \
+    with SimulatedBoard("arty_a7", memory=True) as sim, \
             Accelerator.open(sim.port, sim.baud, bring_up=False) as acc:
         with pytest.raises(DeviceError, match="did not answer.*brought up"):
             acc.memory.write(0, bytes(16))

@@ -45,7 +45,7 @@ from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I0
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
 #: Bumped when what this module asks of the generator changes (part of the cache key).
-GENERATOR_REVISION = 3
+GENERATOR_REVISION = 4
 #: The controller's native user ports, arbitrated by its crossbar: the link's memory bridge,
 #: the DMA reader and the DMA writer.
 USER_PORTS = ("bridge", "dma_rd", "dma_wr")
@@ -160,9 +160,17 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
         fields = line.split(",")
         if fields[0] == "csr_register":
             csr[fields[1]] = int(fields[2], 16)
+    p = settings.phy
+
+    def plain(value):  # a setting that is a migen Signal: its reset value
+        return int(getattr(getattr(value, "reset", None), "value", value))
+
+    phy = {"rdphase": plain(p.rdphase), "wrphase": plain(p.wrphase),
+           "databits": p.databits, "dfi_databits": p.dfi_databits, "modules": p.strobes,
+           "delays": p.delays, "bitslips": p.bitslips, "read_leveling": bool(p.read_leveling)}
     return DramRecord(variant=variant_name(config, sim), csr=csr, constants=constants,
-                      init=init, phases=settings.phy.nphases, litedram=version("litedram"),
-                      clock_hz=clock_hz)
+                      init=init, phases=p.nphases, litedram=version("litedram"),
+                      clock_hz=clock_hz, phy=phy)
 
 
 def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,

@@ -18,7 +18,7 @@ link's CSR bridge.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -117,10 +117,14 @@ class DramRecord:
     phases: int  #: DFI phases
     litedram: str  #: the LiteDRAM version it was generated with
     clock_hz: int  #: the controller clock the timings are for
+    #: the PHY's settings the host needs (LiteDRAM's ``PhySettings``): ``rdphase``,
+    #: ``wrphase``, ``databits``, ``dfi_databits``, ``modules`` (byte lanes), ``delays`` and
+    #: ``bitslips`` (read-leveling taps; 0 where the PHY has none), ``read_leveling``
+    phy: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = {k: getattr(self, k) for k in ("variant", "litedram", "clock_hz", "phases",
-                                           "csr", "constants")}
+                                           "csr", "constants", "phy")}
         d["init"] = [vars(c) for c in self.init]
         return json.dumps(d, indent=1, sort_keys=True) + "\n"
 

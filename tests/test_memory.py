@@ -2,6 +2,8 @@
 PHY model, brought up by the driver, written and read back through the link; every bad
 access refused with an error that names it, by the host and by the device."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from sim.board import SimulatedBoard
 from spec.dram import VARIANTS, record
 from spec.protocol import MAX_PAYLOAD, Command, pack_mem
 from sw.driver import Accelerator, DeviceError
+from sw.driver.__main__ import main as driver_main
 from sw.driver.memory import MemoryAccessError
 
 
@@ -102,6 +105,13 @@ def test_device_copy_with_its_dma(acc):
     assert n // 16 <= dma["dma_read_cycles"] and n // 16 <= dma["dma_write_cycles"]
     with pytest.raises(MemoryAccessError, match="overlap"):
         mem.copy(0x100000, 0x100010, 64)
+    # random word counts (one word; across chunk edges) at random word addresses
+    for words in (1, int(rng.integers(2, 1024)), int(rng.integers(1025, 2100))):
+        src, dst = (16 * int(a) for a in rng.integers(0x50000, 0x60000, 2) * [1, 2])
+        data = rng.integers(0, 256, 16 * words, dtype=np.uint8).tobytes()
+        mem.write(src, data)
+        assert mem.copy(src, dst, 16 * words)["dma_words"] == words
+        assert mem.read(dst, 16 * words) == data, (src, dst, words)
 
 
 def test_device_refuses_a_copy_beyond_the_memory(acc):
@@ -109,6 +119,35 @@ def test_device_refuses_a_copy_beyond_the_memory(acc):
         acc._request(Command.COPY_MEM, pack_mem(Command.COPY_MEM, src=0,
                                                 dst=(256 << 20) - 16, length=32), 0)
     assert acc.memory.read(0, 16) is not None
+
+
+@pytest.fixture
+def other_host(acc):
+    """A second host (the command line) on the board: ``acc`` resynchronizes afterwards, as
+    a host does after another had the port."""
+    yield
+    acc.reset()
+
+
+def test_memtest_command(board, other_host, capsys):
+    """``python -m sw.driver memtest`` on a small size: no errors through the link or in the
+    device's copy, and DMA figures from the device's counters (at most a word a cycle)."""
+    code = driver_main(["memtest", "--port", board.port, "--baud", str(board.baud),
+                        "--size", "32768", "--base", "0x300000", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["errors"] == 0 and out["memory"] == "arty_ddr3_sim"
+    assert [p["errors"] for p in out["patterns"]] == [0, 0]
+    copy = out["device_copy"]
+    assert copy["errors"] == 0 and copy["dst"] == 0x300000 + 32768
+    assert copy["words"] == 32768 // 16
+    assert 0 < copy["read_words_per_cycle"] <= 1 and 0 < copy["write_words_per_cycle"] <= 1
+
+
+def test_memtest_refuses_a_region_beyond_the_memory(board, other_host, capsys):
+    code = driver_main(["memtest", "--port", board.port, "--baud", str(board.baud),
+                        "--size", "32768", "--base", hex((256 << 20) - 16384), "--quiet"])
+    assert code == 2
+    assert "inside the memory" in capsys.readouterr().err
 
 
 def test_csr_read_back(acc):

@@ -28,6 +28,7 @@ from spec.protocol import (
 )
 
 from .errors import DriverError, ProtocolError
+from .leveling import DfiProbe, level_reads
 
 
 class MemoryAccessError(DriverError):
@@ -138,9 +139,19 @@ class Memory:
             if step.delay:
                 time.sleep(step.delay / rec.clock_hz)
             result.steps += 1
-        if self.config.memtype == "DDR3" and not self.sim:
-            result.notes.append("read leveling is not run: not implemented for the board "
-                                "yet (the simulated board's PHY model needs none)")
+        phy = rec.phy
+        if phy.get("read_leveling"):
+            # DDR3 on a board: find each byte lane's read window (LiteX BIOS's search)
+            lanes = level_reads(DfiProbe(self), modules=phy["modules"],
+                                delays=phy["delays"], bitslips=phy["bitslips"])
+            result.leveling = [lane.to_dict() for lane in lanes]
+            bad = [lane.module for lane in lanes if not lane.ok]
+            if bad:
+                write("sdram_dfii_control", c["dfii_control_sel"])
+                raise MemoryAccessError(
+                    f"{self.variant}: read leveling found no working window on byte "
+                    f"lane(s) {', '.join(map(str, bad))}: the memory cannot be used")
+            result.notes.append("read leveling is unverified on silicon (docs/memory.md)")
         write("sdram_dfii_control", c["dfii_control_sel"])  # hardware control
         write("ddrctrl_init_done", 1)
         result.init_done = self.csr_read("ddrctrl_init_done") == 1

@@ -231,8 +231,11 @@ class AcceleratorCore(wiring.Component):
         if self._memory is None:
             return None
         cfg = self._memory
-        bridge = resettable("memory_bridge", MemoryBridge(size=cfg.size,
-                                                          port_bits=cfg.port_bits))
+        # not reset by a RESET: told to wind down (``abort``), so that the controller is never
+        # left owed data; the DMA likewise finishes its chunk, and the copy FIFO is emptied
+        m.submodules.memory_bridge = bridge = MemoryBridge(size=cfg.size,
+                                                           port_bits=cfg.port_bits)
+        m.d.comb += [bridge.abort.eq(soft_reset), executor.mem_ready.eq(bridge.ready)]
         m.d.comb += [bridge.start.eq(executor.mem_start),
                      bridge.command.eq(executor.mem_command),
                      bridge.length.eq(executor.mem_length)]
@@ -248,9 +251,10 @@ class AcceleratorCore(wiring.Component):
         # COPY_MEM: the DMA reader fills a FIFO of a chunk, then the writer drains it
         geometry = {"addr_bits": cfg.addr_bits, "data_bits": cfg.port_bits,
                     "words": cfg.words}
-        reader = resettable("dma_reader", DMAReader(**geometry))
-        writer = resettable("dma_writer", DMAWriter(**geometry))
-        chunk = resettable("copy_fifo", StreamFIFO(cfg.port_bits, bridge.copy_chunk))
+        m.submodules.dma_reader = reader = DMAReader(**geometry)
+        m.submodules.dma_writer = writer = DMAWriter(**geometry)
+        chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk)
+        m.submodules.copy_fifo = ResetInserter({"sync": bridge.flush})(chunk)
         wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
         wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
         wiring.connect(m, bridge.rd_request, reader.request)

@@ -22,7 +22,8 @@ class DMAReader(wiring.Component):
     """``request`` (word address, words) -> ``data`` (the words, in order).
 
     Keeps at most ``depth`` words in flight (commands issued, data not yet taken), so the
-    controller's data always has a place: ``data`` may be backpressured freely.
+    controller's data always has a place: ``data`` may be backpressured freely. ``done``
+    pulses when the last word has left on ``data``.
     """
 
     def __init__(self, *, addr_bits: int, data_bits: int, words: int, depth: int = 32):
@@ -58,8 +59,8 @@ class DMAReader(wiring.Component):
         busy = (to_issue != 0) | (to_receive != 0)
         m.d.comb += [self.busy.eq(busy | fifo.r.valid), self.request.ready.eq(~busy)]
         last = Signal()
-        m.d.sync += last.eq(busy)
-        m.d.comb += self.done.eq(last & ~busy)  # the last word has come back
+        m.d.sync += last.eq(self.busy)
+        m.d.comb += self.done.eq(last & ~self.busy)  # the last word has come back and left
         with m.If(self.request.valid & ~busy):
             r = self.request.payload
             with m.If(r.addr + r.words > self._words):

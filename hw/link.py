@@ -287,7 +287,7 @@ class Executor(wiring.Component):
         for cmd, width in self._streams.items():
             members[f"s{cmd}"] = Out(stream.Signature(unsigned(width)))
         if memory:
-            members.update({"mem_start": Out(1), "mem_command": Out(8),
+            members.update({"mem_start": Out(1), "mem_ready": In(1), "mem_command": Out(8),
                             "mem_length": Out(LEN_BITS),
                             "mem_answer": In(stream.Signature(MemAnswer))})
         self._item_bits = 8 * item_bytes
@@ -376,9 +376,11 @@ class Executor(wiring.Component):
                     finish(Reply.ERROR, LinkError.BAD_LENGTH)
                 with m.Elif(Cat(job.kind == c for c in MEM_COMMANDS).any()):
                     if self._memory:
-                        m.d.comb += [self.mem_start.eq(1), self.mem_command.eq(job.kind),
-                                     self.mem_length.eq(job.length)]
-                        m.next = "STREAM"
+                        # the bridge may still be winding down a job a RESET cut short
+                        with m.If(self.mem_ready):
+                            m.d.comb += [self.mem_start.eq(1), self.mem_command.eq(job.kind),
+                                         self.mem_length.eq(job.length)]
+                            m.next = "STREAM"
                     else:
                         finish(Reply.ERROR, LinkError.NO_MEMORY)
                 with m.Else():

@@ -1,6 +1,9 @@
 """The link's way into external memory: WRITE_MEM / READ_MEM through LiteDRAM's native user
 port, WRITE_CSR / READ_CSR on the controller's Wishbone control bus (``spec.protocol``).
 
+A RESET does not reset the bridge: it is told (``abort``) and winds its job down itself,
+so that the controller is never left owed a write's data or a read's word.
+
 The executor (``hw.link.Executor``) starts a job with the command and its payload length,
 streams the payload's bytes into ``data``, and waits for ``answer``. The bridge reads the
 command's header (address, length or value), checks it against the memory, then moves the
@@ -79,6 +82,11 @@ class MemoryBridge(wiring.Component):
             "buf_addr": Out(PAYLOAD_ADDR_BITS), "buf_data": Out(8), "buf_en": Out(1),
             "buf_busy": In(1),
             "busy": Out(1),
+            # a RESET (``abort``, a pulse): the bridge drops its job, but first finishes what
+            # the controller is owed (a write's data, a read's word, a bus cycle, a DMA
+            # chunk), so the controller is never left waiting; ``ready``: idle, a job may
+            # start; ``flush``: empty the copy FIFO (a pulse, after an abort)
+            "abort": In(1), "ready": Out(1), "flush": Out(1),
             # COPY_MEM: requests to the DMA reader and writer (``hw.dma``), whose words meet
             # in a FIFO of ``copy_chunk`` words; and the counts of what they did
             "rd_request": Out(stream.Signature(dma_request(self._addr_bits))),
@@ -110,9 +118,11 @@ class MemoryBridge(wiring.Component):
         answer = self.answer
         with m.If(answer.ready):
             m.d.sync += answer.valid.eq(0)
+        aborted = Signal()  # a RESET came: finish what the controller is owed, then idle
 
         def reply(kind, code=0, detail=0, value=0, length=0):
-            m.d.sync += [answer.valid.eq(1), answer.payload.kind.eq(kind),
+            # (the job of an aborted frame is not answered: its frame is gone)
+            m.d.sync += [answer.valid.eq(~aborted), answer.payload.kind.eq(kind),
                          answer.payload.code.eq(code), answer.payload.detail.eq(detail),
                          answer.payload.value.eq(value), answer.payload.length.eq(length)]
             m.next = "IDLE"
@@ -146,7 +156,10 @@ class MemoryBridge(wiring.Component):
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(aborted):
+                    m.d.comb += self.flush.eq(1)  # the copy FIFO: whatever a chunk left
+                    m.d.sync += aborted.eq(0)
+                with m.Elif(self.start):
                     m.d.sync += [command.eq(self.command), length.eq(self.length),
                                  head_left.eq(0), fill.eq(0), wait.eq(0)]
                     with m.Switch(self.command):
@@ -156,7 +169,9 @@ class MemoryBridge(wiring.Component):
                     m.next = "HEAD"
             with m.State("HEAD"):
                 # the header's bytes, shifted in from the top (little-endian)
-                with m.If(head_left == 0):
+                with m.If(aborted):
+                    m.next = "IDLE"
+                with m.Elif(head_left == 0):
                     m.next = "CHECK"
                 with m.Elif(length == 0):
                     fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)  # the payload is too short
@@ -213,7 +228,9 @@ class MemoryBridge(wiring.Component):
 
             # ---- WRITE_MEM: assemble a word, then command and data
             with m.State("WR_FILL"):
-                with m.If(left == 0):
+                with m.If(aborted):
+                    m.next = "IDLE"
+                with m.Elif(left == 0):
                     reply(Reply.ACK)
                 with m.Elif(fill == pb):
                     m.d.sync += [fill.eq(0), wait.eq(0)]
@@ -224,12 +241,15 @@ class MemoryBridge(wiring.Component):
                         m.d.sync += [word.eq(Cat(word[8:], self.data.payload)),
                                      fill.eq(fill + 1), length.eq(length - 1)]
             with m.State("WR_CMD"):
-                m.d.comb += [port.cmd.valid.eq(1), port.cmd.payload.we.eq(1)]
-                with m.If(port.cmd.ready):
-                    m.d.sync += wait.eq(0)
-                    m.next = "WR_DATA"
+                with m.If(aborted):
+                    m.next = "IDLE"  # the command was not taken: nothing is owed
                 with m.Else():
-                    waiting(MemFault.COMMAND)
+                    m.d.comb += [port.cmd.valid.eq(1), port.cmd.payload.we.eq(1)]
+                    with m.If(port.cmd.ready):
+                        m.d.sync += wait.eq(0)
+                        m.next = "WR_DATA"
+                    with m.Else():
+                        waiting(MemFault.COMMAND)
             with m.State("WR_DATA"):
                 m.d.comb += port.wdata.valid.eq(1)
                 with m.If(port.wdata.ready):
@@ -240,11 +260,15 @@ class MemoryBridge(wiring.Component):
 
             # ---- READ_MEM: command, data, unpack into the buffer
             with m.State("RD_WAIT_BUF"):
-                with m.If(~self.buf_busy):
+                with m.If(aborted):
+                    m.next = "IDLE"
+                with m.Elif(~self.buf_busy):
                     m.d.sync += wait.eq(0)
                     m.next = "RD_CMD"
             with m.State("RD_CMD"):
-                with m.If(left == 0):
+                with m.If(aborted):
+                    m.next = "IDLE"
+                with m.Elif(left == 0):
                     reply(Reply.MEM_DATA, length=count)
                 with m.Else():
                     m.d.comb += port.cmd.valid.eq(1)
@@ -274,7 +298,9 @@ class MemoryBridge(wiring.Component):
             m.d.comb += words_now.eq(Mux(left > self._chunk, self._chunk, left))
             for name, req in (("CP_READ", self.rd_request), ("CP_WRITE", self.wr_request)):
                 with m.State(name):
-                    with m.If(left == 0):
+                    with m.If(aborted):
+                        m.next = "IDLE"
+                    with m.Elif(left == 0):
                         reply(Reply.ACK)
                     with m.Else():
                         is_read = name == "CP_READ"
@@ -318,12 +344,17 @@ class MemoryBridge(wiring.Component):
 
             # ---- an error: take the rest of the payload, then answer
             with m.State("DRAIN"):
-                with m.If(length == 0):
+                with m.If(aborted):
+                    m.next = "IDLE"
+                with m.Elif(length == 0):
                     reply(Reply.ERROR, fault_code, fault_detail)
                 with m.Else():
                     m.d.comb += self.data.ready.eq(1)
                     with m.If(self.data.valid):
                         m.d.sync += length.eq(length - 1)
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | answer.valid)
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | answer.valid),
+                     self.ready.eq(fsm.ongoing("IDLE") & ~aborted)]
+        with m.If(self.abort):
+            m.d.sync += [aborted.eq(1), answer.valid.eq(0)]
         return m
 

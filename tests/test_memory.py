@@ -3,14 +3,17 @@ PHY model, brought up by the driver, written and read back through the link; eve
 access refused with an error that names it, by the host and by the device."""
 
 import json
+import time
 
 import numpy as np
 import pytest
+import serial
 
 from hw.dram import generate_variant
 from sim.board import SimulatedBoard
+from sim.fuzz import run as fuzz
 from spec.dram import VARIANTS, record
-from spec.protocol import MAX_PAYLOAD, Command, pack_mem
+from spec.protocol import MAX_PAYLOAD, Command, encode_frame, pack_mem
 from sw.driver import Accelerator, DeviceError
 from sw.driver.__main__ import main as driver_main
 from sw.driver.memory import MemoryAccessError
@@ -127,6 +130,41 @@ def other_host(acc):
     a host does after another had the port."""
     yield
     acc.reset()
+
+
+def test_reset_in_the_middle_of_memory_commands(acc):
+    """A RESET while a long device copy and a write are under way (a host that died or was
+    interrupted): the device drops them, answers the RESET, and the memory and its DMA work
+    afterwards, with no stale answer or stale data in the way."""
+    mem = acc.memory
+    link = acc.link
+    copy = encode_frame(Command.COPY_MEM, link.seq, pack_mem(
+        Command.COPY_MEM, src=0x400000, dst=0x800000, length=4 << 20))
+    write = encode_frame(Command.WRITE_MEM, (link.seq + 1) & 0xFF,
+                         pack_mem(Command.WRITE_MEM, addr=0xC00000) + bytes(range(256)) * 15)
+    link.port.write(copy + write)
+    time.sleep(0.3)  # the copy is under way
+    acc.reset()
+    assert acc.identify().mem_variant
+    data = bytes(np.random.default_rng(5).integers(0, 256, 8192, dtype=np.uint8))
+    mem.write(0xD00000, data)
+    assert mem.read(0xD00000, 8192) == data
+    assert mem.copy(0xD00000, 0xE00000, 8192)["dma_words"] == 512
+    assert mem.read(0xE00000, 8192) == data
+
+
+def test_fuzz_with_memory_commands(board, other_host, acc):
+    """The link fuzzer with memory commands in the mix (random kinds, addresses, lengths,
+    headers cut short or overlong): every IDENTIFY after a chunk is answered, the order is
+    never lost, and the memory works afterwards."""
+    with serial.Serial(board.port, board.baud, timeout=0.01) as port:
+        result = fuzz(port, chunks=150, seed=4, limit=2.0, memory_size=acc.memory.size)
+    assert result["failures"] == []
+    assert result["checks_passed"] == result["checks"] == 150
+    assert result["by_kind"]["memory_command"] > 0
+    acc.reset()
+    acc.memory.write(0x20, b"after the fuzz")
+    assert acc.memory.read(0x20, 14) == b"after the fuzz"
 
 
 def test_memtest_command(board, other_host, capsys):

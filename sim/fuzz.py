@@ -170,6 +170,22 @@ class Fuzzer:
         raise CheckFailed(f"no {Reply(answer).name} to {Command(command).name} within "
                           f"{self.limit:g} s")
 
+    def taken(self, frame: bytes) -> None:
+        """Send a frame (with the expected SEQ) that the device takes, whatever it then
+        answers (memory commands, refused or carried out): wait for that answer, then count
+        the frame in the order."""
+        seq = self.expected
+        deadline = time.monotonic() + self.limit
+        self.write(frame)
+        while time.monotonic() < deadline:
+            for reply in self.frames(0.01):
+                self.check_sequence(reply)
+                if reply.seq == seq and not (reply.kind == Reply.ERROR
+                                             and reply.payload[0] == LinkError.SEQUENCE):
+                    self.expected = (seq + 1) & 0xFF
+                    return
+        raise CheckFailed(f"no answer to a memory command within {self.limit:g} s")
+
     def reset(self) -> None:
         seq = self.rng.randrange(256)
         deadline = time.monotonic() + self.limit
@@ -205,12 +221,11 @@ def run(port, *, chunks: int, seed: int, limit: float, progress=None,
         kind = rng.choice(kinds)
         sent[kind] += 1
         t0 = time.monotonic()
-        if kind == "memory_command":
-            fuzz.write(memory_chunk(rng, fuzz.expected, memory_size))
-            fuzz.expected = (fuzz.expected + 1) & 0xFF  # taken (and answered), refused or not
-        else:
-            fuzz.write(chunk(rng, kind, fuzz.expected))
         try:
+            if kind == "memory_command":
+                fuzz.taken(memory_chunk(rng, fuzz.expected, memory_size))
+            else:
+                fuzz.write(chunk(rng, kind, fuzz.expected))
             fuzz.ask(Command.IDENTIFY, Reply.IDENTITY)
             recoveries.append(time.monotonic() - t0)
             if i % 97 == 96:

@@ -11,11 +11,14 @@
                                      [device options]
     python -m sw.driver evaluate     [--dataset mnist5k|digits] [--limit N]
                                      [--weights F --arch mnist_fire] [device options]
+    python -m sw.driver memtest      [--size BYTES] [--base ADDR] [--pattern P ...]
+                                     [--copy-to ADDR] [device options]
 
 network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass|mnist_fire]
                  [--weights F --calibrate DIR|X.npy|random]
                  [--size 224] [--calib 8] [--check]
-device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--json] [--quiet]
+device options:  [--port PORT] [--baud N] [--board arty_a7] [--timeout 10] [--sim-memory]
+                 [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
 board (the board's RTL under Verilator behind a pty; built once and cached). --size must let
@@ -24,6 +27,9 @@ range); every input is checked before anything starts. Progress goes to stderr (
 silences it); every command takes --json for its result on stdout. evaluate runs the shipped
 trained model (sw/data/mnist_fire_mnist5k.npz, from python -m sw.train) on the held-out
 digits of sw.train's split: top-1 on the device, the golden model and the float reference.
+memtest writes and reads back patterns in a device's external memory (DRAM) through the link,
+then has the device copy them with its DMA (docs/memory.md); the simulated board has its
+memory with --sim-memory (memtest always), and the driver brings the memory up on open.
 """
 
 from __future__ import annotations

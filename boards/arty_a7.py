@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from spec.dram import ARTY_DDR3
 from spec.params import EngineParams
 
 from .base import Board
@@ -20,6 +21,7 @@ ARTY_A7 = Board(
     # 16 x 5 = 80 multipliers (+ 4 for the requantizer and 4 for the bypass add) of the 90
     # DSP48E1; weights 1024 rows x 80 bytes, squeeze map 3072 x 16 bytes.
     engine=EngineParams(),
+    dram=ARTY_DDR3,
     capacity={"LUT": 20800, "FF": 41600, "DSP48E1": 90, "RAMB36": 50, "RAMB18": 100},
 )
 
@@ -33,5 +35,6 @@ ARTY_A7_100T = Board(
     # Same array (one requantizer lane bounds what more multipliers would gain on fire2/3),
     # twice the weight buffer: fewer output-channel tiles.
     engine=EngineParams(weight_depth=2048, squeeze_depth=4096),
+    dram=ARTY_DDR3,
     capacity={"LUT": 63400, "FF": 126800, "DSP48E1": 240, "RAMB36": 135, "RAMB18": 270},
 )

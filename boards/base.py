@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spec.dram import DramConfig
 from spec.params import EngineParams
 
 
@@ -20,3 +21,5 @@ class Board:
     capacity: dict[str, int] = field(default_factory=dict)
     #: how the MAC array builds its products (``hw.mac_array.MULTIPLIERS``)
     multipliers: str = "dsp"
+    #: the board's external memory, driven by the LiteDRAM controller (``hw.dram``)
+    dram: DramConfig | None = None

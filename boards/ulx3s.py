@@ -7,6 +7,7 @@ Its 25 MHz oscillator gives 100 MHz from the PLL (x 4); 2 Mbaud is an exact divi
 
 from __future__ import annotations
 
+from spec.dram import ULX3S_SDR
 from spec.params import EngineParams
 
 from .base import Board
@@ -20,6 +21,7 @@ ULX3S = Board(
     baud=2_000_000,
     # The Arty A7-35T's engine: this build is also its open timing proxy.
     engine=EngineParams(),
+    dram=ULX3S_SDR,
     capacity={"LUT": 83640, "FF": 83640, "MULT18X18D": 156, "EBR": 208},
     # yosys leaves the MULT18X18D's registers unused: instantiated with them (hw.dsp)
     multipliers="mult18x18d",

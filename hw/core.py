@@ -10,11 +10,13 @@ from amaranth import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from spec.dram import DramConfig
 from spec.params import EngineParams
 from spec.protocol import (
     COUNTER_FIELDS,
     ENGINE_STREAMS,
     MAX_PAYLOAD,
+    MEM_COMMANDS,
     RX_SLOTS,
     Reply,
     item_bits,
@@ -23,8 +25,10 @@ from spec.protocol import (
     rx_idle_cycles,
 )
 
+from .dma import DMAReader, DMAWriter
 from .engine import FireEngine
 from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
+from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
 from .ram import RegisteredRead, ram
 from .stream_fifo import StreamFIFO
 
@@ -35,6 +39,9 @@ from .stream_fifo import StreamFIFO
 DEFAULT_STALL_CYCLES = 1 << 20
 
 _STRUCT_BITS = {"B": 8, "H": 16, "I": 32, "Q": 64}
+#: The core's ports to the memory controller's native user ports (``hw.dram.USER_PORTS``,
+#: in that order): the memory bridge's, the DMA reader's, the DMA writer's.
+MEMORY_PORTS = ("dram_bridge", "dram_rd", "dram_wr")
 
 
 class AcceleratorCore(wiring.Component):
@@ -44,24 +51,35 @@ class AcceleratorCore(wiring.Component):
     ``busy``: the engine is running (a LED); ``active``: anything but waiting for the host
     (a frame part-way in counts: its idle timeout runs). ``rx_idle``: idle cycles after which
     a frame cut short is dropped (default: ``spec.protocol.rx_idle_cycles``).
-    """
 
-    rx: In(stream.Signature(8))
-    tx: Out(stream.Signature(8))
-    uart_error: In(1)
-    busy: Out(1)
-    active: Out(1)
+    With ``memory`` (a :class:`~spec.dram.DramConfig`; ``mem_variant`` its index in
+    ``spec.dram.VARIANTS``, reported in IDENTITY) the memory commands go through a
+    :class:`~hw.memory_bridge.MemoryBridge` to ``dram_bridge`` (a native port of the
+    controller's) and ``dram_bus`` (its control bus), and COPY_MEM through the DMA reader and
+    writer (``hw.dma``) on ``dram_rd`` and ``dram_wr``; without, they are refused.
+    """
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
                  stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
-                 multipliers: str = "dsp"):
+                 multipliers: str = "dsp", memory: DramConfig | None = None,
+                 mem_variant: int = 0):
+        members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
+                   "uart_error": In(1), "busy": Out(1), "active": Out(1)}
+        if memory is not None:
+            for name in MEMORY_PORTS:  # the controller's native user ports
+                members[name] = Out(native_port_signature(memory.addr_bits, memory.port_bits))
+            members["dram_bus"] = Out(WISHBONE_SIGNATURE)
+        elif mem_variant:
+            raise ValueError("mem_variant without memory")
+        self._memory = memory
+        self._mem_variant = mem_variant
         self._p = params
         self._multipliers = multipliers
         self._clock_hz = clock_hz
         self._baud = baud
         self._stall = stall_cycles
         self._rx_idle = rx_idle or rx_idle_cycles(clock_hz, baud)
-        super().__init__()
+        super().__init__(members)
 
     @property
     def params(self) -> EngineParams:
@@ -78,6 +96,8 @@ class AcceleratorCore(wiring.Component):
 
         # ---- frames in
         items = item_bytes(p)
+        if self._memory is not None:
+            items.update({cmd: 1 for cmd in MEM_COMMANDS})
         m.submodules.receiver = rx = FrameReceiver(items, self._rx_idle)
         wiring.connect(m, wiring.flipped(self.rx), rx.rx)
         m.submodules.slots = slots = ram(shape=8, depth=RX_SLOTS * MAX_PAYLOAD)
@@ -92,7 +112,8 @@ class AcceleratorCore(wiring.Component):
         # ---- the engine and the executor feeding it
         engine = resettable("engine", FireEngine(p, multipliers=self._multipliers))
         widths = item_bits(p)
-        executor = resettable("executor", Executor(widths, self._stall))
+        executor = resettable("executor", Executor(widths, self._stall,
+                                                   memory=self._memory is not None))
         wiring.connect(m, commits.r, executor.job)
         m.d.comb += [
             slot_rd.addr.eq(executor.rd_addr), executor.rd_data.eq(slot_rd.data),
@@ -106,6 +127,9 @@ class AcceleratorCore(wiring.Component):
             m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
                          target.payload.eq(source.payload)]
             progress = progress | (target.valid & target.ready)
+        mem = self._memory_bridge(m, executor, resettable, soft_reset)
+        if mem is not None:
+            progress = progress | mem.busy
         m.d.comb += executor.progress.eq(progress)
         slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
         taken = Signal(RX_SLOTS)
@@ -161,9 +185,13 @@ class AcceleratorCore(wiring.Component):
         jobs = resettable("jobs", StreamFIFO(TxJob, 4))
         wiring.connect(m, framer.job, jobs.w)
 
-        counters = self._counters(m, rx, executor, engine)
+        counters = self._counters(m, rx, executor, engine, mem)
+        mem_cfg = self._memory
         identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
-                                 stall_cycles=self._stall, rx_idle=self._rx_idle)
+                                 stall_cycles=self._stall, rx_idle=self._rx_idle,
+                                 mem_variant=self._mem_variant,
+                                 mem_size=mem_cfg.size if mem_cfg else 0,
+                                 mem_port_bits=mem_cfg.port_bits if mem_cfg else 0)
         tx = resettable("transmitter", Transmitter(identity, len(counters)))
         half_free = Signal(2, init=0b11)
         owned = Signal(2)
@@ -181,12 +209,67 @@ class AcceleratorCore(wiring.Component):
             self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r.valid
                            | replies.r.valid | jobs.r.valid | reset_ack | rx.receiving),
         ]
+        if mem is not None:
+            # the read buffer is the MEM_DATA reply's from the bridge's answer until sent
+            buf_busy = Signal()
+            answered = (mem.answer.valid & mem.answer.ready
+                        & (mem.answer.payload.kind == Reply.MEM_DATA))
+            with m.If(soft_reset | tx.mem_release):
+                m.d.sync += buf_busy.eq(0)
+            with m.Elif(answered):
+                m.d.sync += buf_busy.eq(1)
+            m.d.comb += mem.buf_busy.eq(buf_busy)
+            buf_rd = RegisteredRead(m, self._membuf, "membuf_rd")
+            m.d.comb += [buf_rd.addr.eq(tx.mem_rd_addr), tx.mem_rd_data.eq(buf_rd.data)]
         wiring.connect(m, replies.r, tx.replies)
         wiring.connect(m, jobs.r, tx.jobs)
         wiring.connect(m, tx.tx, wiring.flipped(self.tx))
         return m
 
-    def _counters(self, m, rx, executor, engine):
+    def _memory_bridge(self, m, executor, resettable, soft_reset):
+        """The bridge to the memory controller and its read buffer (None without memory)."""
+        if self._memory is None:
+            return None
+        cfg = self._memory
+        # not reset by a RESET: told to wind down (``abort``), so that the controller is never
+        # left owed data; the DMA likewise finishes its chunk, and the copy FIFO is emptied
+        m.submodules.memory_bridge = bridge = MemoryBridge(size=cfg.size,
+                                                           port_bits=cfg.port_bits)
+        m.d.comb += [bridge.abort.eq(soft_reset), executor.mem_ready.eq(bridge.ready)]
+        m.d.comb += [bridge.start.eq(executor.mem_start),
+                     bridge.command.eq(executor.mem_command),
+                     bridge.length.eq(executor.mem_length)]
+        streams = [executor.stream_for(cmd) for cmd in MEM_COMMANDS]
+        m.d.comb += bridge.data.valid.eq(Cat(s.valid for s in streams).any())
+        for s in streams:  # one of them at a time offers the payload's bytes
+            with m.If(s.valid):
+                m.d.comb += bridge.data.payload.eq(s.payload)
+            m.d.comb += s.ready.eq(bridge.data.ready)
+        wiring.connect(m, bridge.answer, executor.mem_answer)
+        wiring.connect(m, bridge.port, wiring.flipped(self.dram_bridge))
+        wiring.connect(m, bridge.bus, wiring.flipped(self.dram_bus))
+        # COPY_MEM: the DMA reader fills a FIFO of a chunk, then the writer drains it
+        geometry = {"addr_bits": cfg.addr_bits, "data_bits": cfg.port_bits,
+                    "words": cfg.words}
+        m.submodules.dma_reader = reader = DMAReader(**geometry)
+        m.submodules.dma_writer = writer = DMAWriter(**geometry)
+        chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk)
+        m.submodules.copy_fifo = ResetInserter({"sync": bridge.flush})(chunk)
+        wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
+        wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
+        wiring.connect(m, bridge.rd_request, reader.request)
+        wiring.connect(m, bridge.wr_request, writer.request)
+        wiring.connect(m, reader.data, chunk.w)
+        wiring.connect(m, chunk.r, writer.data)
+        m.d.comb += [bridge.rd_done.eq(reader.done), bridge.rd_error.eq(reader.error),
+                     bridge.wr_done.eq(writer.done), bridge.wr_error.eq(writer.error)]
+        m.submodules.membuf = self._membuf = ram(shape=8, depth=MAX_PAYLOAD)
+        wr = self._membuf.write_port()
+        m.d.comb += [wr.addr.eq(bridge.buf_addr), wr.data.eq(bridge.buf_data),
+                     wr.en.eq(bridge.buf_en)]
+        return bridge
+
+    def _counters(self, m, rx, executor, engine, mem):
         """Live counter values packed as ``COUNTER_FIELDS`` (little-endian)."""
         def counter(width, pulse):
             # the pulse is registered first: a count lands a cycle late, off the pulse's path
@@ -204,6 +287,9 @@ class AcceleratorCore(wiring.Component):
             "bad_crc": counter(32, rx.bad_crc), "bad_header": counter(32, rx.bad_header),
             "uart_errors": counter(32, self.uart_error), "stalls": counter(32, executor.stalled),
             "rx_timeouts": counter(32, rx.timeout),
+            "dma_words": mem.dma_words if mem is not None else 0,
+            "dma_read_cycles": mem.dma_read_cycles if mem is not None else 0,
+            "dma_write_cycles": mem.dma_write_cycles if mem is not None else 0,
         }
         packed = Signal(sum(_STRUCT_BITS[c] for _, c in COUNTER_FIELDS))
         offset = 0

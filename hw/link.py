@@ -24,6 +24,7 @@ from spec.protocol import (
     HEADER_CRC_COVERS,
     HEADER_FIELDS,
     MAX_PAYLOAD,
+    MEM_COMMANDS,
     RX_SLOTS,
     SYNC,
     Command,
@@ -32,6 +33,8 @@ from spec.protocol import (
     field_offsets,
     fields_size,
 )
+
+from .memory_bridge import MemAnswer
 
 LEN_BITS = 16
 SLOT_BITS = (RX_SLOTS - 1).bit_length()
@@ -45,7 +48,10 @@ def crc16(data_bytes: int = 1):
 
 
 FrameMeta = data.StructLayout({"kind": 8, "seq": 8, "length": LEN_BITS, "slot": SLOT_BITS or 1})
-ReplyReq = data.StructLayout({"kind": 8, "seq": 8, "code": 8, "detail": 8})
+#: A reply to send: its kind and SEQ; ERROR's code and detail; CSR_VALUE's word; MEM_DATA's
+#: length (its bytes are in the memory bridge's read buffer).
+ReplyReq = data.StructLayout({"kind": 8, "seq": 8, "code": 8, "detail": 8, "value": 32,
+                              "length": LEN_BITS})
 
 _COMMANDS = [c.value for c in Command]
 _NO_PAYLOAD = [Command.IDENTIFY, Command.READ_COUNTERS, Command.RESET]
@@ -249,11 +255,20 @@ class Executor(wiring.Component):
     for ``stall_cycles`` drops the rest of the frame (ERROR STALL), so a host that sends
     frames out of order gets an answer, never a hung device. Any ``progress`` of the engine
     (a beat taken or given on any stream) restarts the count: only a deadlock times out.
+
+    Memory commands (``memory=True``) stream their payload's bytes to the memory bridge
+    (``mem_*``; started by a ``mem_start`` pulse) and are answered with what the bridge
+    answers (``mem_answer``): it always answers, its own waits time out. Without memory they
+    are refused (ERROR NO_MEMORY).
     """
 
-    def __init__(self, engine_streams: dict[int, int], stall_cycles: int):
+    def __init__(self, engine_streams: dict[int, int], stall_cycles: int, *,
+                 memory: bool = False):
         # engine_streams: command -> item width in bits
         self._streams = {int(k): v for k, v in engine_streams.items()}
+        self._memory = memory
+        if memory:
+            self._streams.update({int(c): 8 for c in MEM_COMMANDS})
         self._stall = stall_cycles
         item_bytes = max(-(-w // 8) for w in self._streams.values())
         members = {
@@ -271,6 +286,10 @@ class Executor(wiring.Component):
         }
         for cmd, width in self._streams.items():
             members[f"s{cmd}"] = Out(stream.Signature(unsigned(width)))
+        if memory:
+            members.update({"mem_start": Out(1), "mem_ready": In(1), "mem_command": Out(8),
+                            "mem_length": Out(LEN_BITS),
+                            "mem_answer": In(stream.Signature(MemAnswer))})
         self._item_bits = 8 * item_bytes
         super().__init__(members)
 
@@ -287,16 +306,18 @@ class Executor(wiring.Component):
         with m.If(self.reply.ready):
             m.d.sync += self.reply.valid.eq(0)
 
-        def answer(kind, code=0, detail=0):
+        def answer(kind, code=0, detail=0, value=0, length=0):
             m.d.sync += [self.reply.valid.eq(1), self.reply.payload.kind.eq(kind),
                          self.reply.payload.seq.eq(job.seq), self.reply.payload.code.eq(code),
-                         self.reply.payload.detail.eq(detail)]
+                         self.reply.payload.detail.eq(detail),
+                         self.reply.payload.value.eq(value),
+                         self.reply.payload.length.eq(length)]
 
         def release():
             m.d.comb += self.release.eq(1 << job.slot if RX_SLOTS > 1 else 1)
 
-        def finish(kind, code=0, detail=0):
-            answer(kind, code, detail)
+        def finish(kind, code=0, detail=0, value=0, length=0):
+            answer(kind, code, detail, value, length)
             release()
             m.next = "IDLE"
 
@@ -353,6 +374,15 @@ class Executor(wiring.Component):
                 with m.Elif((job.kind == Command.CONFIGURE)
                             & (job.length != -(-self._streams[Command.CONFIGURE] // 8))):
                     finish(Reply.ERROR, LinkError.BAD_LENGTH)
+                with m.Elif(Cat(job.kind == c for c in MEM_COMMANDS).any()):
+                    if self._memory:
+                        # the bridge may still be winding down a job a RESET cut short
+                        with m.If(self.mem_ready):
+                            m.d.comb += [self.mem_start.eq(1), self.mem_command.eq(job.kind),
+                                         self.mem_length.eq(job.length)]
+                            m.next = "STREAM"
+                    else:
+                        finish(Reply.ERROR, LinkError.NO_MEMORY)
                 with m.Else():
                     m.next = "STREAM"
             with m.State("STREAM"):
@@ -371,9 +401,21 @@ class Executor(wiring.Component):
                         with m.If(job.kind == Command.CONFIGURE):
                             m.next = "VERDICT"
                         with m.Elif(index == job.length):
-                            finish(Reply.ACK)
+                            if self._memory:
+                                with m.If(Cat(job.kind == c for c in MEM_COMMANDS).any()):
+                                    m.next = "MEMORY"
+                                with m.Else():
+                                    finish(Reply.ACK)
+                            else:
+                                finish(Reply.ACK)
                     with m.Else():
                         count_stall(self.progress)
+            if self._memory:
+                with m.State("MEMORY"):  # the bridge finishes the job and answers
+                    a = self.mem_answer.payload
+                    m.d.comb += self.mem_answer.ready.eq(1)
+                    with m.If(self.mem_answer.valid):
+                        finish(a.kind, a.code, a.detail, a.value, a.length)
             with m.State("VERDICT"):  # the engine checks the configuration
                 with m.If(self.accepted):
                     finish(Reply.ACK)
@@ -464,7 +506,9 @@ class Transmitter(wiring.Component):
     Replies (small, from ``replies``) go first. Payloads: ERROR ``[code, detail]``; IDENTITY
     the ``identity`` bytes; COUNTERS the ``counters`` value, latched when the frame starts;
     DONE ``DONE_FIELDS``; OUTPUT from the output buffer half, which is returned
-    on ``release`` once sent.
+    on ``release`` once sent; CSR_VALUE the reply's word; MEM_DATA the reply's length of
+    bytes from the memory bridge's read buffer (``mem_rd_*``), handed back on ``mem_release``
+    once sent.
     """
 
     def __init__(self, identity: bytes, counters_bits: int):
@@ -476,6 +520,8 @@ class Transmitter(wiring.Component):
             "tx": Out(stream.Signature(8)),
             "rd_addr": Out(1 + PAYLOAD_ADDR_BITS), "rd_data": In(8),
             "release": Out(2),
+            "mem_rd_addr": Out(PAYLOAD_ADDR_BITS), "mem_rd_data": In(8),
+            "mem_release": Out(1),
             "counters": In(counters_bits),
             "idle": Out(1),
         })
@@ -488,9 +534,11 @@ class Transmitter(wiring.Component):
         end = Signal(LEN_BITS + 1)  # index of the first CRC byte: HEADER_BYTES + length
         job = Signal(TxJob)
         is_output = Signal()
+        is_mem = Signal()
         is_job = Signal()
         code = Signal(8)
         detail = Signal(8)
+        value = Signal(32)
         # payloads other than OUTPUT, as one little-endian value
         small = Signal(max(8 * fields_size(DONE_FIELDS), self._counters_bits,
                            8 * len(self._identity)),
@@ -504,24 +552,25 @@ class Transmitter(wiring.Component):
         n_counters = self._counters_bits // 8
         lengths = {Reply.ACK: 0, Reply.ERROR: fields_size(ERROR_FIELDS),
                    Reply.IDENTITY: len(self._identity),
-                   Reply.COUNTERS: n_counters}
+                   Reply.COUNTERS: n_counters, Reply.CSR_VALUE: 4}
 
         # Each byte is prepared into ``out`` (PREP), then offered (SEND). Every path starts
         # and ends in a register, and the wide ``small`` register's enables come straight
         # from flip-flops. The buffer is always addressed at the next byte's offset, and its
         # output registered (``rd_q``): by the next PREP, ``rd_q`` holds that byte.
-        m.d.comb += self.rd_addr.eq(Cat((index - (HEADER_BYTES - 1))[:PAYLOAD_ADDR_BITS],
-                                        job.half))
+        at = (index - (HEADER_BYTES - 1))[:PAYLOAD_ADDR_BITS]
+        m.d.comb += [self.rd_addr.eq(Cat(at, job.half)), self.mem_rd_addr.eq(at)]
         rd_q = Signal(8, reset_less=True)
-        m.d.sync += rd_q.eq(self.rd_data)
+        m.d.sync += rd_q.eq(Mux(is_mem, self.mem_rd_data, self.rd_data))
         load_small = Signal()  # flags for the cycle after: load or shift ``small``
         shift_small = Signal()
         m.d.sync += [load_small.eq(0), shift_small.eq(0)]
         with m.If(load_small):
             m.d.sync += small.eq(Mux(kind == Reply.COUNTERS, self.counters,
+                                 Mux(kind == Reply.CSR_VALUE, value,
                                      Mux(kind == Reply.IDENTITY, identity,
                                          Mux(is_job, Cat(*(job[name] for name, _ in DONE_FIELDS)),
-                                             Cat(code, detail)))))
+                                             Cat(code, detail))))))
         with m.Elif(shift_small):
             m.d.sync += small.eq(small >> 8)
         payload = (index >= HEADER_BYTES) & (index < end)
@@ -535,17 +584,21 @@ class Transmitter(wiring.Component):
                     m.d.comb += self.replies.ready.eq(1)
                     r = self.replies.payload
                     m.d.sync += [kind.eq(r.kind), seq.eq(r.seq), is_output.eq(0), is_job.eq(0),
-                                 code.eq(r.code), detail.eq(r.detail), load_small.eq(1)]
+                                 is_mem.eq(r.kind == Reply.MEM_DATA),
+                                 code.eq(r.code), detail.eq(r.detail), value.eq(r.value),
+                                 load_small.eq(1)]
                     with m.Switch(r.kind):
                         for k, n in lengths.items():
                             with m.Case(k):
                                 m.d.sync += length.eq(n)
+                        with m.Case(Reply.MEM_DATA):
+                            m.d.sync += length.eq(r.length)
                     m.next = "START"
                 with m.Elif(self.jobs.valid):
                     m.d.comb += self.jobs.ready.eq(1)
                     j = self.jobs.payload
                     m.d.sync += [kind.eq(j.kind), seq.eq(j.seq), job.eq(j), is_job.eq(1),
-                                 is_output.eq(j.kind == Reply.OUTPUT),
+                                 is_output.eq(j.kind == Reply.OUTPUT), is_mem.eq(0),
                                  length.eq(Mux(j.kind == Reply.OUTPUT, j.length,
                                                fields_size(DONE_FIELDS))),
                                  load_small.eq(1)]
@@ -557,7 +610,8 @@ class Transmitter(wiring.Component):
             with m.State("PREP"):
                 m.d.sync += [crc_add.eq((index < HEADER_CRC_COVERS) | payload),
                              crc_clear.eq(index == HEADER_BYTES - 1),
-                             last.eq(index == end + 1), shift_small.eq(payload & ~is_output)]
+                             last.eq(index == end + 1),
+                             shift_small.eq(payload & ~is_output & ~is_mem)]
                 values = {"sync": Const(SYNC, 8), "kind": kind, "seq": seq, "length": length}
                 head_bytes = [Value.cast(values[name]).word_select(i, 8)
                               for name, code in HEADER_FIELDS
@@ -567,7 +621,7 @@ class Transmitter(wiring.Component):
                         with m.Case(i):
                             m.d.sync += out.eq(field)
                     with m.Default():
-                        with m.If(payload & is_output):
+                        with m.If(payload & (is_output | is_mem)):
                             m.d.sync += out.eq(rd_q)
                         with m.Elif(payload):
                             m.d.sync += out.eq(small[:8])
@@ -586,6 +640,7 @@ class Transmitter(wiring.Component):
                     with m.If(last):
                         with m.If(is_output):
                             m.d.comb += self.release.eq(Mux(job.half, 0b10, 0b01))
+                        m.d.comb += self.mem_release.eq(is_mem)
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "PREP"

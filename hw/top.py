@@ -5,10 +5,11 @@
 """
 
 from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
-from amaranth.lib import io, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from boards.base import Board
+from spec.dram import DramConfig, variant_index
 from spec.params import EngineParams
 
 from .core import DEFAULT_STALL_CYCLES, AcceleratorCore
@@ -40,6 +41,43 @@ class UartTop(wiring.Component):
         wiring.connect(m, core.tx, tx.i)
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(core.busy),
                      core.uart_error.eq(rx.framing_error | rx.overrun)]
+        return m
+
+
+class SimMemoryTop(wiring.Component):
+    """The simulated board's top with external memory: the accelerator core beside the same
+    LiteDRAM controller a board has, generated with LiteDRAM's PHY model in place of the PHY
+    (``hw.dram``), one clock for both. Its ports are the core's byte streams."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    uart_error: In(1)
+    busy: Out(1)
+    active: Out(1)
+
+    def __init__(self, params: EngineParams, *, clock_hz: int, baud: int, memory: DramConfig,
+                 **core_kw):
+        from .dram import generate
+
+        self.generated = generate(memory, sim=True, clock_hz=clock_hz)
+        self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud, memory=memory,
+                                    mem_variant=variant_index(memory, sim=True), **core_kw)
+        super().__init__()
+
+    def elaborate(self, platform):
+        from .core import MEMORY_PORTS
+        from .dram import USER_PORTS, LiteDRAM
+
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.dram = dram = LiteDRAM(self.generated)
+        wiring.connect(m, wiring.flipped(self.rx), core.rx)
+        wiring.connect(m, core.tx, wiring.flipped(self.tx))
+        for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
+            wiring.connect(m, getattr(core, core_port), getattr(dram, f"port_{dram_port}"))
+        wiring.connect(m, core.dram_bus, dram.bus)
+        m.d.comb += [core.uart_error.eq(self.uart_error), self.busy.eq(core.busy),
+                     self.active.eq(core.active)]
         return m
 
 

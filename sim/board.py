@@ -25,7 +25,9 @@ from amaranth.back import verilog
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.core import AcceleratorCore
+from hw.top import SimMemoryTop
 from spec.cli import ArgumentParser, Progress, add_quiet
+from spec.dram import DramConfig
 from spec.params import EngineParams, ParamError, parse_overrides
 
 from . import verilator
@@ -33,41 +35,60 @@ from .verilator import HARNESS, build
 
 
 @cache
-def core_verilog(params: EngineParams, clock_hz: int, baud: int) -> str:
-    return verilog.convert(AcceleratorCore(params, clock_hz=clock_hz, baud=baud),
-                           name="accelerator_core")
+def core_verilog(params: EngineParams, clock_hz: int, baud: int,
+                 memory: DramConfig | None = None) -> str:
+    """The simulated board's Verilog: the core alone, or with ``memory`` the core beside the
+    LiteDRAM controller with its PHY model (``hw.top.SimMemoryTop``), whose generated
+    Verilog follows."""
+    if memory is None:
+        return verilog.convert(AcceleratorCore(params, clock_hz=clock_hz, baud=baud),
+                               name="accelerator_core")
+    top = SimMemoryTop(params, clock_hz=clock_hz, baud=baud, memory=memory)
+    return (verilog.convert(top, name="accelerator_core") + "\n"
+            + top.generated.verilog_text())
 
 
-def _harness_args(params: EngineParams, clock_hz: int, baud: int) -> tuple:
-    return "board_tb", core_verilog(params, clock_hz, baud), [HARNESS / "board_tb.cpp"], \
-        "accelerator_core"
+def _harness_args(params: EngineParams, clock_hz: int, baud: int,
+                  memory: DramConfig | None) -> tuple:
+    return "board_tb", core_verilog(params, clock_hz, baud, memory), \
+        [HARNESS / "board_tb.cpp"], "accelerator_core"
 
 
-def harness(params: EngineParams, clock_hz: int, baud: int) -> Path:
-    return build(*_harness_args(params, clock_hz, baud))
+def harness(params: EngineParams, clock_hz: int, baud: int,
+            memory: DramConfig | None = None) -> Path:
+    return build(*_harness_args(params, clock_hz, baud, memory))
 
 
-def harness_built(params: EngineParams, clock_hz: int, baud: int) -> bool:
+def harness_built(params: EngineParams, clock_hz: int, baud: int,
+                  memory: DramConfig | None = None) -> bool:
     """Whether the simulated board for these parameters is compiled already, so that a start
     takes seconds rather than a Verilator build of a minute or two (the core is elaborated
     to tell, a few seconds, which a start then reuses)."""
-    return verilator.executable(*_harness_args(params, clock_hz, baud)).exists()
+    return verilator.executable(*_harness_args(params, clock_hz, baud, memory)).exists()
 
 
 class SimulatedBoard:
     """A running simulated board; ``port`` is its serial device. Use as a context manager."""
 
-    def __init__(self, board: str = DEFAULT_BOARD, params: EngineParams | None = None):
+    def __init__(self, board: str = DEFAULT_BOARD, params: EngineParams | None = None, *,
+                 memory: bool = False):
         b = get_board(board)
         self.board = b
         self.params = params or b.engine
+        #: the board's external memory (``memory=True``: the LiteDRAM controller with
+        #: LiteDRAM's PHY model), or None. Without it the simulated board is the bitstream
+        #: ``python -m hw.build`` makes today, which streams everything over the link; the
+        #: memory doubles the simulator's work per cycle.
+        if memory and b.dram is None:
+            raise ValueError(f"{board} has no external memory to simulate")
+        self.memory = b.dram if memory else None
         self.clock_hz = b.clock_hz
         self.baud = b.baud
         self._proc: subprocess.Popen | None = None
         self.port: str | None = None
 
     def start(self, timeout: float = 600.0) -> SimulatedBoard:
-        exe = harness(self.params, self.clock_hz, self.baud)
+        exe = harness(self.params, self.clock_hz, self.baud, self.memory)
         self._proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
@@ -104,13 +125,15 @@ class SimulatedBoard:
 
 @contextmanager
 def simulated_accelerator(board: str = DEFAULT_BOARD, params: EngineParams | None = None,
-                          **kw):
-    """The driver's :class:`~sw.driver.Accelerator` on a simulated board, both closed at the
-    end: what ``python -m sw.driver`` does without ``--port``. The driver itself only ever
-    sees a serial port (``kw`` goes to ``Accelerator.open``)."""
+                          *, memory: bool = False, **kw):
+    """The driver's :class:`~sw.driver.Accelerator` on a simulated board (with its external
+    memory if ``memory``), both closed at the end: what ``python -m sw.driver`` does without
+    ``--port``. The driver itself only ever sees a serial port (``kw`` goes to
+    ``Accelerator.open``)."""
     from sw.driver import Accelerator
 
-    with SimulatedBoard(board, params) as sim, Accelerator.open(sim.port, sim.baud, **kw) as acc:
+    with SimulatedBoard(board, params, memory=memory) as sim, \
+            Accelerator.open(sim.port, sim.baud, **kw) as acc:
         acc.description = f"simulated {board} ({sim.port})"
         yield acc
 
@@ -124,6 +147,9 @@ def main(argv=None) -> int:
                     help="override an engine parameter of the board's, repeatable")
     ap.add_argument("--params", metavar="FILE.toml",
                     help="engine parameters from a TOML file (an [engine] table or top level)")
+    ap.add_argument("--memory", action="store_true",
+                    help="include the board's external memory: its LiteDRAM controller with "
+                         "LiteDRAM's PHY model (the simulation then runs about half as fast)")
     add_quiet(ap)
     args = ap.parse_args(argv)
     board = get_board(args.board)
@@ -135,10 +161,14 @@ def main(argv=None) -> int:
     progress = Progress(quiet=args.quiet)
     running = False
     try:
-        if not harness_built(params, board.clock_hz, board.baud):
+        memory = board.dram if args.memory else None
+        if args.memory and memory is None:
+            print(f"error: {board.name} has no external memory (--memory)", file=sys.stderr)
+            return 2
+        if not harness_built(params, board.clock_hz, board.baud, memory):
             progress.note("building the simulated board with Verilator (a minute or two; "
                           "cached for the next start)...")
-        with SimulatedBoard(args.board, params) as sim:
+        with SimulatedBoard(args.board, params, memory=args.memory) as sim:
             running = True
             print(sim.port, flush=True)
             progress.note(f"simulated {sim.board.name} running on {sim.port}; Ctrl-C to stop")

@@ -6,8 +6,11 @@
 Each chunk is one kind of bad input, chosen at random: random bytes, a run of SYNC bytes, a
 frame cut short at a random point (with the SEQ the device expects, the worst case: the
 receiver waits for the rest until its line idles), a bad header CRC, a bad payload CRC, an
-oversized length, an unknown command, a frame out of sequence, a payload of the wrong size.
-Valid commands are interleaved: after every chunk a check sends IDENTIFY with the SEQ the
+oversized length, an unknown command, a frame out of sequence, a payload of the wrong size;
+with ``--memory`` (the simulated board with its DRAM, brought up first) also memory commands
+of every kind with random addresses and lengths, in range or not, aligned or not, with
+headers too short or too long (each a frame the device takes, answers, and counts in the
+order). Valid commands are interleaved: after every chunk a check sends IDENTIFY with the SEQ the
 device expects and must get IDENTITY back within ``--limit`` seconds (resending at once when
 the device reports the frame that swallowed it dropped, as the driver does); every so often a
 READ_COUNTERS or a RESET. Replies to the bad frames themselves are ignored, but a SEQUENCE
@@ -93,6 +96,34 @@ def chunk(rng: random.Random, kind: str, expected: int) -> bytes:
     raise ValueError(kind)
 
 
+def memory_chunk(rng: random.Random, expected: int, size: int) -> bytes:
+    """A memory command of random kind, address and length: most are refused (beyond the
+    end, unaligned, a header cut short or followed by bytes it should not have), some are
+    carried out (kept small: a copy of at most 64 KB)."""
+    def address():
+        return rng.choice([rng.randrange(0, size, 16), rng.randrange(0, size),
+                           size - 16 * rng.randint(0, 4), rng.randrange(size, 1 << 32)])
+
+    command = rng.choice([Command.WRITE_MEM, Command.READ_MEM, Command.READ_CSR,
+                          Command.COPY_MEM])
+    if command == Command.WRITE_MEM:
+        payload = struct.pack("<I", address()) + rng.randbytes(rng.choice([16, 32, 48,
+                                                                          rng.randint(0, 200)]))
+    elif command == Command.READ_MEM:
+        payload = struct.pack("<II", address(), rng.choice([16, 64, 4096, rng.randint(0, 5000)]))
+    elif command == Command.READ_CSR:
+        payload = struct.pack("<I", rng.choice([0, 4, 0x800, rng.randrange(1 << 16)]))
+    else:
+        payload = struct.pack("<III", address(), address(),
+                              rng.choice([16, 4096, rng.randint(0, 1 << 16)]))
+    cut = rng.random()
+    if cut < 0.1:
+        payload = payload[:rng.randint(1, len(payload))]  # a header cut short
+    elif cut < 0.2 and command != Command.WRITE_MEM:
+        payload += rng.randbytes(rng.randint(1, 8))  # bytes where none belong
+    return encode_frame(command, expected, payload)
+
+
 class Fuzzer:
     """Speaks the protocol directly: it must send what no driver would."""
 
@@ -139,6 +170,22 @@ class Fuzzer:
         raise CheckFailed(f"no {Reply(answer).name} to {Command(command).name} within "
                           f"{self.limit:g} s")
 
+    def taken(self, frame: bytes) -> None:
+        """Send a frame (with the expected SEQ) that the device takes, whatever it then
+        answers (memory commands, refused or carried out): wait for that answer, then count
+        the frame in the order."""
+        seq = self.expected
+        deadline = time.monotonic() + self.limit
+        self.write(frame)
+        while time.monotonic() < deadline:
+            for reply in self.frames(0.01):
+                self.check_sequence(reply)
+                if reply.seq == seq and not (reply.kind == Reply.ERROR
+                                             and reply.payload[0] == LinkError.SEQUENCE):
+                    self.expected = (seq + 1) & 0xFF
+                    return
+        raise CheckFailed(f"no answer to a memory command within {self.limit:g} s")
+
     def reset(self) -> None:
         seq = self.rng.randrange(256)
         deadline = time.monotonic() + self.limit
@@ -156,9 +203,12 @@ class Fuzzer:
         return unpack_fields(COUNTER_FIELDS, self.ask(Command.READ_COUNTERS, Reply.COUNTERS))
 
 
-def run(port, *, chunks: int, seed: int, limit: float, progress=None) -> dict:
-    """The campaign on an open port; returns its figures (``failures`` lists what failed)."""
+def run(port, *, chunks: int, seed: int, limit: float, progress=None,
+        memory_size: int | None = None) -> dict:
+    """The campaign on an open port; returns its figures (``failures`` lists what failed).
+    With ``memory_size`` (a device whose memory is up), memory commands are in the mix."""
     rng = random.Random(seed)
+    kinds = KINDS + (("memory_command",) if memory_size else ())
     fuzz = Fuzzer(port, limit, rng)
     port.reset_input_buffer()
     fuzz.reset()
@@ -168,11 +218,14 @@ def run(port, *, chunks: int, seed: int, limit: float, progress=None) -> dict:
     failures: list[str] = []
     started = time.monotonic()
     for i in range(chunks):
-        kind = rng.choice(KINDS)
+        kind = rng.choice(kinds)
         sent[kind] += 1
         t0 = time.monotonic()
-        fuzz.write(chunk(rng, kind, fuzz.expected))
         try:
+            if kind == "memory_command":
+                fuzz.taken(memory_chunk(rng, fuzz.expected, memory_size))
+            else:
+                fuzz.write(chunk(rng, kind, fuzz.expected))
             fuzz.ask(Command.IDENTIFY, Reply.IDENTITY)
             recoveries.append(time.monotonic() - t0)
             if i % 97 == 96:
@@ -232,9 +285,15 @@ def main(argv=None) -> int:
                     help="link baud (default: the board's)")
     ap.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS),
                     help=f"board definition (default: {DEFAULT_BOARD})")
+    ap.add_argument("--memory", action="store_true",
+                    help="the simulated board with its external memory (brought up first), "
+                         "and memory commands among the chunks")
     ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_quiet(ap)
     args = ap.parse_args(argv)
+    if args.memory and args.port:
+        ap.error("--memory is for the simulated board (a board's memory is brought up by "
+                 "the driver: run sw.driver info --port first)")
     try:
         return _main(args)
     except KeyboardInterrupt:
@@ -257,7 +316,17 @@ def _main(args) -> int:
             from sim.board import SimulatedBoard
 
             progress.note(f"starting the simulated {args.board} board...")
-            path = stack.enter_context(SimulatedBoard(args.board)).port
+            path = stack.enter_context(SimulatedBoard(args.board, memory=args.memory)).port
+        memory_size = None
+        if args.memory:
+            from sw.driver import Accelerator, DriverError
+
+            try:  # the driver brings the memory up, as it does on open
+                with Accelerator.open(path, baud) as acc:
+                    memory_size = acc.memory.size
+            except DriverError as exc:
+                print(f"error: bringing the memory up failed: {exc}", file=sys.stderr)
+                return 2
         try:
             port = stack.enter_context(serial.Serial(path, baudrate=baud, timeout=0.01))
         except (serial.SerialException, OSError, ValueError) as exc:
@@ -266,6 +335,7 @@ def _main(args) -> int:
         bar = stack.enter_context(progress.bar(args.chunks, "fuzz", "chunk"))
         try:
             result = run(port, chunks=args.chunks, seed=args.seed, limit=args.limit,
+                         memory_size=memory_size,
                          progress=lambda done, failed: bar.update(
                              f"{failed} failed" if failed else ""))
         except CheckFailed as exc:

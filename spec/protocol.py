@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from .params import EngineParams, config_bits, qparam_bits
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 SYNC = 0xA5
 #: The header before its CRC, in order (``struct`` codes, little-endian); ``HCRC`` follows.
 HEADER_FIELDS = [("sync", "B"), ("kind", "B"), ("seq", "B"), ("length", "H")]
@@ -75,6 +75,14 @@ class Command(enum.IntEnum):
     RUN_BYPASS = 0x06  #: bypass values of the running layer
     READ_COUNTERS = 0x07  #: reply COUNTERS
     RESET = 0x08  #: reset engine and link state at once; reply ACK
+    #: memory (``MEM_*_FIELDS``): data into the DRAM at an address; reply ACK once written
+    WRITE_MEM = 0x09
+    READ_MEM = 0x0A  #: reply MEM_DATA with the bytes at an address
+    WRITE_CSR = 0x0B  #: a word to the memory controller's control bus; reply ACK
+    READ_CSR = 0x0C  #: reply CSR_VALUE: a word of the memory controller's control bus
+    #: the device copies a region of the memory with its DMA (read a chunk, then write it),
+    #: counting the cycles of each (COUNTERS ``dma_*``); reply ACK once done
+    COPY_MEM = 0x0D
 
 
 class Reply(enum.IntEnum):
@@ -86,6 +94,8 @@ class Reply(enum.IntEnum):
     COUNTERS = 0x84
     OUTPUT = 0x85  #: output values
     DONE = 0x86  #: payload: error, cycles (u32), runs (u16)
+    MEM_DATA = 0x87  #: the bytes a READ_MEM asked for
+    CSR_VALUE = 0x88  #: payload: the word (u32) a READ_CSR asked for
 
 
 class LinkError(enum.IntEnum):
@@ -99,6 +109,21 @@ class LinkError(enum.IntEnum):
     STALL = 6  #: the engine made no progress for ``stall_cycles``: the frame was dropped
     SEQUENCE = 7  #: not the next frame in order (detail: the SEQ expected): dropped
     TIMEOUT = 8  #: the line went idle mid-frame (``rx_idle_cycles``): the frame was dropped
+    NO_MEMORY = 9  #: a memory command to a device built without external memory
+    MEM_RANGE = 10  #: an access beyond the memory (detail: :class:`MemFault`)
+    MEM_TIMEOUT = 11  #: the memory did not answer (detail: :class:`MemFault`): not brought up?
+
+
+class MemFault(enum.IntEnum):
+    """``detail`` of MEM_RANGE and MEM_TIMEOUT errors."""
+
+    BEYOND_END = 1  #: address + length past the end of the memory
+    UNALIGNED = 2  #: address or length not a whole number of native-port words
+    TOO_LONG = 3  #: READ_MEM of more than MAX_PAYLOAD bytes, or a payload of the wrong size
+    COMMAND = 4  #: (timeout) the controller took no command: not initialized
+    WRITE_DATA = 5  #: (timeout) the controller took no write data
+    READ_DATA = 6  #: (timeout) no read data came back
+    CSR = 7  #: (timeout) the control bus did not acknowledge
 
 
 _HEADER_FMT = "<" + "".join(code for _, code in HEADER_FIELDS)
@@ -167,6 +192,27 @@ class FrameDecoder:
             frames.append(Frame(kind, seq, payload))
 
 
+#: Memory commands' payloads (little-endian): WRITE_MEM is its address then the data (whole
+#: native-port words); READ_MEM an address and a length (at most MAX_PAYLOAD bytes, whole
+#: words); WRITE_CSR an address on the controller's control bus and the word; READ_CSR the
+#: address; COPY_MEM source, destination and length (whole words, both regions inside the
+#: memory). Addresses are byte addresses.
+MEM_HEADERS = {Command.WRITE_MEM: [("addr", "I")],
+               Command.READ_MEM: [("addr", "I"), ("length", "I")],
+               Command.WRITE_CSR: [("addr", "I"), ("value", "I")],
+               Command.READ_CSR: [("addr", "I")],
+               Command.COPY_MEM: [("src", "I"), ("dst", "I"), ("length", "I")]}
+MEM_COMMANDS = list(MEM_HEADERS)
+#: The most data one WRITE_MEM carries: a frame less its address, rounded down to whole
+#: words of the widest native port (128 bits).
+MAX_WRITE_MEM = (MAX_PAYLOAD - 4) // 16 * 16
+
+
+def pack_mem(command: int, **fields) -> bytes:
+    return struct.pack(_fmt(MEM_HEADERS[Command(command)]),
+                       *(fields[name] for name, _ in MEM_HEADERS[Command(command)]))
+
+
 #: The engine stream each data command feeds (``hw.engine.FireEngine``'s port names).
 ENGINE_STREAMS = {Command.CONFIGURE: "cfg", Command.LOAD_WEIGHTS: "weights",
                   Command.LOAD_QPARAMS: "qparams", Command.RUN_INPUT: "input",
@@ -200,7 +246,10 @@ def value_bytes(params: EngineParams) -> int:
 
 #: IDENTITY payload: these fields, then every EngineParams field as u32, in its order.
 IDENTITY_FIELDS = [("version", "H"), ("clock_hz", "I"), ("baud", "I"), ("max_payload", "H"),
-                   ("rx_slots", "B"), ("stall_cycles", "I"), ("rx_idle_cycles", "I")]
+                   ("rx_slots", "B"), ("stall_cycles", "I"), ("rx_idle_cycles", "I"),
+                   # external memory: ``spec.dram.VARIANTS`` index (0: none), bytes, the
+                   # native port's width in bits
+                   ("mem_variant", "B"), ("mem_size", "I"), ("mem_port_bits", "H")]
 
 #: COUNTERS payload.
 COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to last output
@@ -213,7 +262,11 @@ COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to la
                   ("bad_header", "I"),  # headers discarded while hunting
                   ("uart_errors", "I"),  # UART framing errors and overruns
                   ("stalls", "I"),  # frames dropped because the engine stopped taking data
-                  ("rx_timeouts", "I")]  # frames dropped because the line idled mid-frame
+                  ("rx_timeouts", "I"),  # frames dropped because the line idled mid-frame
+                  # COPY_MEM's DMA: native-port words copied, and the cycles spent reading
+                  # them (request to the last word back) and writing them (request to the
+                  # last word taken), summed over its chunks
+                  ("dma_words", "I"), ("dma_read_cycles", "I"), ("dma_write_cycles", "I")]
 
 #: DONE payload: the run's error, its cycles and compute cycles (as in COUNTERS), run count.
 DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("compute", "I"), ("runs", "H")]
@@ -226,9 +279,10 @@ def _fmt(fields) -> str:
 
 
 def pack_identity(params: EngineParams, *, clock_hz: int, baud: int,
-                  stall_cycles: int, rx_idle: int) -> bytes:
+                  stall_cycles: int, rx_idle: int, mem_variant: int = 0, mem_size: int = 0,
+                  mem_port_bits: int = 0) -> bytes:
     head = struct.pack(_fmt(IDENTITY_FIELDS), PROTOCOL_VERSION, clock_hz, baud, MAX_PAYLOAD,
-                       RX_SLOTS, stall_cycles, rx_idle)
+                       RX_SLOTS, stall_cycles, rx_idle, mem_variant, mem_size, mem_port_bits)
     values = [int(v) for v in params.to_dict().values()]
     return head + struct.pack(f"<{len(values)}I", *values)
 
@@ -242,6 +296,9 @@ class Identity:
     rx_slots: int
     stall_cycles: int
     rx_idle_cycles: int
+    mem_variant: int
+    mem_size: int
+    mem_port_bits: int
     params: EngineParams
 
 

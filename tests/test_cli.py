@@ -429,8 +429,8 @@ def test_sim_board_passes_params_to_the_board(monkeypatch, capsys):
     started = {}
 
     class FakeBoard:
-        def __init__(self, board, params):
-            started.update(board=board, params=params)
+        def __init__(self, board, params, memory=False):
+            started.update(board=board, params=params, memory=memory)
             self.board, self.port, self.running = get_board(board), "/dev/pts/fake", False
 
         def __enter__(self):
@@ -446,6 +446,9 @@ def test_sim_board_passes_params_to_the_board(monkeypatch, capsys):
     assert code == 0 and out == "/dev/pts/fake\n"
     assert started["params"] == get_board("arty_a7").engine.replace(max_h=28, bypass=False)
     assert "building" not in err  # built already: no promise of a minute of Verilator
+    assert started["memory"] is False
+    code, out, _ = run(sim.board.main, ["--memory"], capsys)
+    assert code == 0 and started["memory"] is True
     code, out, _ = run(sim.board.main, ["--help"], capsys)
     assert code == 0 and "--param NAME=VALUE" in out
 
@@ -543,7 +546,7 @@ def test_driver_help_lists_every_command_and_option(capsys):
         assert f"python -m sw.driver {command}" in usage and command in out
     for option in ("--model", "--input", "--image", "--inputs", "--port", "--baud", "--board",
                    "--timeout", "--json", "--quiet", "--size", "--calib", "--calibrate",
-                   "--weights", "--arch", "--check", "--layer"):
+                   "--weights", "--arch", "--check", "--layer", "--sim-memory", "--copy-to"):
         assert option in usage, option
 
 

@@ -11,12 +11,14 @@
                                      [device options]
     python -m sw.driver evaluate     [--dataset mnist5k|digits] [--limit N]
                                      [--weights F --arch mnist_fire] [device options]
+    python -m sw.driver memtest      [--size BYTES] [--base ADDR] [--pattern P ...]
+                                     [--copy-to ADDR] [device options]
 
 network options: [--arch squeezenet1_1|squeezenet1_0|squeezenet1_0_bypass|mnist_fire]
                  [--weights F --calibrate DIR|X.npy|random]
                  [--size 224] [--calib 8] [--check]
 device options:  [--port PORT] [--baud N] [--board arty_a7] [--param NAME=VALUE ...]
-                 [--params FILE.toml] [--timeout 10] [--json] [--quiet]
+                 [--params FILE.toml] [--timeout 10] [--sim-memory] [--json] [--quiet]
 
 With --port it talks to a board on that serial port; without it, it starts the simulated
 board (the board's RTL under Verilator behind a pty; built once and cached per engine:
@@ -26,7 +28,10 @@ max_w; `infer --help` gives the range); every input is checked before anything s
 Progress goes to stderr (--quiet silences it); every command takes --json for its result on
 stdout. evaluate runs the shipped trained model (sw/data/mnist_fire_mnist5k.npz, from
 python -m sw.train) on the held-out digits of sw.train's split: top-1 on the device, the
-golden model and the float reference.
+golden model and the float reference. memtest writes and reads back patterns in a device's
+external memory (DRAM) through the link, then has the device copy them with its DMA
+(docs/memory.md); the simulated board has its memory with --sim-memory (memtest always),
+and the driver brings the memory up on open.
 """
 
 from __future__ import annotations
@@ -73,14 +78,19 @@ def device(args):
     from sim.board import harness_built, simulated_accelerator
 
     board = get_board(args.board)
-    building = not harness_built(args.engine, board.clock_hz, board.baud)
+    memory = args.command == "memtest" or args.sim_memory
+    if memory and board.dram is None:
+        raise DriverError(f"the {args.board} board has no external memory to simulate")
+    building = not harness_built(args.engine, board.clock_hz, board.baud,
+                                 board.dram if memory else None)
     changed = {k: v for k, v in args.engine.to_dict().items()
                if board.engine.to_dict()[k] != v}
     note(args, f"no --port: starting the simulated {args.board} board"
                + "".join(f", {k}={v}" for k, v in changed.items())
                + (" (this first start builds it with Verilator, a minute or two)"
                   if building else ""))
-    with simulated_accelerator(args.board, args.engine, timeout=args.timeout) as acc:
+    with simulated_accelerator(args.board, args.engine, memory=memory,
+                               timeout=args.timeout) as acc:
         args.opened = "simulated"
         yield acc
 
@@ -203,10 +213,16 @@ def cmd_info(args) -> int:
         ident = acc.identity
         counters = acc.counters()
         desc = acc.description
+        mem = acc.memory
+        memory = None if mem is None else {
+            "variant": mem.variant, "kind": mem.config.memtype, "bytes": mem.size,
+            "port_bits": mem.config.port_bits, "description": mem.config.description,
+            "bring_up": mem.bring_up_result.to_dict() if mem.bring_up_result else None}
     p = ident.params
     result = {"device": desc, "protocol": ident.version, "clock_hz": ident.clock_hz,
               "baud": ident.baud, "max_payload": ident.max_payload, "rx_slots": ident.rx_slots,
-              "params": p.to_dict(), "lanes": p.lanes, "counters": counters}
+              "params": p.to_dict(), "lanes": p.lanes, "memory": memory,
+              "counters": counters}
     text = "\n".join([
         f"device: {desc}",
         f"protocol {ident.version}, clock {ident.clock_hz / 1e6:g} MHz, link {ident.baud:,} "
@@ -215,10 +231,106 @@ def cmd_info(args) -> int:
         f"{p.max_h}x{p.max_w}, Cin {p.max_cin}, S {p.max_squeeze}, E1 {p.max_e1}, E3 "
         f"{p.max_e3}; weight buffer {p.weight_depth} rows, squeeze buffer "
         f"{p.squeeze_depth} words, bypass {'yes' if p.bypass else 'no'}",
+        "memory: none (streaming only)" if memory is None else
+        f"memory: {memory['description']}; {memory['bytes']:,} bytes on a "
+        f"{memory['port_bits']}-bit port ({memory['variant']}); brought up: "
+        + ("yes" if memory["bring_up"] and memory["bring_up"]["init_done"] else "no"),
         "counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()),
     ])
     emit(args, result, text)
     return 0
+
+
+#: memtest's patterns: a region's bytes from its byte addresses and a seed
+MEMTEST_PATTERNS = ("random", "address", "inverted-address", "ones", "zeros")
+
+
+def memtest_pattern(name: str, addr: int, n: int, seed: int) -> bytes:
+    """``n`` bytes of pattern ``name`` for the region at byte address ``addr``."""
+    if name == "random":
+        return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    if name in ("address", "inverted-address"):
+        # each aligned 32-bit word holds its own byte address: catches aliased addresses
+        first = addr // 4
+        words = np.arange(first, (addr + n + 3) // 4 + 1, dtype=np.uint64) * 4
+        raw = (words & 0xFFFFFFFF).astype("<u4").tobytes()[addr - 4 * first:][:n]
+        return raw if name == "address" else bytes(255 - b for b in raw)
+    return (b"\xff" if name == "ones" else b"\x00") * n
+
+
+def cmd_memtest(args) -> int:
+    with device(args) as acc:
+        mem = acc.memory
+        if mem is None:
+            raise DriverError(f"{acc.description} has no external memory: memtest needs a "
+                              "device built with it")
+        size = args.size
+        if size % mem.word or not 0 < size <= mem.size:
+            raise DriverError(f"--size {size}: a multiple of the memory's {mem.word}-byte "
+                              f"words, at most {mem.size:,}")
+        base = args.base
+        if base % mem.word or base + size > mem.size:
+            raise DriverError(f"--base {base:#x}: a multiple of {mem.word} with the region "
+                              f"inside the memory ({mem.size:,} bytes)")
+        dst = args.copy_to if args.copy_to is not None else base + size
+        if dst % mem.word or dst + size > mem.size or (dst < base + size and base < dst + size):
+            raise DriverError(f"the copy's destination {dst:#x}: a multiple of {mem.word}, "
+                              f"its {size:,} bytes inside the memory ({mem.size:,} bytes) and "
+                              f"apart from the region at {base:#x} (see --copy-to)")
+        results, errors = [], 0
+        bar = progress(args)
+        for i, name in enumerate(args.pattern):
+            data = memtest_pattern(name, base, size, args.seed + i)
+            t0 = time.monotonic()
+            mem.write(base, data)
+            t1 = time.monotonic()
+            back = mem.read(base, size)
+            t2 = time.monotonic()
+            bad = int(np.count_nonzero(np.frombuffer(back, np.uint8)
+                                       != np.frombuffer(data, np.uint8)))
+            errors += bad
+            results.append({"pattern": name, "bytes": size, "errors": bad,
+                            "write_seconds": t1 - t0, "read_seconds": t2 - t1,
+                            "write_mb_s": size / (t1 - t0) / 1e6,
+                            "read_mb_s": size / (t2 - t1) / 1e6})
+            bar.note(f"{name}: {bad} byte errors, write {size / (t1 - t0) / 1e6:.3f} MB/s, "
+                     f"read {size / (t2 - t1) / 1e6:.3f} MB/s")
+        # the device copies the last pattern with its DMA; the copy is read back and checked
+        dma = mem.copy(base, dst, size)
+        copied = mem.read(dst, size)
+        copy_errors = int(np.count_nonzero(np.frombuffer(copied, np.uint8)
+                                           != np.frombuffer(back, np.uint8)))
+        errors += copy_errors
+        clock = acc.identity.clock_hz
+        desc = acc.description
+    total_w = sum(r["write_seconds"] for r in results)
+    total_r = sum(r["read_seconds"] for r in results)
+    n = size * len(results)
+    words = dma["dma_words"]
+    rd = words / dma["dma_read_cycles"] if dma["dma_read_cycles"] else 0.0
+    wr = words / dma["dma_write_cycles"] if dma["dma_write_cycles"] else 0.0
+    port_bytes = mem.word
+    on_device = {"src": base, "dst": dst, "bytes": size, "errors": copy_errors, "words": words,
+              "read_cycles": dma["dma_read_cycles"], "write_cycles": dma["dma_write_cycles"],
+              "read_words_per_cycle": rd, "write_words_per_cycle": wr,
+              "read_mb_s": rd * port_bytes * clock / 1e6,
+              "write_mb_s": wr * port_bytes * clock / 1e6,
+              "port_peak_mb_s": port_bytes * clock / 1e6, "clock_hz": clock}
+    result = {"device": desc, "memory": mem.variant, "base": base, "size": size,
+              "patterns": results, "errors": errors, "device_copy": on_device,
+              "link_write_mb_s": n / total_w / 1e6, "link_read_mb_s": n / total_r / 1e6,
+              "note": "link MB/s is host wall time through the link (on the simulated board, "
+                      "the simulator's speed, not a UART's)"}
+    text = (f"memtest on {desc}: {mem.variant}, {size:,} bytes at {base:#x}, "
+            f"{len(results)} pattern(s) and a device copy to {dst:#x}: {errors} byte errors\n"
+            f"through the link: {result['link_write_mb_s']:.3f} MB/s write, "
+            f"{result['link_read_mb_s']:.3f} MB/s read (host wall time)\n"
+            f"on the device (DMA, {words:,} words of {port_bytes} bytes, from its cycle "
+            f"counters): read {rd:.3f} words/cycle ({on_device['read_mb_s']:.0f} MB/s), write "
+            f"{wr:.3f} words/cycle ({on_device['write_mb_s']:.0f} MB/s) of the port's 1 word a "
+            f"cycle ({on_device['port_peak_mb_s']:.0f} MB/s at {clock / 1e6:g} MHz)")
+    emit(args, result, text)
+    return 0 if errors == 0 else 1
 
 
 def cmd_run_fire(args) -> int:
@@ -596,6 +708,8 @@ COMMANDS = {
                                        "outputs, logits SQNR, top-1 agreement"),
     "evaluate": (cmd_evaluate, "top-1 on held-out real digits: device, golden model and "
                                "float, with their agreement and bit-exactness"),
+    "memtest": (cmd_memtest, "write and read back patterns in the device's external memory "
+                             "(DRAM) through the link: errors and MB/s"),
 }
 
 
@@ -631,9 +745,25 @@ def parser() -> argparse.ArgumentParser:
                               "a board reports its own)")
         dev.add_argument("--params", metavar="FILE.toml",
                          help="the simulated board's engine parameters from a TOML file")
+        dev.add_argument("--sim-memory", action="store_true",
+                         help="without --port: simulate the board with its external memory "
+                              "(LiteDRAM with its PHY model; half the simulation speed). "
+                              "memtest always does")
         dev.add_argument("--json", action="store_true", help="print machine-readable JSON")
         add_quiet(dev)
         if name == "info":
+            continue
+        if name == "memtest":
+            s.add_argument("--size", type=at_least(1), default=1 << 20, metavar="BYTES",
+                           help="bytes of each pattern, whole memory words (default: 1 MiB)")
+            s.add_argument("--base", type=lambda t: int(t, 0), default=0, metavar="ADDR",
+                           help="byte address the region starts at (default: 0)")
+            s.add_argument("--pattern", action="append", choices=MEMTEST_PATTERNS,
+                           help="pattern, repeatable (default: random and address)")
+            s.add_argument("--seed", type=int, default=1, help="seed of the random pattern")
+            s.add_argument("--copy-to", type=lambda t: int(t, 0), metavar="ADDR",
+                           help="where the device copies the region with its DMA (default: "
+                                "right after it)")
             continue
         if name == "compare-onnx":
             s.add_argument("--model", metavar="MODEL.onnx", required=True,
@@ -704,6 +834,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.opened = None
+    if args.command == "memtest" and not args.pattern:
+        args.pattern = ["random", "address"]
     run, _ = COMMANDS[args.command]
     try:
         args.engine = engine_params(args)

@@ -34,6 +34,7 @@ from sw.ops import FireLayer
 
 from .errors import DeviceError, DriverError, OutputLost, PortError, ProtocolError
 from .link import Collected, Link
+from .memory import Memory
 
 
 @dataclass
@@ -59,12 +60,15 @@ class Accelerator:
         self.description = description
         self._closer = closer
         self._identity: Identity | None = None
+        self._memory = None  # Memory, once looked up; False for a device without
         self._loaded = None  # (layer id, shape, bypass) whose weights the device holds
 
     # -- opening ------------------------------------------------------------------------
     @classmethod
-    def open(cls, port: str, baud: int = 12_000_000, **kw) -> Accelerator:
-        """Open a board on a serial port (resets it and reads its parameters)."""
+    def open(cls, port: str, baud: int = 12_000_000, *, bring_up: bool = True,
+             **kw) -> Accelerator:
+        """Open a board on a serial port: reset it, read its parameters and, if it has
+        external memory, bring the memory up (``bring_up=False`` leaves it as it is)."""
         import serial
 
         try:
@@ -75,6 +79,8 @@ class Accelerator:
         try:
             acc.reset()
             acc.identify()
+            if bring_up and acc.memory is not None:
+                acc.memory.bring_up()
         except BaseException:
             acc.close()
             raise
@@ -115,6 +121,24 @@ class Accelerator:
     @property
     def params(self) -> EngineParams:
         return self.identity.params
+
+    @property
+    def memory(self) -> Memory | None:
+        """The device's external memory (``sw.driver.memory.Memory``), None without."""
+        if self._memory is None:
+            self._memory = Memory.of(self) or False
+        return self._memory or None
+
+    def _transact(self, frames: list, expect: int) -> list:
+        """Send frames, each answered by a reply of kind ``expect`` (else ProtocolError)."""
+        replies = self._guard(lambda: self.link.transact(frames))
+        for (command, _), reply in zip(frames, replies, strict=True):
+            if reply.kind != expect:
+                raise ProtocolError(f"{Command(command).name} answered with {reply.kind:#x}")
+        return replies
+
+    def _request(self, command: int, payload: bytes, expect: int):
+        return self._transact([(command, payload)], expect)[0]
 
     def counters(self) -> dict:
         frame = self._guard(lambda: self.link.request(Command.READ_COUNTERS))

@@ -21,6 +21,7 @@ from spec.protocol import (
     Frame,
     FrameDecoder,
     LinkError,
+    MemFault,
     Reply,
     encode_frame,
     unpack_fields,
@@ -280,6 +281,18 @@ class Link:
         if code == LinkError.STALL:
             return DeviceError(f"the engine made no progress during {what}: frames out of "
                                "order for the running layer", code=code, field="stream")
+        if code == LinkError.NO_MEMORY:
+            return DeviceError(f"device refused {what}: it was built without external "
+                               "memory", code=code, field="memory")
+        if code in (LinkError.MEM_RANGE, LinkError.MEM_TIMEOUT):
+            fault = (MemFault(detail).name.lower().replace("_", " ")
+                     if detail in MemFault._value2member_map_ else f"detail {detail}")
+            if code == LinkError.MEM_RANGE:
+                return DeviceError(f"device refused {what}: {fault} (address and length must "
+                                   "be whole native-port words inside the memory)",
+                                   code=code, field="memory")
+            return DeviceError(f"the memory did not answer {what} ({fault}): is it brought "
+                               "up? (the driver does that on open)", code=code, field="memory")
         reason = LinkError(code).name if code in LinkError._value2member_map_ else str(code)
         return ProtocolError(f"device rejected {what}: {reason}")
 

@@ -1,0 +1,291 @@
+"""The LiteDRAM controller, generated with LiteDRAM's own generator (``litedram.gen``) from
+PyPI, cached by its configuration, and the Amaranth side of it.
+
+``generate(config, sim=..., clock_hz=...)`` returns a :class:`GeneratedCore`: the Verilog of
+a standalone ``litedram_core`` (no CPU: its control bus is a Wishbone port, ``wb_ctrl``, and
+one native user port), and the :class:`~spec.dram.DramRecord` of what the host needs to bring
+it up. ``sim=True`` generates the same controller with LiteDRAM's ``SDRAMPHYModel`` in place
+of the PHY, for the simulated board. Generation takes seconds; the result is kept under
+``build/dram/`` by a hash of everything that goes into it.
+
+    python -m hw.dram --record     # regenerate every variant, write spec/dram_data/*.json
+    python -m hw.dram --variant arty_ddr3_sim --print-verilog-path
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from amaranth import ClockSignal, Instance, Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from spec.cache import build_lock, publish, scratch_dir
+from spec.cli import ArgumentParser
+from spec.dram import (
+    CONFIGS,
+    DATA,
+    VARIANTS,
+    DramConfig,
+    DramRecord,
+    InitCommand,
+    variant_name,
+)
+
+from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I001
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "dram"
+#: Bumped when what this module asks of the generator changes (part of the cache key).
+GENERATOR_REVISION = 4
+#: The controller's native user ports, arbitrated by its crossbar: the link's memory bridge,
+#: the DMA reader and the DMA writer.
+USER_PORTS = ("bridge", "dma_rd", "dma_wr")
+#: The clock each variant's controller is generated for. The simulated board runs the
+#: controller on the board's system clock. On the Arty the controller makes its own clocks
+#: from the 100 MHz oscillator with one PLL (sys, sys4x and its 90-degree copy, the IDELAY
+#: reference at 200 MHz); no PLL setting gives 96 MHz (the clock the 12 Mbaud UART divides)
+#: beside 384 and 200 MHz, so the Arty's controller runs at 100 MHz, a clock of its own.
+VARIANT_CLOCKS = {"arty_ddr3": 100_000_000, "arty_ddr3_sim": 96_000_000,
+                  "ulx3s_sdr": 100_000_000, "ulx3s_sdr_sim": 100_000_000}
+
+
+class DramGenerationError(RuntimeError):
+    """LiteDRAM's generator failed, or is not installed."""
+
+
+@dataclass(frozen=True)
+class GeneratedCore:
+    variant: str
+    directory: Path
+    verilog: Path  #: ``litedram_core.v``
+    record: DramRecord
+    config: DramConfig
+    sim: bool
+
+    def verilog_text(self) -> str:
+        return self.verilog.read_text()
+
+
+def _core_config(config: DramConfig, clock_hz: int) -> dict:
+    """The generator's configuration (what ``litedram_gen`` reads from YAML), as Python."""
+    from litedram import modules, phy
+
+    cfg = {
+        "speedgrade": -1, "cpu": None, "memtype": config.memtype, "uart": "rs232",
+        "sdram_module": getattr(modules, config.module), "sdram_module_nb": config.module_nb,
+        "sdram_rank_nb": 1, "sdram_phy": getattr(phy, config.phy),
+        "input_clk_freq": 100e6, "sys_clk_freq": float(clock_hz), "iodelay_clk_freq": 200e6,
+        "cmd_buffer_depth": 16,
+        "user_ports": {name: {"type": "native"} for name in USER_PORTS},
+    }
+    if config.memtype == "DDR3":
+        cfg.update(rtt_nom=config.rtt_nom, rtt_wr=config.rtt_wr, ron=config.ron,
+                   cmd_latency=0)
+    if config.phy == "GENSDRPHY":
+        cfg["device"] = "LFE5U-85F-6BG381C"
+    return cfg
+
+
+def _key(config: DramConfig, sim: bool, clock_hz: int) -> str:
+    digest = hashlib.sha256(json.dumps(
+        [asdict(config), sim, clock_hz, GENERATOR_REVISION, version("litedram"),
+         version("litex"), version("migen")], sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+class _VerilogOnly:
+    """A LiteX toolchain that writes the design's Verilog and nothing else: the simulation
+    platform's own would go on to set up LiteX's simulator (and need its tap device)."""
+
+    def build(self, platform, fragment, build_dir, build_name, **kwargs):
+        os.makedirs(build_dir, exist_ok=True)
+        platform.finalize(fragment)
+        out = platform.get_verilog(fragment, name=build_name,
+                                   regular_comb=kwargs.get("regular_comb", False))
+        out.write(os.path.join(build_dir, f"{build_name}.v"))
+        return out.ns
+
+
+def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRecord:
+    import logging
+
+    from litedram import gen
+    from litedram.init import get_sdram_phy_init_sequence
+    from litex.build.lattice import LatticePlatform
+    from litex.build.sim import SimPlatform
+    from litex.build.xilinx import XilinxPlatform
+    from litex.soc.integration.builder import Builder
+
+    logging.getLogger("LiteXSoC").setLevel(logging.WARNING)
+    cfg = _core_config(config, clock_hz)
+    if sim:
+        platform = SimPlatform("", io=[])
+        platform.toolchain = _VerilogOnly()
+    elif config.phy == "GENSDRPHY":
+        platform = LatticePlatform(cfg["device"], io=[], toolchain="trellis")
+    else:
+        platform = XilinxPlatform("", io=[], toolchain="vivado")
+    soc = gen.LiteDRAMCore(platform, cfg)
+    builder = Builder(soc, output_dir=str(out), compile_gateware=False,
+                      compile_software=False)
+    builder.build(build_name="litedram_core", regular_comb=False)
+    settings = soc.sdram.controller.settings
+    sequence, _ = get_sdram_phy_init_sequence(settings.phy, settings.timing)
+    constants = {"dfii_control_sel": 0x01, "dfii_control_cke": 0x02, "dfii_control_odt": 0x04,
+                 "dfii_control_reset_n": 0x08, "dfii_command_cs": 0x01,
+                 "dfii_command_we": 0x02, "dfii_command_cas": 0x04, "dfii_command_ras": 0x08,
+                 "dfii_command_wrdata": 0x10, "dfii_command_rddata": 0x20}
+    init = []
+    for comment, a, ba, cmd, delay in sequence:
+        parts = [p.strip().lower() for p in str(cmd).split("|") if p.strip()]
+        control = parts[0].startswith("dfii_control")
+        if any(p.startswith("dfii_control") != control for p in parts):
+            raise DramGenerationError(f"init step {comment!r} mixes control and command bits")
+        bits = 0
+        for part in parts:
+            bits |= constants[part]
+        init.append(InitCommand(comment=comment, address=a, bank=ba, control=control,
+                                bits=bits, delay=int(delay)))
+    csr = {}
+    for line in (out / "csr.csv").read_text().splitlines():
+        fields = line.split(",")
+        if fields[0] == "csr_register":
+            csr[fields[1]] = int(fields[2], 16)
+    p = settings.phy
+
+    def plain(value):  # a setting that is a migen Signal: its reset value
+        return int(getattr(getattr(value, "reset", None), "value", value))
+
+    phy = {"rdphase": plain(p.rdphase), "wrphase": plain(p.wrphase),
+           "databits": p.databits, "dfi_databits": p.dfi_databits, "modules": p.strobes,
+           "delays": p.delays, "bitslips": p.bitslips, "read_leveling": bool(p.read_leveling)}
+    return DramRecord(variant=variant_name(config, sim), csr=csr, constants=constants,
+                      init=init, phases=p.nphases, litedram=version("litedram"),
+                      clock_hz=clock_hz, phy=phy)
+
+
+def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
+             root: Path = BUILD) -> GeneratedCore:
+    """The generated controller for ``config`` (cached; safe for concurrent callers)."""
+    name = variant_name(config, sim)
+    clock_hz = clock_hz or VARIANT_CLOCKS[name]
+    target = Path(root) / f"{name}_{_key(config, sim, clock_hz)}"
+    verilog = target / "gateware" / "litedram_core.v"
+
+    def result():
+        rec = DramRecord.from_json((target / "record.json").read_text())
+        return GeneratedCore(name, target, verilog, rec, config, sim)
+
+    if (target / "record.json").exists():
+        return result()
+    with build_lock(target):
+        if (target / "record.json").exists():
+            return result()
+        work = scratch_dir(target)
+        try:
+            try:
+                rec = _generate(config, sim, clock_hz, work)
+            except ImportError as exc:
+                raise DramGenerationError(
+                    f"LiteDRAM is not installed ({exc}): run the README's setup "
+                    "(make setup)") from exc
+            (work / "record.json").write_text(rec.to_json())
+            publish(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # gone already when published
+    return result()
+
+
+class LiteDRAM(wiring.Component):
+    """The generated ``litedram_core`` as an Amaranth component (an ``Instance``; the Verilog
+    goes into the build beside the design's). ``port_NAME``: its native user ports
+    (``USER_PORTS``); ``bus``: its control bus; ``init_done``/``init_error``: what the host
+    wrote to its ``ddrctrl`` registers after bringing it up (the user ports are blocked
+    until then).
+
+    Only the simulation variant is instantiated here: one clock (the design's ``sync``), the
+    PHY model inside. On a board the core makes its own clocks from the oscillator and has
+    the memory's pins (``BoardTop``).
+    """
+
+    def __init__(self, core: GeneratedCore):
+        if not core.sim:
+            raise ValueError(f"{core.variant}: a board's controller is instantiated by its "
+                             "board top, with its pins and clocks")
+        self.core = core
+        c = core.config
+        super().__init__({
+            **{f"port_{name}": In(native_port_signature(c.addr_bits, c.port_bits))
+               for name in USER_PORTS},
+            "bus": In(WISHBONE_SIGNATURE),
+            "init_done": Out(1), "init_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        b = self.bus
+        ports = {}
+        for name in USER_PORTS:
+            p, u = getattr(self, f"port_{name}"), f"user_port_{name}_"
+            ports.update({
+                f"i_{u}cmd_valid": p.cmd.valid, f"o_{u}cmd_ready": p.cmd.ready,
+                f"i_{u}cmd_we": p.cmd.payload.we, f"i_{u}cmd_addr": p.cmd.payload.addr,
+                f"i_{u}wdata_valid": p.wdata.valid, f"o_{u}wdata_ready": p.wdata.ready,
+                f"i_{u}wdata_data": p.wdata.payload.data, f"i_{u}wdata_we": p.wdata.payload.we,
+                f"o_{u}rdata_valid": p.rdata.valid, f"i_{u}rdata_ready": p.rdata.ready,
+                f"o_{u}rdata_data": p.rdata.payload})
+        m.submodules.litedram_core = Instance(
+            "litedram_core",
+            i_clk=ClockSignal(), i_sim_trace=0,
+            o_init_done=self.init_done, o_init_error=self.init_error,
+            i_wb_ctrl_adr=b.adr, i_wb_ctrl_dat_w=b.dat_w, o_wb_ctrl_dat_r=b.dat_r,
+            i_wb_ctrl_sel=b.sel, i_wb_ctrl_cyc=b.cyc, i_wb_ctrl_stb=b.stb, i_wb_ctrl_we=b.we,
+            o_wb_ctrl_ack=b.ack, o_wb_ctrl_err=b.err, i_wb_ctrl_cti=0, i_wb_ctrl_bte=0,
+            **ports)
+        return m
+
+
+def generate_variant(variant: str) -> GeneratedCore:
+    if variant not in VARIANTS[1:]:
+        raise ValueError(f"unknown memory variant {variant!r}; choose from "
+                         f"{', '.join(VARIANTS[1:])}")
+    sim = variant.endswith("_sim")
+    return generate(CONFIGS[variant.removesuffix("_sim")], sim=sim)
+
+
+def main(argv=None) -> int:
+    ap = ArgumentParser(prog="python -m hw.dram", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--record", action="store_true",
+                    help=f"generate every variant and write its record to {DATA}")
+    ap.add_argument("--variant", choices=VARIANTS[1:],
+                    help="generate this variant and print the path of its Verilog")
+    args = ap.parse_args(argv)
+    if not args.record and not args.variant:
+        ap.error("give --record or --variant")
+    try:
+        if args.variant:
+            print(generate_variant(args.variant).verilog)
+        if args.record:
+            DATA.mkdir(exist_ok=True)
+            for variant in VARIANTS[1:]:
+                core = generate_variant(variant)
+                (DATA / f"{variant}.json").write_text(core.record.to_json())
+                print(f"{variant}: {DATA / (variant + '.json')}")
+    except DramGenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Amaranth-simulator tests of the DMA reader and writer (``hw.dma``) on their own, against a
+memory behind a native port that takes commands and gives read data after random delays
+(LiteDRAM's own controller is behind them on the simulated board: tests/test_memory.py).
+What they catch here: words out of order or lost under backpressure, more words in flight
+than the reader can hold, a request past the end of the memory that moves anything."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from streams import randomly
+
+from hw.dma import DMAReader, DMAWriter
+
+WORDS, BITS = 64, 32
+
+
+def memory_model(dut, mem, rng, log):
+    """The controller's side of ``dut.port``: commands taken with random gaps, read data
+    returned in order after a random latency, write data taken when the controller asks."""
+
+    async def port(ctx):
+        p = dut.port
+        reads, writes = deque(), deque()
+        gaps, data_gaps = randomly(rng, 0.3), randomly(rng, 0.3)
+        cycle = 0
+        while True:
+            cmd_ready = not next(gaps)
+            ctx.set(p.cmd.ready, cmd_ready)
+            due = bool(reads) and reads[0][0] <= cycle  # in order, each after its latency
+            ctx.set(p.rdata.valid, due)
+            if due:
+                ctx.set(p.rdata.payload, mem[reads[0][1]])
+            ctx.set(p.wdata.ready, bool(writes) and not next(data_gaps))
+            # what the port does at this clock edge, sampled there (after every testbench of
+            # the cycle has set its inputs)
+            _, _, valid, we, addr, rd_valid, rd_ready, wd_valid, wd_ready, wdata = \
+                await ctx.tick().sample(p.cmd.valid, p.cmd.payload.we, p.cmd.payload.addr,
+                                        p.rdata.valid, p.rdata.ready, p.wdata.valid,
+                                        p.wdata.ready, p.wdata.payload.data)
+            cmd = (valid, we, addr)
+            rd, wr = rd_valid and rd_ready, wd_valid and wd_ready
+            cycle += 1
+            if rd:
+                reads.popleft()
+            if wr:
+                mem[writes.popleft()] = wdata
+            if cmd[0] and cmd_ready:
+                log.append(cmd[2])
+                if cmd[1]:
+                    writes.append(cmd[2])
+                else:
+                    due = cycle + int(rng.integers(3, 20))
+                    reads.append((max(due, reads[-1][0]) if reads else due, cmd[2]))
+                log.append(len(reads))
+
+    return port
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_reader_gives_the_words_in_order_under_backpressure(seed):
+    rng = np.random.default_rng(seed)
+    mem = [int(v) for v in rng.integers(0, 1 << BITS, WORDS)]
+    dut = DMAReader(addr_bits=6, data_bits=BITS, words=WORDS, depth=8)
+    jobs = [(0, 1), (5, 17), (40, 24), (63, 1)]
+    got, log, errors = [], [], []
+
+    async def host(ctx):
+        stalls = randomly(rng, 0.4)
+        for addr, n in jobs + [(60, 5)]:  # the last runs past the end: refused
+            ctx.set(dut.request.payload.addr, addr)
+            ctx.set(dut.request.payload.words, n)
+            ctx.set(dut.request.valid, 1)
+            while not ctx.get(dut.request.ready):
+                await ctx.tick()
+            if ctx.get(dut.error):
+                errors.append((addr, n))
+            await ctx.tick()
+            ctx.set(dut.request.valid, 0)
+            if (addr, n) == (60, 5):
+                for _ in range(50):
+                    assert not ctx.get(dut.port.cmd.valid)
+                    await ctx.tick()
+                continue
+            words = []
+            while len(words) < n:
+                ready = not next(stalls)
+                ctx.set(dut.data.ready, ready)
+                if ready and ctx.get(dut.data.valid):
+                    words.append(ctx.get(dut.data.payload))
+                await ctx.tick()
+            ctx.set(dut.data.ready, 0)
+            got.append(words)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(memory_model(dut, mem, rng, log), background=True)
+    sim.add_testbench(host)
+    sim.run()
+    assert got == [mem[a:a + n] for a, n in jobs]
+    assert errors == [(60, 5)]
+    assert max(log[1::2]) <= 8  # never more reads outstanding than the reader's depth
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_writer_writes_the_words_where_asked(seed):
+    rng = np.random.default_rng(seed)
+    mem = [0] * WORDS
+    dut = DMAWriter(addr_bits=6, data_bits=BITS, words=WORDS, depth=4)
+    jobs = [(3, 1), (10, 30), (50, 14)]
+    data = {job: [int(v) for v in rng.integers(1, 1 << BITS, job[1])] for job in jobs}
+    errors = []
+
+    async def host(ctx):
+        gaps = randomly(rng, 0.4)
+        for addr, n in [(60, 5)] + jobs:  # the first runs past the end: refused
+            ctx.set(dut.request.payload.addr, addr)
+            ctx.set(dut.request.payload.words, n)
+            ctx.set(dut.request.valid, 1)
+            while not ctx.get(dut.request.ready):
+                await ctx.tick()
+            if ctx.get(dut.error):
+                errors.append((addr, n))
+            await ctx.tick()
+            ctx.set(dut.request.valid, 0)
+            if (addr, n) == (60, 5):
+                continue
+            for word in data[(addr, n)]:
+                while next(gaps):
+                    await ctx.tick()
+                ctx.set(dut.data.payload, word)
+                ctx.set(dut.data.valid, 1)
+                while not ctx.get(dut.data.ready):
+                    await ctx.tick()
+                await ctx.tick()
+                ctx.set(dut.data.valid, 0)
+            while ctx.get(dut.busy):
+                await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(memory_model(dut, mem, rng, []), background=True)
+    sim.add_testbench(host)
+    sim.run()
+    expect = [0] * WORDS
+    for (addr, n), words in data.items():
+        expect[addr:addr + n] = words
+    assert mem == expect
+    assert errors == [(60, 5)]

@@ -1,0 +1,217 @@
+"""External memory through the real LiteDRAM controller: the simulated board with LiteDRAM's
+PHY model, brought up by the driver, written and read back through the link; every bad
+access refused with an error that names it, by the host and by the device."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import serial
+
+from hw.dram import generate_variant
+from sim.board import SimulatedBoard
+from sim.fuzz import run as fuzz
+from spec.dram import VARIANTS, record
+from spec.protocol import MAX_PAYLOAD, Command, encode_frame, pack_mem
+from sw.driver import Accelerator, DeviceError
+from sw.driver.__main__ import main as driver_main
+from sw.driver.memory import MemoryAccessError
+
+
+@pytest.mark.parametrize("variant", VARIANTS[1:])
+def test_recorded_bring_up_data_is_litedrams(variant):
+    """spec/dram_data holds what LiteDRAM generates today: the register addresses and the
+    init sequence the driver plays are the generated core's own."""
+    generated = generate_variant(variant)
+    assert generated.record == record(variant)
+    assert generated.verilog.exists() and "module litedram_core" in generated.verilog_text()
+
+
+@pytest.fixture(scope="module")
+def board():
+    with SimulatedBoard("arty_a7", memory=True) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def acc(board):
+    with Accelerator.open(board.port, board.baud) as a:
+        yield a
+
+
+def test_identity_reports_the_memory(acc):
+    ident = acc.identity
+    assert VARIANTS[ident.mem_variant] == "arty_ddr3_sim"
+    assert ident.mem_size == 256 << 20 and ident.mem_port_bits == 128
+    up = acc.memory.bring_up_result
+    assert up.init_done and up.steps == len(record("arty_ddr3_sim").init)
+
+
+def test_write_read_back_any_alignment(acc):
+    rng = np.random.default_rng(7)
+    mem = acc.memory
+    for addr, n in [(0, 16), (0x1000, 9000), (0x20003, 1), (0x30007, 5001),
+                    ((256 << 20) - 4096, 4096)]:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        mem.write(addr, data)
+        assert mem.read(addr, n) == data, (addr, n)
+    # a partial-word write keeps the rest of its words
+    mem.write(0x40000, bytes(range(48)))
+    mem.write(0x40005, b"\xff\xfe")
+    expect = bytearray(range(48))
+    expect[5:7] = b"\xff\xfe"
+    assert mem.read(0x40000, 48) == bytes(expect)
+
+
+def test_host_refuses_access_beyond_the_memory(acc):
+    with pytest.raises(MemoryAccessError, match=r"beyond the memory \(268,435,456 bytes"):
+        acc.memory.read((256 << 20) - 8, 16)
+    with pytest.raises(MemoryAccessError, match="beyond"):
+        acc.memory.write(-1, b"x")
+
+
+@pytest.mark.parametrize("command, fields, data, words", [
+    (Command.READ_MEM, {"addr": (256 << 20) - 16, "length": 32}, b"", "beyond end"),
+    (Command.READ_MEM, {"addr": 8, "length": 16}, b"", "unaligned"),
+    (Command.READ_MEM, {"addr": 0, "length": 24}, b"", "unaligned"),
+    (Command.READ_MEM, {"addr": 0, "length": MAX_PAYLOAD + 16}, b"", "too long"),
+    (Command.WRITE_MEM, {"addr": (256 << 20) - 16}, bytes(32), "beyond end"),
+    (Command.WRITE_MEM, {"addr": 4}, bytes(16), "unaligned"),
+    (Command.WRITE_MEM, {"addr": 0}, bytes(17), "unaligned"),
+])
+def test_device_refuses_bad_memory_frames(acc, command, fields, data, words):
+    """Frames the driver would never send, sent raw: the device answers each with an ERROR
+    naming the fault, writes nothing, and goes on working."""
+    mem = acc.memory
+    mem.write((256 << 20) - 32, bytes(range(32)))
+    with pytest.raises(DeviceError, match=words):
+        acc._request(command, pack_mem(command, **fields) + data, 0)
+    assert mem.read((256 << 20) - 32, 32) == bytes(range(32))
+    assert acc.identify().mem_variant
+
+
+def test_device_copy_with_its_dma(acc):
+    """COPY_MEM: the DMA reader and writer move a region (several chunks and a short last
+    one) through the controller's own ports; the copy reads back equal, the source is
+    untouched, and the counters count every word, at most one a cycle each way."""
+    mem = acc.memory
+    rng = np.random.default_rng(3)
+    n = 16 * (2 * 1024 + 17)
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    mem.write(0x100000, data)
+    mem.write(0x200000 + n, b"\xaa" * 16)  # the word after the copy stays as it was
+    dma = mem.copy(0x100000, 0x200000, n)
+    assert mem.read(0x200000, n + 16) == data + b"\xaa" * 16
+    assert mem.read(0x100000, n) == data
+    assert dma["dma_words"] == n // 16
+    assert n // 16 <= dma["dma_read_cycles"] and n // 16 <= dma["dma_write_cycles"]
+    with pytest.raises(MemoryAccessError, match="overlap"):
+        mem.copy(0x100000, 0x100010, 64)
+    # random word counts (one word; across chunk edges) at random word addresses
+    for words in (1, int(rng.integers(2, 1024)), int(rng.integers(1025, 2100))):
+        src, dst = (16 * int(a) for a in rng.integers(0x50000, 0x60000, 2) * [1, 2])
+        data = rng.integers(0, 256, 16 * words, dtype=np.uint8).tobytes()
+        mem.write(src, data)
+        assert mem.copy(src, dst, 16 * words)["dma_words"] == words
+        assert mem.read(dst, 16 * words) == data, (src, dst, words)
+
+
+def test_device_refuses_a_copy_beyond_the_memory(acc):
+    with pytest.raises(DeviceError, match="beyond end"):
+        acc._request(Command.COPY_MEM, pack_mem(Command.COPY_MEM, src=0,
+                                                dst=(256 << 20) - 16, length=32), 0)
+    assert acc.memory.read(0, 16) is not None
+
+
+@pytest.fixture
+def other_host(acc):
+    """A second host (the command line) on the board: ``acc`` resynchronizes afterwards, as
+    a host does after another had the port."""
+    yield
+    acc.reset()
+
+
+def test_reset_in_the_middle_of_memory_commands(acc):
+    """A RESET while a long device copy and a write are under way (a host that died or was
+    interrupted): the device drops them, answers the RESET, and the memory and its DMA work
+    afterwards, with no stale answer or stale data in the way."""
+    mem = acc.memory
+    link = acc.link
+    copy = encode_frame(Command.COPY_MEM, link.seq, pack_mem(
+        Command.COPY_MEM, src=0x400000, dst=0x800000, length=4 << 20))
+    write = encode_frame(Command.WRITE_MEM, (link.seq + 1) & 0xFF,
+                         pack_mem(Command.WRITE_MEM, addr=0xC00000) + bytes(range(256)) * 15)
+    link.port.write(copy + write)
+    time.sleep(0.3)  # the copy is under way
+    acc.reset()
+    assert acc.identify().mem_variant
+    data = bytes(np.random.default_rng(5).integers(0, 256, 8192, dtype=np.uint8))
+    mem.write(0xD00000, data)
+    assert mem.read(0xD00000, 8192) == data
+    assert mem.copy(0xD00000, 0xE00000, 8192)["dma_words"] == 512
+    assert mem.read(0xE00000, 8192) == data
+
+
+def test_fuzz_with_memory_commands(board, other_host, acc):
+    """The link fuzzer with memory commands in the mix (random kinds, addresses, lengths,
+    headers cut short or overlong): every IDENTIFY after a chunk is answered, the order is
+    never lost, and the memory works afterwards."""
+    with serial.Serial(board.port, board.baud, timeout=0.01) as port:
+        result = fuzz(port, chunks=150, seed=4, limit=2.0, memory_size=acc.memory.size)
+    assert result["failures"] == []
+    assert result["checks_passed"] == result["checks"] == 150
+    assert result["by_kind"]["memory_command"] > 0
+    acc.reset()
+    acc.memory.write(0x20, b"after the fuzz")
+    assert acc.memory.read(0x20, 14) == b"after the fuzz"
+
+
+def test_memtest_command(board, other_host, capsys):
+    """``python -m sw.driver memtest`` on a small size: no errors through the link or in the
+    device's copy, and DMA figures from the device's counters (at most a word a cycle)."""
+    code = driver_main(["memtest", "--port", board.port, "--baud", str(board.baud),
+                        "--size", "32768", "--base", "0x300000", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["errors"] == 0 and out["memory"] == "arty_ddr3_sim"
+    assert [p["errors"] for p in out["patterns"]] == [0, 0]
+    copy = out["device_copy"]
+    assert copy["errors"] == 0 and copy["dst"] == 0x300000 + 32768
+    assert copy["words"] == 32768 // 16
+    assert 0 < copy["read_words_per_cycle"] <= 1 and 0 < copy["write_words_per_cycle"] <= 1
+
+
+def test_memtest_refuses_a_region_beyond_the_memory(board, other_host, capsys):
+    code = driver_main(["memtest", "--port", board.port, "--baud", str(board.baud),
+                        "--size", "32768", "--base", hex((256 << 20) - 16384), "--quiet"])
+    assert code == 2
+    assert "inside the memory" in capsys.readouterr().err
+
+
+def test_csr_read_back(acc):
+    """The control bus: the registers the bring-up wrote read back."""
+    assert acc.memory.csr_read("ddrctrl_init_done") == 1
+    assert acc.memory.csr_read("sdram_dfii_control") == record("arty_ddr3_sim").constants[
+        "dfii_control_sel"]
+
+
+def test_memory_not_brought_up_answers_with_a_timeout():
+    """The controller blocks its user port until brought up: the device gives up on it and
+    says so (it never hangs), and the memory works once the host has brought it up."""
+    with SimulatedBoard("arty_a7", memory=True) as sim, \
+            Accelerator.open(sim.port, sim.baud, bring_up=False) as acc:
+        with pytest.raises(DeviceError, match="did not answer.*brought up"):
+            acc.memory.write(0, bytes(16))
+        assert acc.identify().mem_variant  # the link is fine
+        acc.memory.bring_up()
+        acc.memory.write(0, bytes(range(16)))
+        assert acc.memory.read(0, 16) == bytes(range(16))
+
+
+def test_device_without_memory_refuses_memory_commands():
+    with SimulatedBoard("arty_a7", memory=False) as sim, \
+            Accelerator.open(sim.port, sim.baud) as acc:
+        assert acc.memory is None and acc.identity.mem_variant == 0
+        with pytest.raises(DeviceError, match="without external memory"):
+            acc._request(Command.READ_MEM, pack_mem(Command.READ_MEM, addr=0, length=16), 0)
+        assert acc.identify().mem_variant == 0

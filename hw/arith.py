@@ -1,6 +1,7 @@
-"""Pipelined integer arithmetic: the requantizer and the bypass adder.
+"""Pipelined integer arithmetic: the requantizer, the second requantization (rescaler) and
+the bypass adder.
 
-Both implement ``spec.quant``'s definition bit for bit: ``clamp(z + round(v * m / 2**n), lo,
+All implement ``spec.quant``'s definition bit for bit: ``clamp(z + round(v * m / 2**n), lo,
 max)`` with round half up, computed as ``((v * m) >> (n - 1)) + 1) >> 1``, which equals
 ``(v * m + 2**(n-1)) >> n`` for every integer. They are fixed-latency pipelines without
 backpressure (``always_ready`` streams): the engine reserves room for their results before it
@@ -14,7 +15,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spec.quant import MULT_BITS, SHIFT_MAX, QuantSpec
+from spec.quant import MULT_BITS, RESCALE_MULT_BITS, RESCALE_SHIFT_MAX, SHIFT_MAX, QuantSpec
 
 from .dsp import registered_product
 
@@ -189,6 +190,55 @@ class Requantizer(wiring.Component):
         lo = Signal(signed(spec.bits))
         m.d.comb += lo.eq(Mux(relu, z, spec.act_min))
         y, tail = round_shift_clamp(m, prod, shift, z, lo, spec, hi=hi)
+        _emit(m, self, y, lead + tail)
+        return m
+
+
+def rescale_in_layout(spec: QuantSpec, tag_bits: int = 1) -> data.StructLayout:
+    return data.StructLayout({
+        "q": signed(spec.bits),  # a requantized value
+        "z_in": signed(spec.bits),  # its zero point
+        "mult": unsigned(RESCALE_MULT_BITS),
+        "shift": unsigned(RESCALE_SHIFT_MAX.bit_length()),
+        "tag": unsigned(max(1, tag_bits)),
+    })
+
+
+def rescaler_latency(spec: QuantSpec) -> int:
+    """Cycles of :class:`Rescaler`: the subtraction, the product, the rounding."""
+    return 1 + multiplier_latency(spec.bits + 1, RESCALE_MULT_BITS) + ROUND_LATENCY
+
+
+class Rescaler(wiring.Component):
+    """The second requantization (``spec.quant.rescale``), one value per cycle:
+    ``y = clamp(z_out + round((q - z_in) * mult / 2**shift), min, max)``, ``latency`` cycles
+    after ``i``. ``z_in``, ``mult`` and ``shift`` come with each value (a Fire's two expand
+    branches have their own); ``z_out`` is the layer's (held while a layer runs)."""
+
+    def __init__(self, spec: QuantSpec, tag_bits: int = 1, *, multipliers: str = "dsp"):
+        self._spec = spec
+        self._primitive = multipliers == "mult18x18d"
+        super().__init__({
+            "i": In(stream.Signature(rescale_in_layout(spec, tag_bits), always_ready=True)),
+            "o": Out(stream.Signature(result_layout(spec, tag_bits), always_ready=True)),
+            "z_out": In(signed(spec.bits)),
+        })
+        #: cycles from ``i`` to ``o``
+        self.latency = rescaler_latency(spec)
+
+    def elaborate(self, platform):
+        m = Module()
+        spec, p = self._spec, self.i.payload
+        d = Signal(signed(spec.bits + 1), reset_less=True)
+        m.d.sync += d.eq(p.q - p.z_in)
+        prod, mul_lat = wide_multiply(m, platform, d,
+                                      delay(m, p.mult, 1, "mult", reset_less=True), "mulr",
+                                      primitive=self._primitive)
+        lead = 1 + mul_lat
+        shift = delay(m, p.shift, lead, "shift", reset_less=True)
+        lo = Signal(signed(spec.bits))
+        m.d.comb += lo.eq(spec.act_min)
+        y, tail = round_shift_clamp(m, prod, shift, self.z_out, lo, spec, "rs")
         _emit(m, self, y, lead + tail)
         return m
 

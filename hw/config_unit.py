@@ -251,7 +251,9 @@ class ConfigUnit(wiring.Component):
             (v.nw > p.weight_depth, ConfigError.WEIGHT_ROWS),
             (layer.compute & (v.sq_words > p.squeeze_depth), ConfigError.SQUEEZE_BUFFER),
             (layer.bypass & Const(not p.bypass), ConfigError.BYPASS),
-            (bypass_on & (layer.byp_shift == 0), ConfigError.SHIFT),
+            ((bypass_on & (layer.byp_shift == 0))
+             | (layer.rescale & ((layer.e1_rs_shift == 0) | (layer.e3_rs_shift == 0))),
+             ConfigError.SHIFT),
             (layer.compute & ~layer.squeeze & (~v.map_valid | (v.map_h != h) | (v.map_w != w)
                                                | (v.map_s != s)), ConfigError.NO_SQUEEZE_MAP),
             (layer.compute & ~layer.load & (~v.loaded | (v.loaded_nw != v.nw)

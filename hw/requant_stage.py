@@ -5,7 +5,11 @@ Accumulator groups (``oc_lanes`` sums and their tag) leave the MAC array into a 
 channel's parameter row is read (its address registered, the block RAM's output registered
 once more), then ``hw.arith.Requantizer`` computes ``clamp(z + round((acc + bias) m / 2**n),
 lo, hi)``. Squeeze values go to the line buffer (``squeeze``), expand values to the output
-stage (``expand``).
+stage (``expand``): straight from the requantizer, or, in a layer whose expands are rounded
+twice (``rescale``: first to each branch's own zero point ``z_e1``/``z_e3``), through
+``hw.arith.Rescaler`` to the concat's ``z_out``. The rescaler's latency is then added to every
+expand value of the layer (all of them, so that they keep their order); squeeze values never
+take it.
 
 Flow control is by credits, so that the MAC array and the requantizer are fixed-latency
 pipelines with no stall logic (their registers map onto DSP pipeline registers):
@@ -25,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from spec.params import GROUP_FIFO_DEPTH, EngineParams
 
-from .arith import Requantizer
+from .arith import Requantizer, Rescaler
 from .layouts import Kind, config_layout, group_tag_layout, qparam_layout, read_signature
 from .mac_array import array_out_layout
 
@@ -44,7 +48,8 @@ def squeeze_write_layout(p: EngineParams) -> data.StructLayout:
 def result_tag_layout(p: EngineParams) -> data.StructLayout:
     """What a value carries through the requantizer: where it goes."""
     return data.StructLayout({"squeeze": 1, "group_end": 1, "row": range(p.max_h + 1),
-                              "word": range(p.squeeze_depth + 1), "lane": range(p.ic_lanes)})
+                              "word": range(p.squeeze_depth + 1), "lane": range(p.ic_lanes),
+                              "expand3": 1})
 
 
 class RequantStage(wiring.Component):
@@ -84,6 +89,7 @@ class RequantStage(wiring.Component):
         self._requantizer = Requantizer(p.spec, p.acc_bits,
                                         tag_bits=result_tag_layout(p).size,
                                         multipliers=multipliers)
+        self._rescaler = Rescaler(p.spec, multipliers=multipliers)
         tag_bits = group_tag_layout(p).size
         super().__init__({
             "groups": In(stream.Signature(array_out_layout(p, tag_bits), always_ready=True)),
@@ -150,6 +156,7 @@ class RequantStage(wiring.Component):
             req.valid.eq(can_rq), q_addr.eq(qbase + channel), req.kind.eq(head.tag.kind),
             req.acc.eq(head.acc[lane] if oc > 1 else head.acc[0]),
             req.tag.squeeze.eq(is_sq), req.tag.group_end.eq(lane_last),
+            req.tag.expand3.eq(head.tag.kind == Kind.EXPAND3),
             req.tag.row.eq(head.tag.row),
             req.tag.word.eq(head.tag.xoff + (channel >> log_ic)),
             req.tag.lane.eq(channel[:log_ic] if log_ic else 0),
@@ -163,7 +170,9 @@ class RequantStage(wiring.Component):
             rq.i.valid.eq(req3.valid),
             ri.acc.eq(req3.acc), ri.bias.eq(q_data.bias), ri.mult.eq(q_data.mult),
             ri.shift.eq(q_data.shift), ri.relu.eq(1), ri.tag.eq(req3.tag),
-            ri.z.eq(Mux(req3.tag.squeeze, layer.z_sq, layer.z_out)),
+            ri.z.eq(Mux(req3.tag.squeeze, layer.z_sq,
+                        Mux(layer.rescale, Mux(req3.tag.expand3, layer.z_e3, layer.z_e1),
+                            layer.z_out))),
             ri.hi.eq(Mux(req3.kind == Kind.SQUEEZE, p.spec.act_max,
                          Mux(req3.kind == Kind.EXPAND1, layer.e1_max, layer.e3_max))),
         ]
@@ -177,9 +186,23 @@ class RequantStage(wiring.Component):
             self.squeeze.valid.eq(rq.o.valid & out_tag.squeeze),
             sq.row.eq(out_tag.row), sq.word.eq(out_tag.word), sq.lane.eq(out_tag.lane),
             sq.value.eq(rq.o.payload.y),
-            self.expand.valid.eq(rq.o.valid & ~out_tag.squeeze),
-            self.expand.payload.eq(rq.o.payload.y),
         ]
+        # the second requantization, for a layer whose expands are rounded twice
+        m.submodules.rescaler = rs = self._rescaler
+        e3 = out_tag.expand3
+        m.d.comb += [
+            rs.i.valid.eq(rq.o.valid & ~out_tag.squeeze & layer.rescale),
+            rs.i.payload.q.eq(rq.o.payload.y),
+            rs.i.payload.z_in.eq(Mux(e3, layer.z_e3, layer.z_e1)),
+            rs.i.payload.mult.eq(Mux(e3, layer.e3_rs_mult, layer.e1_rs_mult)),
+            rs.i.payload.shift.eq(Mux(e3, layer.e3_rs_shift, layer.e1_rs_shift)),
+            rs.z_out.eq(layer.z_out),
+        ]
+        with m.If(layer.rescale):
+            m.d.comb += [self.expand.valid.eq(rs.o.valid), self.expand.payload.eq(rs.o.payload.y)]
+        with m.Else():
+            m.d.comb += [self.expand.valid.eq(rq.o.valid & ~out_tag.squeeze),
+                         self.expand.payload.eq(rq.o.payload.y)]
         # a squeeze group counts as written once its last lane's write has landed
         m.d.sync += self.squeeze_written.eq(rq.o.valid & out_tag.squeeze & out_tag.group_end)
 

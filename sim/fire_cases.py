@@ -1,8 +1,10 @@
 """Random Fire layers with realistic requantization, for engine tests and testbenches."""
 
+import dataclasses
+
 import numpy as np
 
-from spec.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair
+from spec.quant import QuantSpec, quantize_multiplier, quantize_multiplier_pair, quantize_rescale
 from sw import ops
 
 
@@ -30,13 +32,28 @@ def _conv(rng, cout, cin, k, z_out, spec, terms, extreme=None, ceiling=False):
     return ops.ConvLayer(w, bias, rq)
 
 
-def random_fire(rng, cin, s, e1, e3, *, bits=8, bypass=False, extreme=None):
+def _rescaled(rng, conv, z_out, spec):
+    """``conv`` requantized to a zero point of its own, then rescaled to ``z_out`` (a branch
+    of a QDQ model rounded twice)."""
+    z_branch = int(rng.integers(spec.act_min, spec.act_max // 2))
+    m, n = quantize_rescale(float(rng.uniform(0.3, 1.0)))
+    return dataclasses.replace(conv, rq=dataclasses.replace(
+        conv.rq, z_out=z_branch, hi=None, rescale=ops.Rescale(z_branch, m, n, z_out)))
+
+
+def random_fire(rng, cin, s, e1, e3, *, bits=8, bypass=False, extreme=None, rescale=False):
+    """A random Fire layer; ``rescale``: its expand3x3 (and half the time its expand1x1) is
+    rounded twice, to a zero point of its own first."""
     spec = QuantSpec(bits)
     lo, hi = spec.act_min, spec.act_max
     z_in, z_sq, z_out = (int(v) for v in rng.integers(lo, hi // 2, 3))
     squeeze = _conv(rng, s, cin, 1, z_sq, spec, cin, extreme)
     e1c = _conv(rng, e1, s, 1, z_out, spec, s, extreme, ceiling=True)
     e3c = _conv(rng, e3, s, 3, z_out, spec, 9 * s, extreme, ceiling=True)
+    if rescale:
+        e3c = _rescaled(rng, e3c, z_out, spec)
+        if rng.random() < 0.5:
+            e1c = _rescaled(rng, e1c, z_out, spec)
     add = None
     if bypass:
         a, b, n = quantize_multiplier_pair(rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0))

@@ -107,9 +107,10 @@ class TB:
         return plan.assemble(split), status
 
     async def check_layer(self, rng, h, w, cin, s, e1, e3, *, bypass=False, extreme=None,
-                          fill=None):
+                          fill=None, rescale=False):
         layer = random_fire(rng, cin, s, e1, e3, bits=PARAMS.bits, bypass=bypass,
-                            extreme=extreme)
+                            extreme=extreme, rescale=rescale)
+        assert layer.rescaled == rescale
         x = random_input(rng, h, w, cin, bits=PARAMS.bits, fill=fill)
         plan = FirePlan(PARAMS, Shape(h, w, cin, s, e1, e3), bypass=bypass)
         got, status = await self.run_fire(plan, layer, x)
@@ -207,6 +208,27 @@ async def back_to_back_layers(dut):
 
 
 @cocotb.test()
+async def expands_rounded_twice(dut):
+    """Layers whose expands are rounded twice (to their own zero points, then the concat's):
+    every shape, tiled or not, with bypass, saturating, under gaps and backpressure, and
+    between layers rounded once, without a reset."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = np.random.default_rng(6)
+    random.seed(6)
+    shapes = fire_shapes(PARAMS)
+    for i, (cin, s, e1, e3) in enumerate(shapes):
+        await tb.check_layer(rng, 3, 2 + i % 2, cin, s, e1, e3, rescale=True,
+                             bypass=bypass_ok(cin, e1, e3))
+    cin, s, e1, e3 = shapes[0]
+    await tb.check_layer(rng, 2, 2, cin, s, e1, e3, extreme="saturate", rescale=True)
+    await tb.check_layer(rng, 2, 3, cin, s, e1, e3)  # once, straight after twice
+    tb.set_idle_generator(lambda: (random.random() < 0.3 for _ in itertools.count()))
+    tb.set_backpressure_generator(lambda: itertools.cycle([1, 1, 0]))
+    await tb.check_layer(rng, 3, 3, cin, s, e1, e3, rescale=True)
+
+
+@cocotb.test()
 async def refused_configurations(dut):
     """Every dimension one past its maximum (and h, w, cin, s at zero) is refused with that
     dimension's error; exactly the maximum passes the dimension checks; inconsistent
@@ -238,7 +260,10 @@ async def refused_configurations(dut):
         (dict(ok, cin=p.max_cin + 1), ConfigError.CIN),
         (dict(ok, e1=p.max_e1 + 1), ConfigError.E1),
         (dict(ok, load=0), ConfigError.NOT_LOADED),
-        (dict(ok, load=0, squeeze=0, h=3), ConfigError.NO_SQUEEZE_MAP)]
+        (dict(ok, load=0, squeeze=0, h=3), ConfigError.NO_SQUEEZE_MAP),
+        # a second requantization's shift of 0, on either branch
+        (dict(ok, rescale=1, e1_rs_shift=0, e3_rs_shift=5), ConfigError.SHIFT),
+        (dict(ok, rescale=1, e1_rs_shift=5, e3_rs_shift=0), ConfigError.SHIFT)]
     if not p.bypass:
         cases.append((dict(ok, bypass=1), ConfigError.BYPASS))
     sent = 0

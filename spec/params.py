@@ -12,7 +12,7 @@ import enum
 import typing
 from dataclasses import dataclass
 
-from .quant import MULT_BITS, SHIFT_MAX, QuantSpec
+from .quant import MULT_BITS, RESCALE_MULT_BITS, RESCALE_SHIFT_MAX, SHIFT_MAX, QuantSpec
 
 #: Accumulator groups (``oc_lanes`` accumulators each) the FIFO between the MAC array and
 #: the requantizer holds; the sequencer issues a group's last beat only with a place for it.
@@ -167,7 +167,7 @@ class ConfigError(enum.IntEnum):
     BYPASS = 9  #: bypass requested from an engine built without it
     NOT_LOADED = 10  #: run without weights loaded for this shape
     NO_SQUEEZE_MAP = 11  #: reuse of a squeeze map that is not retained
-    SHIFT = 12  #: a requantization shift of 0 (the shift is 1 to 63)
+    SHIFT = 12  #: a requantization shift of 0 (the shift is 1 to 63; a rescale's 1 to 31)
     NO_OUTPUT = 13  #: the layer has no output channels (e1 + e3 = 0)
 
     @property
@@ -194,7 +194,7 @@ _ERROR_TEXT = {
     ConfigError.BYPASS: "bypass requested from an engine built without it",
     ConfigError.NOT_LOADED: "no weights loaded for this layer shape",
     ConfigError.NO_SQUEEZE_MAP: "no retained squeeze map of this shape to reuse",
-    ConfigError.SHIFT: "a requantization shift is 0 (it must be 1 to 63)",
+    ConfigError.SHIFT: "a requantization shift is 0 (it must be 1 to 63; a rescale's 1 to 31)",
     ConfigError.NO_OUTPUT: "the layer has no output channels (e1 + e3 = 0)",
 }
 
@@ -233,6 +233,15 @@ def config_fields(p: EngineParams) -> list[ConfigField]:
         ConfigField("byp_shift", SHIFT_MAX.bit_length()),
         ConfigField("byp_z_in", b, True),  # bypass: zero point of the bypass input
         ConfigField("byp_z_out", b, True),  # bypass: zero point of the sum
+        # the expands rounded twice: to their own zero points z_e1 / z_e3 (and scales) first,
+        # then to z_out by the second requantization (spec.quant.rescale), one per branch
+        ConfigField("rescale", 1),
+        ConfigField("z_e1", b, True),
+        ConfigField("z_e3", b, True),
+        ConfigField("e1_rs_mult", RESCALE_MULT_BITS),
+        ConfigField("e1_rs_shift", RESCALE_SHIFT_MAX.bit_length()),
+        ConfigField("e3_rs_mult", RESCALE_MULT_BITS),
+        ConfigField("e3_rs_shift", RESCALE_SHIFT_MAX.bit_length()),
     ]
 
 

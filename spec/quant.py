@@ -19,6 +19,12 @@ exact product,
 
 so ties go toward +infinity (-2.5 -> -2, 2.5 -> 3). A fused ReLU is ``lo = z_y``; otherwise
 ``lo`` is the smallest activation.
+
+A second, optional requantization (:func:`rescale`) takes an already quantized tensor
+``(s_b, z_b)`` to another scale ``(s_y, z_y)``: ``y = clamp(z_y + round((q - z_b) * m / 2**n),
+min, max)`` with ``m / 2**n ~= s_b / s_y`` held in ``RESCALE_MULT_BITS`` bits, rounded as above.
+It is how a QDQ model's Fire expand is rounded twice: to the branch's own scale, then to the
+concat's (onnxruntime's QuantizeLinear -> DequantizeLinear -> Concat -> QuantizeLinear).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ MULT_BITS = 32
 #: Smallest and largest right shift the requantizer supports.
 SHIFT_MIN = 1
 SHIFT_MAX = 63
+#: Significant bits of the second requantization's multiplier (unsigned: one 18x18 signed
+#: multiplier takes it whole) and its largest shift.
+RESCALE_MULT_BITS = 17
+RESCALE_SHIFT_MAX = 31
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,24 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return m, n
 
 
+def quantize_rescale(real: float) -> tuple[int, int]:
+    """``M ~= m / 2**n`` for :func:`rescale`: ``m`` normalized to ``[2**16, 2**17)`` (of
+    ``RESCALE_MULT_BITS``) when ``n <= RESCALE_SHIFT_MAX`` allows, else fewer bits."""
+    if not math.isfinite(real) or real <= 0:
+        raise ValueError(f"rescale multiplier must be finite and > 0, got {real}")
+    frac, exp = math.frexp(real)
+    m = round(frac * (1 << RESCALE_MULT_BITS))
+    if m == 1 << RESCALE_MULT_BITS:
+        m //= 2
+        exp += 1
+    n = RESCALE_MULT_BITS - exp
+    if n < 1:
+        raise ValueError(f"rescale multiplier {real:g} is too large (needs shift {n})")
+    if n > RESCALE_SHIFT_MAX:
+        m, n = round(real * 2.0**RESCALE_SHIFT_MAX), RESCALE_SHIFT_MAX
+    return m, n
+
+
 def quantize_multiplier_pair(real_a: float, real_b: float) -> tuple[int, int, int]:
     """Two multipliers with a common shift: ``(a, b, n)`` with ``M_a ~= a/2**n``, ``M_b ~= b/2**n``.
 
@@ -158,6 +186,17 @@ def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8,
     hi = spec.act_max if hi is None else hi
     y = z_out + scale_and_round(acc, m, n)
     return np.clip(y, lo, hi).astype(np.int64)
+
+
+def rescale(q, z_in: int, m: int, n: int, z_out: int, spec: QuantSpec = INT8) -> np.ndarray:
+    """The second requantization: ``clamp(z_out + round((q - z_in) * m / 2**n), min, max)``
+    (round half up, as :func:`requantize`) of an already quantized tensor ``q`` with zero point
+    ``z_in``; ``m`` of at most ``RESCALE_MULT_BITS`` bits, ``n`` 1 to ``RESCALE_SHIFT_MAX``."""
+    if not 0 <= m < 1 << RESCALE_MULT_BITS or not 1 <= n <= RESCALE_SHIFT_MAX:
+        raise ValueError(f"rescale (m={m}, n={n}): m must be 0 to 2**{RESCALE_MULT_BITS} - 1 "
+                         f"and n 1 to {RESCALE_SHIFT_MAX}")
+    y = z_out + scale_and_round(np.asarray(q, dtype=np.int64) - z_in, m, n)
+    return np.clip(y, spec.act_min, spec.act_max).astype(np.int64)
 
 
 def choose_qparams(lo: float, hi: float, spec: QuantSpec = INT8) -> tuple[float, int]:

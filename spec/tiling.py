@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import FireLayer
+from .layers import FireLayer, Rescale
 from .params import EngineParams, ceil_div, pack_config, pack_fields, qparam_fields, weight_rows
+from .quant import RESCALE_MULT_BITS
 
 
 class PlanError(ValueError):
@@ -136,11 +137,19 @@ class FirePlan:
         sh = self.shape
         top = self.p.spec.act_max
         fields = dict(h=sh.h, w=sh.w, cin=sh.cin, s=sh.s, e1=len(tile.e1), e3=len(tile.e3),
-                      z_in=layer.z_in, z_sq=layer.z_squeeze, z_out=layer.expand1x1.rq.z_out,
+                      z_in=layer.z_in, z_sq=layer.z_squeeze, z_out=layer.z_concat,
                       e1_max=top if layer.expand1x1.rq.hi is None else layer.expand1x1.rq.hi,
                       e3_max=top if layer.expand3x3.rq.hi is None else layer.expand3x3.rq.hi,
                       load=int(load), compute=int(compute), squeeze=int(tile.squeeze),
                       retain=int(tile.retain))
+        if layer.rescaled:
+            fields["rescale"] = 1
+            for branch, conv in (("e1", layer.expand1x1), ("e3", layer.expand3x3)):
+                # a branch already at the concat's scale: the identity (m / 2**n = 1)
+                rs = conv.rq.rescale or Rescale(layer.z_concat, 1 << (RESCALE_MULT_BITS - 1),
+                                                RESCALE_MULT_BITS - 1, layer.z_concat)
+                fields.update({f"z_{branch}": rs.z_in, f"{branch}_rs_mult": rs.m,
+                               f"{branch}_rs_shift": rs.n})
         if self.bypass:
             b = layer.bypass
             fields.update(bypass=1, byp_mult_a=b.mult_a, byp_mult_b=b.mult_b,

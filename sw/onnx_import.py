@@ -28,9 +28,13 @@ engine's int8 ``q_u - 128`` with zero point ``z_u - 128`` (the same real values,
 ``s (q - z)``, and the same rounding and clamping, shifted by 128), which is how it is read.
 Weights are int8 with zero point 0, per output channel or per tensor.
 
-A QDQ model (onnxruntime's ``quantize_static``) keeps its own scales and zero points; the
-expand convolutions requantize straight to the concat's scale (onnxruntime goes through each
-branch's own scale first, a second rounding: the two agree within 1 LSB). A global average
+A QDQ model (onnxruntime's ``quantize_static``) keeps its own scales and zero points. A Fire
+expand whose own quantization differs from the concat's is rounded twice, as the model says
+(Conv -> QuantizeLinear at the branch's scale, then DequantizeLinear -> Concat ->
+QuantizeLinear at the concat's): the engine's first requantization goes to the branch's scale,
+its second (:class:`spec.layers.Rescale`) to the concat's, with a multiplier chosen so that it
+gives onnxruntime's own float32 result for every value the branch can hold
+(:func:`rescale_like_onnxruntime`). A global average
 pool left in float (onnxruntime does not quantize ``ReduceMean``) is computed exactly: the
 sum at scale ``s_in / N``. A float model is quantized with this project's post-training
 quantization.
@@ -42,11 +46,20 @@ import ast
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from spec.quant import INT8, quantize_multiplier_pair
+from spec.layers import Rescale
+from spec.quant import (
+    INT8,
+    RESCALE_MULT_BITS,
+    RESCALE_SHIFT_MAX,
+    quantize_multiplier_pair,
+    quantize_rescale,
+    rescale,
+)
 
 from . import ops
 from .network import Conv, Fire, GlobalAvgPool, MaxPool, Network
@@ -777,11 +790,12 @@ def _qdq_network(g: _Graph, net: Network, outputs: dict, weights: Weights,
         if bq is None or not np.allclose(np.broadcast_to(s_b, expected.shape), expected,
                                          rtol=1e-4):
             bq = np.rint(b_real.astype(np.float64) / expected).astype(np.int64)
-        rq = _requant(x.scale, s_w, y.scale, y.zero, relu or y.zero == INT8.act_min)
-        if branch is not None:
-            top = y.zero + round((INT8.act_max - branch.zero) * branch.scale / y.scale)
-            if top < INT8.act_max:
-                rq = dataclasses.replace(rq, hi=max(top, y.zero))
+        if branch is not None and (branch.scale, branch.zero) != (y.scale, y.zero):
+            # rounded to the branch's own scale first, then to ``y``'s (the concat's)
+            rq = _requant(x.scale, s_w, branch.scale, branch.zero, True)
+            rq = dataclasses.replace(rq, rescale=rescale_like_onnxruntime(branch, y))
+        else:
+            rq = _requant(x.scale, s_w, y.scale, y.zero, relu or y.zero == INT8.act_min)
         return ops.ConvLayer(wq, bq.astype(np.int64), rq)
 
     x = QParams(*scales["input"])
@@ -820,3 +834,47 @@ def _qdq_network(g: _Graph, net: Network, outputs: dict, weights: Weights,
                 layers[layer.name] = QAvgPool(x.scale, x.zero, y.scale, y.zero)
         x = QParams(*scales[layer.name])
     return QuantizedNetwork(net, INT8, layers, scales, weights.source)
+
+
+def onnxruntime_requantize(q: np.ndarray, a: QParams, b: QParams) -> np.ndarray:
+    """onnxruntime's DequantizeLinear (``a``) then QuantizeLinear (``b``) of int8 values ``q``
+    (the engine's int8), in its float32 arithmetic: ``float(q - z_a) * s_a``, divided by
+    ``s_b``, rounded half to even, plus ``z_b``, saturated (MLAS's MlasQuantizeLinear; also
+    the table QLinearConcat builds)."""
+    x = (np.asarray(q, np.int64) - a.zero).astype(np.float32) * np.float32(a.scale)
+    y = np.rint(x / np.float32(b.scale)).astype(np.int64) + b.zero
+    return np.clip(y, INT8.act_min, INT8.act_max)
+
+
+def rescale_like_onnxruntime(a: QParams, b: QParams) -> Rescale:
+    """The second requantization from ``a`` to ``b`` of a ReLU'd tensor (values ``z_a`` to
+    the largest), its multiplier chosen so that it equals :func:`onnxruntime_requantize` on
+    every one of them: of the multipliers ``m / 2**n`` (``n`` as :func:`quantize_rescale`
+    normalizes ``s_a / s_b``) inside the interval where round-half-up gives onnxruntime's
+    values, the one nearest ``s_a / s_b``. When no multiplier is inside (an exact tie, which
+    onnxruntime rounds to even, or an interval narrower than the multiplier's step), the
+    nearest to ``s_a / s_b``: then at most those values differ by 1."""
+    real = a.scale / b.scale
+    m0, n = quantize_rescale(real)
+    q = np.arange(a.zero, INT8.act_max + 1)
+    want = onnxruntime_requantize(q, a, b)
+    lo, hi = Fraction(0), None  # M in [lo, hi) gives ``want`` for every d = q - z_a > 0
+    for d, y in zip((q - a.zero).tolist(), want.tolist(), strict=True):
+        if d == 0:
+            continue
+        k = y - b.zero
+        lo = max(lo, Fraction(2 * k - 1, 2 * d))
+        if y < INT8.act_max:  # saturated at the top: any larger value is as good
+            top = Fraction(2 * k + 1, 2 * d)
+            hi = top if hi is None else min(hi, top)
+    scale = 1 << n
+    first = -(-lo.numerator * scale // lo.denominator)  # ceil(lo * 2**n)
+    last = (1 << RESCALE_MULT_BITS) - 1
+    if hi is not None:
+        last = min(last, -(-hi.numerator * scale // hi.denominator) - 1)
+    m = min(max(m0, first), last) if first <= last else m0
+    result = Rescale(a.zero, int(m), int(n), b.zero)
+    assert n <= RESCALE_SHIFT_MAX
+    if first <= last:  # the claim above, checked
+        assert np.array_equal(rescale(q, a.zero, m, n, b.zero), want)
+    return result

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from spec.layers import AddParams, ConvLayer, FireLayer, Requant
+from spec.layers import AddParams, ConvLayer, FireLayer, Requant, Rescale
 from spec.quant import INT8, QuantSpec, scale_and_round
 
-__all__ = ["AddParams", "ConvLayer", "FireLayer", "Requant", "add", "concat", "conv2d",
+__all__ = ["AddParams", "ConvLayer", "FireLayer", "Requant", "Rescale", "add", "concat", "conv2d",
            "conv2d_acc", "fire", "fire_squeeze", "global_avgpool", "maxpool",
            "pool_output_size", "rescale"]
 

@@ -83,7 +83,9 @@ class Model:
             (c["compute"] and z.squeeze_map_words > p.squeeze_depth,
              ConfigError.SQUEEZE_BUFFER),
             (c["bypass"] and not p.bypass, ConfigError.BYPASS),
-            (bypass_on and c["byp_shift"] == 0, ConfigError.SHIFT),
+            ((bypass_on and c["byp_shift"] == 0)
+             or (c["rescale"] and 0 in (c["e1_rs_shift"], c["e3_rs_shift"])),
+             ConfigError.SHIFT),
             (c["compute"] and not c["squeeze"] and self.retained != (h, w, s),
              ConfigError.NO_SQUEEZE_MAP),
             (c["compute"] and not c["load"] and self.loaded != (z.weight_rows, z.qparams),
@@ -107,7 +109,7 @@ class Model:
 
 def config(p: EngineParams, **fields) -> dict:
     c = dict(h=2, w=2, cin=2, s=2, e1=1, e3=1, load=1, compute=1, squeeze=1, retain=0,
-             bypass=0, byp_shift=1)
+             bypass=0, byp_shift=1, rescale=0, e1_rs_shift=1, e3_rs_shift=1)
     c.update(fields)
     return c
 
@@ -255,12 +257,17 @@ def test_what_the_buffers_hold_is_remembered():
         (only, False),  # ... left nothing loaded
         (dict(c, bypass=1, byp_shift=0), False),
         (dict(c, bypass=1, byp_shift=5), False),
+        (dict(c, rescale=1, e1_rs_shift=0), False),  # either branch's rescale shift
+        (dict(c, rescale=1, e3_rs_shift=0), False),
+        (dict(c, rescale=0, e3_rs_shift=0), False),  # not rescaled: not looked at
+        (dict(c, rescale=1, e1_rs_shift=31, e3_rs_shift=1), False),
     ]
     got = [r["error"] for r in check(SMALL, cases)]
     assert got == [ConfigError.NOT_LOADED, ConfigError.OK, ConfigError.OK,
                    ConfigError.NOT_LOADED, ConfigError.NOT_LOADED, ConfigError.OK,
                    ConfigError.NO_SQUEEZE_MAP, ConfigError.OK, ConfigError.NO_SQUEEZE_MAP,
-                   ConfigError.SHIFT, ConfigError.NOT_LOADED, ConfigError.SHIFT, ConfigError.OK]
+                   ConfigError.SHIFT, ConfigError.NOT_LOADED, ConfigError.SHIFT, ConfigError.OK,
+                   ConfigError.SHIFT, ConfigError.SHIFT, ConfigError.OK, ConfigError.OK]
     bypass = check(TIGHT, [(config(TIGHT, bypass=1), False)])
     assert bypass[0]["error"] == ConfigError.BYPASS
 
@@ -280,6 +287,8 @@ def test_random_configurations_against_the_model(p):
         for flag in ("load", "compute", "squeeze", "retain", "bypass"):
             c[flag] = int(rng.random() < (0.3 if flag == "bypass" else 0.7))
         c["byp_shift"] = int(rng.integers(0, 3))
+        c["rescale"] = int(rng.random() < 0.3)
+        c["e1_rs_shift"], c["e3_rs_shift"] = (int(v) for v in rng.integers(0, 4, 2))
         cases.append((c, bool(rng.random() < 0.1)))
     results = check(p, cases)
     answers = {r["error"] for r in results}

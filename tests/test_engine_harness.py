@@ -4,6 +4,7 @@ configuration (4 to 16 bits), full-size SqueezeNet layers, and the engine's cycl
 import numpy as np
 import pytest
 
+from hw.arith import rescaler_latency
 from sim.engine_configs import CONFIGS
 from sim.engine_harness import fire_streams, run_fire, run_streams
 from sim.fire_cases import random_fire, random_input
@@ -97,3 +98,25 @@ def test_multiplier_styles_match(multipliers):
         got, _ = run_fire(plan, layer, x, gaps=20, backpressure=30,
                           multipliers=multipliers)
         np.testing.assert_array_equal(got, ops.fire(x, layer))
+
+
+@pytest.mark.parametrize("shape", [(55, 55, 64, 16, 64, 64), (13, 13, 512, 64, 256, 256)],
+                         ids=["v1.1-fire2", "v1.1-fire9"])
+def test_full_size_layers_rounded_twice_cost_only_the_rescaler_latency(shape):
+    """A layer whose expands are rounded twice (QDQ branches at their own scales) is bit-exact
+    at full size, and each of its runs takes exactly the rescaler's latency more than the
+    same shape rounded once: the second requantization is pipelined at full rate."""
+    p = CONFIGS["arty_a7"]
+    h, w, cin, s, e1, e3 = shape
+    plan = FirePlan(p, Shape(*shape))
+    cycles = {}
+    for twice in (False, True):
+        rng = np.random.default_rng(7)
+        layer = random_fire(rng, cin, s, e1, e3, rescale=twice)
+        x = random_input(rng, h, w, cin)
+        got, result = run_fire(plan, layer, x)
+        np.testing.assert_array_equal(got, ops.fire(x, layer))
+        cycles[twice] = [r.cycles for r in result.runs]
+    latency = rescaler_latency(p.spec)
+    assert latency == 10
+    assert cycles[True] == [c + latency for c in cycles[False]]

@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from sim.board import simulated_accelerator
+from spec.quant import quantize_rescale, rescale
 from sw import ops, reference
 from sw.driver.__main__ import main as driver_main
 from sw.driver.runner import run_network_batch
@@ -332,3 +333,66 @@ def test_qoperator_bypass_model_and_a_fixed_batch(models, tmp_path):
                                                "QLinearMul is not supported; a QOperator "
                                                "model maps QLinearConv"):
         load_model(model)
+
+
+def ort_dequantize_quantize(q, a, b):
+    """onnxruntime itself: DequantizeLinear (``a``) then QuantizeLinear (``b``) of int8 ``q``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor("sa", TensorProto.FLOAT, [], [a.scale]),
+             helper.make_tensor("za", TensorProto.INT8, [], [a.zero]),
+             helper.make_tensor("sb", TensorProto.FLOAT, [], [b.scale]),
+             helper.make_tensor("zb", TensorProto.INT8, [], [b.zero])]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "sa", "za"], ["x"]),
+         helper.make_node("QuantizeLinear", ["x", "sb", "zb"], ["y"])], "rescale",
+        [helper.make_tensor_value_info("q", TensorProto.INT8, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [None])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {"q": np.asarray(q, np.int8)})[0].astype(np.int64)
+
+
+def test_second_rounding_equals_onnxruntime_on_every_value():
+    """A twice-rounded expand's second requantization (branch scale -> concat scale) gives,
+    for every value a ReLU'd branch can hold, exactly what onnxruntime's DequantizeLinear ->
+    QuantizeLinear gives: the importer's float32 account of onnxruntime is onnxruntime's, and
+    the integer multiplier it picks reproduces it. The plain nearest multiplier does not
+    always (each pair is its own: the search is what makes them all exact)."""
+    from sw.onnx_import import QParams, onnxruntime_requantize, rescale_like_onnxruntime
+
+    rng = np.random.default_rng(14)
+    q = np.arange(-128, 128)
+    nearest_off = 0
+    for _ in range(300):
+        s_b = float(np.float32(rng.uniform(0.002, 0.2)))
+        a = QParams(float(np.float32(s_b * rng.uniform(0.3, 1.0))), int(rng.integers(-128, 0)))
+        b = QParams(s_b, int(rng.integers(-128, 0)))
+        want = ort_dequantize_quantize(q, a, b)
+        np.testing.assert_array_equal(onnxruntime_requantize(q, a, b), want)
+        rs = rescale_like_onnxruntime(a, b)
+        reach = q >= a.zero  # a ReLU'd branch holds its zero point and above
+        np.testing.assert_array_equal(rs(q[reach]), want[reach], str((a, b)))
+        m0, n0 = quantize_rescale(a.scale / b.scale)
+        assert rs.n == n0 and abs(rs.m - m0) <= 2
+        nearest_off += int(np.any(rescale(q[reach], a.zero, m0, n0, b.zero) != want[reach]))
+    assert nearest_off > 0
+
+
+def test_second_rounding_at_exact_ties_is_within_one():
+    """s_a / s_b = 1/2 exactly: onnxruntime rounds the ties (odd values) to even, which no
+    round-half-up multiplier can do on all of them; the importer's is then the nearest, 1 LSB
+    off at ties only."""
+    from sw.onnx_import import QParams, onnxruntime_requantize, rescale_like_onnxruntime
+
+    a, b = QParams(0.025, -128), QParams(0.05, -128)
+    q = np.arange(-128, 128)
+    want = onnxruntime_requantize(q, a, b)
+    got = rescale_like_onnxruntime(a, b)(q)
+    ties = (q - a.zero) % 2 == 1
+    assert np.abs(got - want).max() == 1
+    assert np.all(got[~ties] == want[~ties]) and np.any(got[ties] != want[ties])

@@ -188,6 +188,37 @@ def test_fire_is_squeeze_then_expand_concat():
         loop_conv(x, sq.weight, sq.bias, -3, 0).astype(np.int64))
 
 
+def test_fire_with_an_expand_rounded_twice():
+    """An expand with a second requantization (``Requant.rescale``): first to its branch's
+    own zero point (ReLU there), then to the concat's; the other branch straight to it."""
+    rng = np.random.default_rng(6)
+    cin, s, e1, e3 = 8, 4, 5, 6
+
+    def conv(cout, cin_, k, z, rescale=None):
+        rq = ops.Requant(rng.integers(2**30, 2**31, cout), rng.integers(36, 40, cout), z, True,
+                         rescale=rescale)
+        return ops.ConvLayer(rng.integers(-127, 128, (cout, cin_, k, k)),
+                             rng.integers(-5000, 5000, cout), rq)
+
+    rs = ops.Rescale(-120, 77_000, 17, -90)  # 0.587...
+    layer = ops.FireLayer(-3, conv(s, cin, 1, -100), conv(e1, s, 1, -90),
+                          conv(e3, s, 3, -120, rescale=rs))
+    assert layer.z_out == layer.z_concat == -90 and layer.rescaled
+    x = rng.integers(-128, 128, (6, 7, cin))
+    sq, ex3 = ops.fire_squeeze(x, layer), layer.expand3x3
+    first = exact_requant(loop_conv(sq, ex3.weight, ex3.bias, -100, 1), ex3.rq.m, ex3.rq.n,
+                          -120, -120, 127)
+    want = np.array([[[min(max(-90 + math.floor(Fraction((int(v) + 120) * 77_000, 2**17)
+                                                 + Fraction(1, 2)), -128), 127)
+                       for v in px] for px in row] for row in first])
+    got = ops.fire(x, layer)
+    np.testing.assert_array_equal(got[..., e1:], want)
+    assert (first == 127).any() and (first == -120).any()  # both clamps of the first stage
+    assert got[..., e1:].max() == -90 + round(247 * 77_000 / 2**17)  # its ceiling, rescaled
+    with pytest.raises(ValueError, match="rescale from zero point"):
+        ops.Requant(np.ones(1), np.ones(1), -100, True, rescale=rs)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([4, 8, 16]))
 def test_bypass_add_is_bit_exact(seed, bits):

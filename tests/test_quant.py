@@ -6,11 +6,13 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec.quant import (
     INT8,
+    RESCALE_MULT_BITS,
+    RESCALE_SHIFT_MAX,
     SHIFT_MAX,
     SHIFT_MIN,
     QuantSpec,
@@ -19,9 +21,11 @@ from spec.quant import (
     quantize_bias,
     quantize_multiplier,
     quantize_multiplier_pair,
+    quantize_rescale,
     quantize_tensor,
     quantize_weights,
     requantize,
+    rescale,
     scale_and_round,
     sqnr_db,
 )
@@ -366,3 +370,55 @@ def test_sqnr_db():
     assert sqnr_db(np.array([0.0, 0.0]), np.array([1.0, 0.0])) == -math.inf
     assert sqnr_db([2, 0], [1, 0]) == pytest.approx(10 * math.log10(4))
     assert sqnr_db([0.5], [0.4]) == pytest.approx(10 * math.log10(25))  # signal below 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([4, 8, 16]))
+def test_rescale_is_exact_with_ties_up_and_clamps(seed, bits):
+    """The second requantization, by fractions: ``clamp(z_out + floor((q - z_in) m / 2**n
+    + 1/2))``; small shifts make many ties, both signs."""
+    spec = QuantSpec(bits)
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([1, 2, 3, 17, RESCALE_SHIFT_MAX]))
+    m = int(rng.integers(0, 1 << RESCALE_MULT_BITS))
+    if n < 4:
+        m = int(rng.integers(0, 8))
+    z_in, z_out = (int(v) for v in rng.integers(spec.act_min, spec.act_max + 1, 2))
+    q = np.arange(spec.act_min, spec.act_max + 1)
+    if bits > 8:  # every value at 8 bits and below; the extremes and 1000 more above
+        q = np.concatenate([q[:4], q[-4:], rng.choice(q, 1000)])
+    want = [min(max(z_out + math.floor(Fraction((int(v) - z_in) * m, 2**n) + Fraction(1, 2)),
+                    spec.act_min), spec.act_max) for v in q]
+    np.testing.assert_array_equal(rescale(q, z_in, m, n, z_out, spec), want)
+
+
+def test_rescale_ties_and_identity():
+    # (q - z_in) / 2: -1.5 -> -1 and 1.5 -> 2 (half up), -0.5 -> 0
+    np.testing.assert_array_equal(rescale([-3, -1, 1, 3, 5], 0, 1, 1, 0), [-1, 0, 1, 2, 3])
+    q = np.arange(-128, 128)
+    # m / 2**n = 1 and z_in = z_out: the identity, for every value
+    np.testing.assert_array_equal(rescale(q, -7, 1 << 16, 16, -7), q)
+    np.testing.assert_array_equal(rescale(q, -128, 3 << 15, 16, 0), np.clip(
+        [math.floor(Fraction(3 * (int(v) + 128), 2) + Fraction(1, 2)) for v in q], -128, 127))
+    for m, n in ((1 << RESCALE_MULT_BITS, 16), (-1, 16), (1, 0), (1, RESCALE_SHIFT_MAX + 1)):
+        with pytest.raises(ValueError):
+            rescale(q, 0, m, n, 0)
+
+
+@given(st.floats(1e-4, 3e4))
+def test_quantize_rescale_precision(real):
+    m, n = quantize_rescale(real)
+    assert 1 <= n <= RESCALE_SHIFT_MAX and 0 < m < 1 << RESCALE_MULT_BITS
+    if n < RESCALE_SHIFT_MAX:
+        assert m >= 1 << (RESCALE_MULT_BITS - 1)  # normalized: full precision
+        assert abs(m / 2**n - real) <= 2.0 ** -(n + 1)
+
+
+def test_quantize_rescale_limits():
+    assert quantize_rescale(1.0) == (1 << 16, 16)
+    assert quantize_rescale(0.5) == (1 << 16, 17)
+    assert quantize_rescale(1 - 2**-20) == (1 << 16, 16)  # rounds up into the next octave
+    assert quantize_rescale(2.0**-20) == (2**11, RESCALE_SHIFT_MAX)  # fewer bits
+    for bad in (0.0, -1.0, math.inf, math.nan, 2.0**17):
+        with pytest.raises(ValueError):
+            quantize_rescale(bad)

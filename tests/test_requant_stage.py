@@ -1,6 +1,7 @@
-"""Amaranth-simulator tests of the requantizer stage: group FIFO, parameter reads and the
-requantizer against ``spec.quant``, and its credits: a stalled output never overflows the
-output FIFO, and every group and squeeze row is accounted for."""
+"""Amaranth-simulator tests of the requantizer stage: group FIFO, parameter reads, the
+requantizer and the second requantization (rescaler) against ``spec.quant``, and its
+credits: a stalled output never overflows the output FIFO, and every group and squeeze row
+is accounted for."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hw.layouts import Kind, group_tag_layout, qparam_layout
 from hw.mac_array import array_out_layout
 from hw.requant_stage import RequantStage
 from spec.params import GROUP_FIFO_DEPTH, EngineParams, ceil_div, pack_config
-from spec.quant import requantize
+from spec.quant import RESCALE_MULT_BITS, RESCALE_SHIFT_MAX, requantize, rescale
 
 SMALL = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=6, max_w=5, max_cin=8,
                      max_squeeze=4, max_e1=6, max_e3=6, weight_depth=48, squeeze_depth=80)
@@ -48,11 +49,16 @@ def expected(p, layer, qparams, groups):
         for lane in range(g["count"]):
             channel = g["chan"] + lane
             bias, mult, shift = qparams[base[g["kind"]] + channel]
-            z = layer["z_sq"] if g["kind"] == Kind.SQUEEZE else layer["z_out"]
-            hi = {Kind.SQUEEZE: spec.act_max, Kind.EXPAND1: layer["e1_max"],
-                  Kind.EXPAND3: layer["e3_max"]}[g["kind"]]
+            branch = {Kind.SQUEEZE: None, Kind.EXPAND1: "e1", Kind.EXPAND3: "e3"}[g["kind"]]
+            twice = branch is not None and layer.get("rescale", 0)
+            z = layer["z_sq"] if branch is None else \
+                layer[f"z_{branch}"] if twice else layer["z_out"]
+            hi = spec.act_max if branch is None else layer[f"{branch}_max"]
             y = int(requantize(np.array([g["acc"][lane] + bias]), mult, shift, z, relu=True,
                                spec=spec, hi=hi)[0])
+            if twice:  # then to the concat's zero point
+                y = int(rescale(y, z, layer[f"{branch}_rs_mult"], layer[f"{branch}_rs_shift"],
+                                layer["z_out"], spec))
             if g["kind"] == Kind.SQUEEZE:
                 squeeze.append((g["row"], g["xoff"] + (channel >> log_ic),
                                 channel & (p.ic_lanes - 1), y))
@@ -127,22 +133,32 @@ def run_stage(p, layer, qparams, groups, *, credits, drain_rate, stall, seed, li
     return got
 
 
-def random_case(p, seed):
+def random_case(p, seed, rescaled=False):
     rng = np.random.default_rng(seed)
     spec = p.spec
     layer = dict(h=2, w=2, cin=2, s=p.max_squeeze, e1=p.max_e1, e3=p.max_e3,
                  z_sq=int(rng.integers(spec.act_min, 0)), z_out=int(rng.integers(-3, 4)),
                  e1_max=spec.act_max, e3_max=spec.act_max // 2, squeeze=1, compute=1)
+    if rescaled:
+        # e1 by a random 17-bit multiplier with a long shift, e3 by 3/2 (a tie on every odd
+        # value) with a shift of 1; the first stage to each branch's own zero point
+        layer.update(rescale=1, z_e1=int(rng.integers(spec.act_min, 0)),
+                     z_e3=int(rng.integers(spec.act_min, 0)),
+                     e1_rs_mult=int(rng.integers(1 << (RESCALE_MULT_BITS - 1),
+                                                 1 << RESCALE_MULT_BITS)),
+                     e1_rs_shift=int(rng.integers(17, RESCALE_SHIFT_MAX + 1)),
+                     e3_rs_mult=3, e3_rs_shift=1, e3_max=spec.act_max)
     qparams = [(int(rng.integers(-500, 500)), int(rng.integers(1 << 29, 1 << 31)),
                 int(rng.integers(30, 40))) for _ in range(p.qparam_depth)]
     return rng, layer, qparams
 
 
+@pytest.mark.parametrize("rescaled", [False, True], ids=["once", "twice"])
 @pytest.mark.parametrize("p", [SMALL, ONE_LANE], ids=["3-lanes", "1-lane"])
 @pytest.mark.parametrize("credits, drain_rate, stall", [(32, 1.0, 0), (8, 0.2, 400)],
                          ids=["full-rate", "stalled-output"])
-def test_values_and_credits(p, credits, drain_rate, stall):
-    rng, layer, qparams = random_case(p, 3)
+def test_values_and_credits(p, credits, drain_rate, stall, rescaled):
+    rng, layer, qparams = random_case(p, 3, rescaled)
     groups = random_groups(p, rng, layer, 120)
     got = run_stage(p, layer, qparams, groups, credits=credits, drain_rate=drain_rate,
                     stall=stall, seed=4)

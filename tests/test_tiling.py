@@ -331,6 +331,31 @@ def test_config_ceilings_of_the_expands():
                                                         127 if hi3 is None else hi3)
 
 
+def test_config_of_expands_rounded_twice():
+    """A twice-rounded branch sends its own zero point and its rescale; the other branch of
+    the layer the identity (m / 2**n = 1 from the concat's zero point to itself); a layer
+    rounded once sends rescale=0."""
+    rng = np.random.default_rng(6)
+    plan = FirePlan(P, Shape(2, 2, 4, 2, 3, 3))
+    seen = set()
+    for _ in range(12):
+        layer = random_fire(rng, 4, 2, 3, 3, rescale=True)
+        config = unpack(config_fields(P), plan.config(plan.tiles[0], layer, load=True,
+                                                      compute=True))
+        assert config["rescale"] == 1 and config["z_out"] == layer.z_concat
+        for branch, conv in (("e1", layer.expand1x1), ("e3", layer.expand3x3)):
+            rs = conv.rq.rescale
+            seen.add((branch, rs is None))
+            want = (conv.rq.z_out, rs.m, rs.n) if rs else (layer.z_concat, 1 << 16, 16)
+            assert (config[f"z_{branch}"], config[f"{branch}_rs_mult"],
+                    config[f"{branch}_rs_shift"]) == want
+            assert conv.rq.final_zero == layer.z_concat
+    assert seen == {("e1", True), ("e1", False), ("e3", False)}
+    once = random_fire(rng, 4, 2, 3, 3)
+    assert unpack(config_fields(P), plan.config(plan.tiles[0], once, load=True,
+                                                compute=True))["rescale"] == 0
+
+
 # e1 spread over several tiles (one output channel a group, 1-row groups)
 WIDE_E1 = EngineParams(bits=8, ic_lanes=16, oc_lanes=1, max_h=8, max_w=8, max_cin=256,
                        max_squeeze=8, max_e1=256, max_e3=64, weight_depth=200,

@@ -101,12 +101,13 @@ class NetPoint:
 
     def network(self) -> Network:
         fires = self.fires
-        # simple bypass where a module's input and output channels match (fire3 and fire5
-        # with freq 2, as in mnist_fire; the paper's rule)
+        # simple bypass as the paper places it (around fire3, 5, 7, 9: every other module),
+        # where the module's input and output channels match: fire3 and fire5 at freq 2, as
+        # in mnist_fire
         bypass = ()
         if self.bypass:
             couts = [64] + [e1 + e3 for _, e1, e3 in fires]
-            bypass = tuple(i + 2 for i in range(4) if couts[i] == couts[i + 1])
+            bypass = tuple(i + 2 for i in range(1, 4, 2) if couts[i] == couts[i + 1])
         return squeezenet(self.name, fires, conv1=(64, 3, 1), pool_after=(0, 2),
                           bypass=bypass, num_classes=10, classifier_relu=False)
 
@@ -352,7 +353,8 @@ def train_point(point: dict, dataset: str, seed: int, budget: dict) -> dict:
     result = train(net, data, train_idx, epochs=b.epochs, seed=seed, max_steps=b.max_steps)
     out = _measure(net, result.weights, data, train_idx, test_idx, b, p.bits)
     return {**out, "steps": result.steps, "final_loss": result.final_loss,
-            "train_seconds": result.seconds, "seconds": time.perf_counter() - start}
+            "train_seconds": result.seconds, "seconds": time.perf_counter() - start,
+            "worker_pid": os.getpid()}
 
 
 def measure_shipped(dataset: str, budget: dict) -> dict:

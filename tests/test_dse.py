@@ -146,7 +146,8 @@ def cluster(tmp_path_factory):
         port = sock.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1",
-                               "--port", str(port), "--no-dashboard"], cwd=tmp,
+                               "--port", str(port), "--no-dashboard",
+                               "--dashboard-address", "127.0.0.1:0"], cwd=tmp,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         for i in range(2):

@@ -248,8 +248,10 @@ def run(args, progress: Progress) -> dict:
     tasks: list[Task] = []
     train_key = {}
     if not args.no_train:
-        for p in pts:
-            for seed in range(args.seeds):
+        # every point's first seed before any point's second: a study stopped half way has
+        # the whole grid at fewer seeds rather than half of it
+        for seed in range(args.seeds):
+            for p in pts:
                 key = {"point": p.to_dict(), "dataset": args.dataset, "seed": seed,
                        "budget": budget.to_dict()}
                 train_key[p, seed] = key
@@ -285,8 +287,10 @@ def run(args, progress: Progress) -> dict:
                               (e.params.to_dict(), e.multipliers, layers, 1),
                               f"RTL {p.name} on {e.label}"))
 
+    training = "no training" if args.no_train else \
+        f"{args.seeds} seeds, {budget.epochs} epochs each"
     progress.note(f"study {args.study}: {len(pts)} network points x {len(engs)} engines, "
-                  f"{args.seeds} seeds, {budget.epochs} epochs each; {len(tasks)} tasks")
+                  f"{training}; {len(tasks)} tasks")
     outcome = {"done": 0, "skipped": 0, "failed": []}
     if tasks:
         with _client(args, progress) as client:
@@ -335,7 +339,8 @@ def run(args, progress: Progress) -> dict:
                  and r["int_accuracy"] >= shipped["int_accuracy"]]
     plots = [str(x) for x in write_plots(rows, Path(args.plots), shipped)] if args.plots \
         else []
-    return {"study": args.study, "dataset": args.dataset, "seeds": args.seeds,
+    return {"study": args.study, "dataset": args.dataset, "no_train": args.no_train,
+            "seeds": args.seeds,
             "budget": budget.to_dict(), "points": len(pts),
             "engines": [e.label for e in engs], "tasks": len(tasks),
             "tasks_run": outcome["done"], "tasks_skipped": outcome["skipped"],
@@ -366,7 +371,10 @@ class _client:
             self.progress.note(f"starting a local Dask cluster of {self.args.workers} "
                                "worker process(es)")
             self.cluster = LocalCluster(n_workers=self.args.workers, threads_per_worker=1,
-                                        processes=True, dashboard_address=None,
+                                        processes=True,
+                                        # the HTTP server on a free loopback port: no clash
+                                        # (nor warning) with another cluster on 8787
+                                        dashboard_address="127.0.0.1:0",
                                         silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         return self.client
@@ -384,8 +392,10 @@ def _pct(v):
 
 def format_result(r: dict) -> str:
     lines = [f"study {r['study']} on {r['dataset']}: {r['points']} points x "
-             f"{len(r['engines'])} engines ({', '.join(r['engines'])}), {r['seeds']} seeds, "
-             f"{r['budget']['epochs']} epochs; {r['tasks_run']} tasks run, "
+             f"{len(r['engines'])} engines ({', '.join(r['engines'])}), "
+             + ("no training; " if r["no_train"] else
+                f"{r['seeds']} seeds, {r['budget']['epochs']} epochs; ")
+             + f"{r['tasks_run']} tasks run, "
              f"{r['tasks_skipped']} from the store, in {seconds(r['seconds'])}",
              f"{'SR':>6} {'3x3':>5} {'board':<12} {'lanes':>5} {'params':>8} {'bytes':>8} "
              f"{'MMAC':>7} {'cycles':>9} {'fps':>8} {'float%':>7} {'int%':>6} {'+-':>5}"]

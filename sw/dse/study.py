@@ -219,14 +219,17 @@ def device_figures(point: NetPoint, engine: Engine, latencies: Latencies) -> dic
         return {"fire_cycles": None, "fps": None,
                 "device_error": f"the engine is int{engine.params.bits}, the model "
                                 f"int{point.bits}"}
-    cycles = 0
+    cycles = macs = 0
     for shape, bypass in fire_shapes(point.network()):
+        macs += shape.macs
         try:
             cycles += fire_cost(engine.params, shape, bypass=bypass and engine.params.bypass,
                                 latencies=latencies).cycles
         except PlanError as exc:
             return {"fire_cycles": None, "fps": None, "device_error": str(exc)}
-    return {"fire_cycles": cycles, "fps": engine.clock_hz / cycles, "device_error": None}
+    # utilization: the Fire layers' MACs over what the MAC array could do in those cycles
+    return {"fire_cycles": cycles, "fps": engine.clock_hz / cycles, "device_error": None,
+            "utilization": macs / (cycles * engine.params.lanes)}
 
 
 # ----------------------------------------------------------------------------- the store
@@ -283,14 +286,15 @@ def run_tasks(client, tasks: list[Task], store: Store, progress: Progress) -> di
     failed = []
     if not todo:
         return {"done": 0, "skipped": skipped, "failed": failed}
-    # longest first (the yosys estimates, then the RTL runs, then training), so that a
-    # minutes-long synthesis does not start last
+    # the yosys estimates first (minutes each: not last), then the RTL runs, the reference,
+    # and the trainings in the caller's order (a stable sort)
     order = {"resources": 0, "rtl": 1, "reference": 2, "train": 3}
     todo.sort(key=lambda t: order.get(t.kind, 9))
     futures = {}
-    for t in todo:
+    for i, t in enumerate(todo):
+        # Dask runs higher priorities first: the tasks in the order given
         future = client.submit(t.fn, *t.args, key=f"{t.kind}-{key_hash(t.kind, t.key)}",
-                               pure=False)
+                               pure=False, priority=len(todo) - i)
         futures[future] = t
     with progress.bar(len(todo), "design-space tasks", "task") as bar:
         for future in as_completed(futures):
@@ -386,12 +390,12 @@ def summarize_seeds(results: list[dict]) -> dict:
     return out
 
 
-COLUMNS = (AXIS_FIELDS + ["board", "ic_lanes", "oc_lanes", "lanes", "weight_depth",
-                          "squeeze_depth", "params", "model_bytes", "macs", "fire_macs",
-                          "fire_cycles", "fps", "device_error", "seeds_done", "float_accuracy",
-                          "float_accuracy_spread", "float_accuracy_std", "int_accuracy",
-                          "int_accuracy_spread", "int_accuracy_std", "train_seconds", "LUT",
-                          "FF", "DSP", "BRAM36", "fits"])
+COLUMNS = (AXIS_FIELDS + [
+    "board", "ic_lanes", "oc_lanes", "lanes", "weight_depth", "squeeze_depth", "params",
+    "model_bytes", "macs", "fire_macs", "fire_cycles", "fps", "utilization", "device_error",
+    "seeds_done", "float_accuracy", "float_accuracy_spread", "float_accuracy_std",
+    "int_accuracy", "int_accuracy_spread", "int_accuracy_std", "train_seconds", "LUT", "FF",
+    "DSP", "BRAM36", "fits"])
 
 
 def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:

@@ -194,6 +194,9 @@ def parser() -> ArgumentParser:
     r.add_argument("--out", default="build/dse", metavar="DIR",
                    help="where table.json and table.csv go (default: build/dse)")
     r.add_argument("--plots", metavar="DIR", help="write the PNG plots to DIR")
+    r.add_argument("--report-only", action="store_true",
+                   help="run nothing: the table and plots from what the store holds (a study "
+                        "still running, or stopped)")
     r.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_quiet(r)
     return p
@@ -292,7 +295,9 @@ def run(args, progress: Progress) -> dict:
     progress.note(f"study {args.study}: {len(pts)} network points x {len(engs)} engines, "
                   f"{training}; {len(tasks)} tasks")
     outcome = {"done": 0, "skipped": 0, "failed": []}
-    if tasks:
+    if args.report_only:
+        outcome["skipped"] = sum(store.path(t.kind, t.key).exists() for t in tasks)
+    elif tasks:
         with _client(args, progress) as client:
             outcome = run_tasks(client, tasks, store, progress)
 
@@ -344,6 +349,7 @@ def run(args, progress: Progress) -> dict:
             "budget": budget.to_dict(), "points": len(pts),
             "engines": [e.label for e in engs], "tasks": len(tasks),
             "tasks_run": outcome["done"], "tasks_skipped": outcome["skipped"],
+            "tasks_missing": sum(not store.path(t.kind, t.key).exists() for t in tasks),
             "failed": [{"task": t, "error": err} for t, err in outcome["failed"]],
             "rows": rows, "pareto": [r["name"] + " on " + r["board"] for r in front],
             "shipped": shipped, "beat_shipped": beats, "cost_check": checks,
@@ -395,10 +401,12 @@ def format_result(r: dict) -> str:
              f"{len(r['engines'])} engines ({', '.join(r['engines'])}), "
              + ("no training; " if r["no_train"] else
                 f"{r['seeds']} seeds, {r['budget']['epochs']} epochs; ")
-             + f"{r['tasks_run']} tasks run, "
-             f"{r['tasks_skipped']} from the store, in {seconds(r['seconds'])}",
+             + f"{r['tasks_run']} tasks run, {r['tasks_skipped']} from the store"
+             + (f", {r['tasks_missing']} MISSING" if r["tasks_missing"] else "")
+             + f", in {seconds(r['seconds'])}",
              f"{'SR':>6} {'3x3':>5} {'board':<12} {'lanes':>5} {'params':>8} {'bytes':>8} "
-             f"{'MMAC':>7} {'cycles':>9} {'fps':>8} {'float%':>7} {'int%':>6} {'+-':>5}"]
+             f"{'MMAC':>7} {'cycles':>9} {'fps':>8} {'float%':>7} {'int%':>6} {'spread':>6} "
+             f"{'seeds':>5}"]
     for x in r["rows"]:
         spread = x.get("int_accuracy_spread")
         lines.append(
@@ -406,7 +414,7 @@ def format_result(r: dict) -> str:
             f"{x['params']:>8,} {x['model_bytes']:>8,} {x['macs'] / 1e6:>7.2f} "
             f"{x['fire_cycles'] or 0:>9,} {x['fps'] or 0:>8.0f} "
             f"{_pct(x.get('float_accuracy')):>7} {_pct(x.get('int_accuracy')):>6} "
-            f"{_pct(spread) if spread is not None else '-':>5}"
+            f"{_pct(spread) if x['seeds_done'] > 1 else '-':>6} {x['seeds_done']:>5}"
             + (f"  ({x['device_error']})" if x.get("device_error") else ""))
     s = r["shipped"]
     if s:

@@ -85,10 +85,9 @@ def pareto_plot(rows: list[dict], path: Path, shipped: dict | None = None) -> Pa
     if shipped and shipped.get("fps"):
         ax.scatter([shipped["fps"]], [100 * shipped["int_accuracy"]], marker="*", s=220,
                    color="green", label="shipped mnist_fire (40 epochs)", zorder=4)
-    ax.set_xscale("log")
     ax.set_xlabel("frames/s of the Fire layers on the engine (cost model, board clock)")
     ax.set_ylabel("top-1 accuracy, integer model (%)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

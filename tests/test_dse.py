@@ -205,6 +205,13 @@ def test_a_rerun_skips_finished_points(cluster, tmp_path):
     again = json.loads(dse(*args).stdout)
     assert again["tasks_run"] == 0 and again["tasks_skipped"] == 4
     assert again["rows"] == first["rows"]
+    # --report-only runs nothing, whatever the store holds
+    report = json.loads(dse(*args, "--report-only").stdout)
+    assert report["rows"] == first["rows"] and report["tasks_missing"] == 0
+    empty = json.loads(dse(*TINY, "--report-only", "--rtl-sample", "0", "--store",
+                           str(tmp_path / "empty"), "--out", str(tmp_path / "empty")).stdout)
+    assert empty["tasks_run"] == 0 and empty["tasks_missing"] == 4
+    assert all(row["int_accuracy"] is None for row in empty["rows"])
     # one result lost: only that one runs again, and gives the same figures (seeded)
     victim = sorted((tmp_path / "store" / "train").iterdir())[0]
     before = json.loads(victim.read_text())["result"]

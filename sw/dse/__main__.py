@@ -386,7 +386,8 @@ class _client:
         return self.client
 
     def __exit__(self, *exc):
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
@@ -404,13 +405,15 @@ def format_result(r: dict) -> str:
              + f"{r['tasks_run']} tasks run, {r['tasks_skipped']} from the store"
              + (f", {r['tasks_missing']} MISSING" if r["tasks_missing"] else "")
              + f", in {seconds(r['seconds'])}",
-             f"{'SR':>6} {'3x3':>5} {'board':<12} {'lanes':>5} {'params':>8} {'bytes':>8} "
+             f"{'SR':>6} {'3x3':>5} {'prune':>5} {'bits':>4} {'board':<12} {'lanes':>6} "
+             f"{'params':>8} {'bytes':>8} "
              f"{'MMAC':>7} {'cycles':>9} {'fps':>8} {'float%':>7} {'int%':>6} {'spread':>6} "
              f"{'seeds':>5}"]
     for x in r["rows"]:
         spread = x.get("int_accuracy_spread")
         lines.append(
-            f"{x['sr']:>6g} {x['pct3x3']:>5g} {x['board']:<12} {x['lanes']:>5} "
+            f"{x['sr']:>6g} {x['pct3x3']:>5g} {x['prune']:>5g} {x['bits']:>4} {x['board']:<12} "
+            f"{str(x['ic_lanes']) + 'x' + str(x['oc_lanes']):>6} "
             f"{x['params']:>8,} {x['model_bytes']:>8,} {x['macs'] / 1e6:>7.2f} "
             f"{x['fire_cycles'] or 0:>9,} {x['fps'] or 0:>8.0f} "
             f"{_pct(x.get('float_accuracy')):>7} {_pct(x.get('int_accuracy')):>6} "

@@ -159,10 +159,15 @@ def cluster(tmp_path_factory):
             client.wait_for_workers(2, timeout=120)
         yield address, {p.pid for p in procs[1:]}
     finally:
+        # the workers first, each closing while the scheduler is still there to say goodbye
+        # to (a worker whose scheduler went first waits to reconnect), then the scheduler
         for p in reversed(procs):
             p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 TINY = ["--study", "grid", "--sr", "0.125,0.25", "--dataset", "digits", "--seeds", "2",

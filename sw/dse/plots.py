@@ -27,7 +27,9 @@ def _pyplot():
 def figure3(rows: list[dict], path: Path) -> Path | None:
     """Accuracy and model bytes against SR (a line per pct3x3) and against pct3x3 (a line
     per SR); None when the rows vary neither."""
-    rows = [r for r in rows if r.get("int_accuracy") is not None]
+    trained = [r for r in rows if r.get("int_accuracy") is not None]
+    if not trained:
+        return None
     srs = sorted({r["sr"] for r in rows})
     pcts = sorted({r["pct3x3"] for r in rows})
     if len(srs) < 2 and len(pcts) < 2:
@@ -38,16 +40,18 @@ def figure3(rows: list[dict], path: Path) -> Path | None:
             [("sr", "pct3x3", srs, pcts), ("pct3x3", "sr", pcts, srs)]):
         cmap = plt.get_cmap("viridis")
         for i, value in enumerate(lines):
-            mine = sorted((r for r in rows if r[line_name] == value), key=lambda r: r[x_name])
-            if not mine:
-                continue
             colour = cmap(i / max(1, len(lines) - 1))
-            x = [r[x_name] for r in mine]
-            acc = [100 * r["int_accuracy"] for r in mine]
-            spread = [100 * (r["int_accuracy_spread"] or 0) / 2 for r in mine]
-            axes[0, col].errorbar(x, acc, yerr=spread, marker="o", capsize=3, color=colour,
-                                  label=f"{line_name} {value:g}")
-            axes[1, col].plot(x, [r["model_bytes"] / 1024 for r in mine], marker="o",
+            mine = sorted((r for r in trained if r[line_name] == value),
+                          key=lambda r: r[x_name])
+            if mine:
+                spread = [100 * (r["int_accuracy_spread"] or 0) / 2 for r in mine]
+                axes[0, col].errorbar([r[x_name] for r in mine],
+                                      [100 * r["int_accuracy"] for r in mine], yerr=spread,
+                                      marker="o", capsize=3, color=colour,
+                                      label=f"{line_name} {value:g}")
+            every = sorted((r for r in rows if r[line_name] == value), key=lambda r: r[x_name])
+            axes[1, col].plot([r[x_name] for r in every],
+                              [r["model_bytes"] / 1024 for r in every], marker="o",
                               color=colour, label=f"{line_name} {value:g}")
         axes[0, col].set_ylabel("top-1 accuracy, integer model (%)")
         axes[1, col].set_ylabel("model size (KiB at the bit width)")
@@ -57,8 +61,9 @@ def figure3(rows: list[dict], path: Path) -> Path | None:
             axes[row, col].set_xticks(xs)
             axes[row, col].grid(alpha=0.3)
             axes[row, col].legend(fontsize=7)
-    seeds = max(r["seeds_done"] for r in rows)
-    fig.suptitle(f"Fire stacks on 28x28 digits: accuracy (mean over {seeds} seeds, bars: "
+    lo, hi = (f(r["seeds_done"] for r in trained) for f in (min, max))
+    seeds = f"{lo} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo} to {hi} seeds"
+    fig.suptitle(f"Fire stacks on 28x28 digits: accuracy (mean over {seeds}, bars: "
                  "spread) and model size")
     fig.savefig(path, dpi=110)
     plt.close(fig)

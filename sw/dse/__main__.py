@@ -23,9 +23,12 @@ by default, or the scheduler at --scheduler ADDRESS (``dask scheduler``; workers
 only what is missing, so an interrupted study resumes. The table goes to --out
 (table.json, table.csv), the plots to --plots (figure3.png, pareto.png, resources.png).
 
-Training budget: the study trains each point for --epochs (default 4: about 20-40 s a
-training here; sw.train's shipped model had 40) with the same recipe as sw.train otherwise;
---max-steps, --train-limit and --test-limit cut it further for quick looks.
+Training budget: the study trains each point for --epochs (default 4; sw.train's shipped
+model had 40) with the same recipe as sw.train otherwise: about 30-60 s a task (training and
+the golden model on 1,000 test digits) on an idle 2-core machine here, so the paper study's
+50 trainings take about half an hour on one worker; 2-5 minutes a task when the machine is
+shared with other work (docs/dse.md). --max-steps, --train-limit and --test-limit cut it
+further for quick looks.
 """
 
 from __future__ import annotations

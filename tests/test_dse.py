@@ -177,7 +177,7 @@ TINY = ["--study", "grid", "--sr", "0.125,0.25", "--dataset", "digits", "--seeds
 
 def test_a_study_on_a_scheduler_and_two_workers(cluster, tmp_path):
     """Four trainings and one RTL check through --scheduler: every result in the table,
-    computed on the two workers we started (both of them), and the plots written."""
+    computed on the workers we started, and the plots written."""
     address, worker_pids = cluster
     r = dse(*TINY, "--scheduler", address, "--rtl-sample", "1", "--store",
             str(tmp_path / "store"), "--out", str(tmp_path), "--plots", str(tmp_path))
@@ -189,9 +189,11 @@ def test_a_study_on_a_scheduler_and_two_workers(cluster, tmp_path):
         assert row["seeds_done"] == 2
         assert 0 <= row["int_accuracy"] <= 1 and row["int_accuracy_spread"] >= 0
         assert row["fps"] > 0
+    # every training ran in one of the workers we started (not in this process, nor a local
+    # cluster of the command's own); which of the two takes which task is Dask's to decide
     pids = {json.loads(p.read_text())["result"]["worker_pid"]
             for p in (tmp_path / "store" / "train").iterdir()}
-    assert pids == worker_pids
+    assert pids and pids <= worker_pids
     (check,) = result["cost_check"]
     assert check["max_error"] <= 0.02 and all(x["match"] for x in check["layers"])
     table = json.loads((tmp_path / "table.json").read_text())

@@ -23,3 +23,6 @@ class Board:
     multipliers: str = "dsp"
     #: the board's external memory, driven by the LiteDRAM controller (``hw.dram``)
     dram: DramConfig | None = None
+    #: SDR SDRAM: how many degrees of the system clock the memory's clock pin lags it
+    #: (the top's PLL makes the shifted copy; docs/memory.md, "Clocking")
+    dram_clock_phase: float = 0.0

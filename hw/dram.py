@@ -3,9 +3,10 @@ PyPI, cached by its configuration, and the Amaranth side of it.
 
 ``generate(config, sim=..., clock_hz=...)`` returns a :class:`GeneratedCore`: the Verilog of
 a standalone ``litedram_core`` (no CPU: its control bus is a Wishbone port, ``wb_ctrl``, and
-one native user port), and the :class:`~spec.dram.DramRecord` of what the host needs to bring
-it up. ``sim=True`` generates the same controller with LiteDRAM's ``SDRAMPHYModel`` in place
-of the PHY, for the simulated board. Generation takes seconds; the result is kept under
+three native user ports: the link bridge's and the DMA's), and the
+:class:`~spec.dram.DramRecord` of what the host needs to bring it up. ``sim=True`` generates
+the same controller with LiteDRAM's ``SDRAMPHYModel`` in place of the PHY, for the simulated
+board. Generation takes seconds; the result is kept under
 ``build/dram/`` by a hash of everything that goes into it.
 
     python -m hw.dram --record     # regenerate every variant, write spec/dram_data/*.json
@@ -28,6 +29,7 @@ from amaranth import ClockSignal, Instance, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from boards import BOARDS
 from spec.cache import build_lock, publish, scratch_dir
 from spec.cli import ArgumentParser
 from spec.dram import (
@@ -49,13 +51,21 @@ GENERATOR_REVISION = 4
 #: The controller's native user ports, arbitrated by its crossbar: the link's memory bridge,
 #: the DMA reader and the DMA writer.
 USER_PORTS = ("bridge", "dma_rd", "dma_wr")
-#: The clock each variant's controller is generated for. The simulated board runs the
-#: controller on the board's system clock. On the Arty the controller makes its own clocks
-#: from the 100 MHz oscillator with one PLL (sys, sys4x and its 90-degree copy, the IDELAY
-#: reference at 200 MHz); no PLL setting gives 96 MHz (the clock the 12 Mbaud UART divides)
-#: beside 384 and 200 MHz, so the Arty's controller runs at 100 MHz, a clock of its own.
-VARIANT_CLOCKS = {"arty_ddr3": 100_000_000, "arty_ddr3_sim": 96_000_000,
-                  "ulx3s_sdr": 100_000_000, "ulx3s_sdr_sim": 100_000_000}
+#: Bumped when what this module asks of the generator for the board variants alone changes
+#: (their clocking and pin cells): part of their cache key only, so that the simulated
+#: board's controllers, and the Verilator builds made of them, stay cached.
+BOARD_GENERATOR_REVISION = 1
+
+
+def variant_clock(config: DramConfig) -> int:
+    """The clock a variant's controller is generated for: its board's system clock
+    (``boards``), the one clock domain of the board top and of the simulated board. On the
+    Arty the controller makes that clock itself (``hw.litedram_crg.ArtyCascadeCRG``)."""
+    clocks = {b.clock_hz for b in BOARDS.values() if b.dram == config}
+    if len(clocks) != 1:
+        raise ValueError(f"{config.name}: the boards with this memory disagree on their "
+                         f"clock ({sorted(clocks)}) or there are none")
+    return clocks.pop()
 
 
 class DramGenerationError(RuntimeError):
@@ -73,6 +83,12 @@ class GeneratedCore:
 
     def verilog_text(self) -> str:
         return self.verilog.read_text()
+
+    @property
+    def timing_xdc(self) -> Path | None:
+        """The Xilinx variant's design constraints (``litedram_core_timing.xdc``)."""
+        path = self.verilog.parent / "litedram_core_timing.xdc"
+        return path if path.exists() else None
 
 
 def _core_config(config: DramConfig, clock_hz: int) -> dict:
@@ -97,7 +113,8 @@ def _core_config(config: DramConfig, clock_hz: int) -> dict:
 
 def _key(config: DramConfig, sim: bool, clock_hz: int) -> str:
     digest = hashlib.sha256(json.dumps(
-        [asdict(config), sim, clock_hz, GENERATOR_REVISION, version("litedram"),
+        [asdict(config), sim, clock_hz, GENERATOR_REVISION,
+         *(() if sim else (BOARD_GENERATOR_REVISION,)), version("litedram"),
          version("litex"), version("migen")], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -126,18 +143,44 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
     from litex.soc.integration.builder import Builder
 
     logging.getLogger("LiteXSoC").setLevel(logging.WARNING)
+    for name in ("S7MMCM", "S7PLL"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = _core_config(config, clock_hz)
+    build_kw = {}
+    crg = gen.LiteDRAMS7DDRPHYCRG
     if sim:
         platform = SimPlatform("", io=[])
         platform.toolchain = _VerilogOnly()
     elif config.phy == "GENSDRPHY":
+        from migen.fhdl.specials import Tristate
+
+        from .litedram_crg import TrellisTristate
+
         platform = LatticePlatform(cfg["device"], io=[], toolchain="trellis")
+        build_kw["special_overrides"] = {Tristate: TrellisTristate}
     else:
+        from .litedram_crg import ArtyCascadeCRG
+
         platform = XilinxPlatform("", io=[], toolchain="vivado")
-    soc = gen.LiteDRAMCore(platform, cfg)
-    builder = Builder(soc, output_dir=str(out), compile_gateware=False,
-                      compile_software=False)
-    builder.build(build_name="litedram_core", regular_comb=False)
+        crg = ArtyCascadeCRG
+    # LiteDRAMCore picks its CRG by PHY from this module-level name: ours for the Arty
+    saved, gen.LiteDRAMS7DDRPHYCRG = gen.LiteDRAMS7DDRPHYCRG, crg
+    try:
+        soc = gen.LiteDRAMCore(platform, cfg)
+        builder = Builder(soc, output_dir=str(out), compile_gateware=False,
+                          compile_software=False)
+        builder.build(build_name="litedram_core", regular_comb=False, **build_kw)
+    finally:
+        gen.LiteDRAMS7DDRPHYCRG = saved
+    xdc = out / "gateware" / "litedram_core.xdc"
+    if xdc.exists():
+        # the generated XDC places the core's ports on pin "X" (the generator has no board);
+        # the board top places them. Its design constraints (false paths of the reset and
+        # clock-domain synchronizers) are what the board's build needs of it.
+        text = xdc.read_text()
+        design = text[text.index("# Design constraints"):]
+        (out / "gateware" / "litedram_core_timing.xdc").write_text(
+            "# LiteDRAM's design constraints of litedram_core (hw.dram)\n" + design)
     settings = soc.sdram.controller.settings
     sequence, _ = get_sdram_phy_init_sequence(settings.phy, settings.timing)
     constants = {"dfii_control_sel": 0x01, "dfii_control_cke": 0x02, "dfii_control_odt": 0x04,
@@ -177,7 +220,7 @@ def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
              root: Path = BUILD) -> GeneratedCore:
     """The generated controller for ``config`` (cached; safe for concurrent callers)."""
     name = variant_name(config, sim)
-    clock_hz = clock_hz or VARIANT_CLOCKS[name]
+    clock_hz = clock_hz or variant_clock(config)
     target = Path(root) / f"{name}_{_key(config, sim, clock_hz)}"
     verilog = target / "gateware" / "litedram_core.v"
 
@@ -205,6 +248,42 @@ def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
     return result()
 
 
+#: The core's memory pins by the board resource's subsignal (amaranth-boards' ``sdram`` and
+#: ``ddr3`` resources): core port name, resource subsignal. Pins whose name ends in ``_n``
+#: are active low in the core and must be ``PinsN`` in the resource (checked).
+_PADS = {
+    "SDR": [("sdram_a", "a"), ("sdram_ba", "ba"), ("sdram_ras_n", "ras"),
+            ("sdram_cas_n", "cas"), ("sdram_we_n", "we"), ("sdram_cs_n", "cs"),
+            ("sdram_cke", "clk_en"), ("sdram_dm", "dqm"), ("sdram_dq", "dq")],
+    "DDR3": [("ddram_a", "a"), ("ddram_ba", "ba"), ("ddram_ras_n", "ras"),
+             ("ddram_cas_n", "cas"), ("ddram_we_n", "we"), ("ddram_cs_n", "cs"),
+             ("ddram_cke", "clk_en"), ("ddram_odt", "odt"), ("ddram_reset_n", "rst"),
+             ("ddram_dm", "dm"), ("ddram_dq", "dq"), ("ddram_dqs", "dqs"),
+             ("ddram_clk", "clk")],
+}
+#: The core's pins it drives through its own bidirectional cells.
+_INOUT = {"sdram_dq", "ddram_dq", "ddram_dqs"}
+
+
+def _pad_connections(memtype: str, pads) -> dict:
+    """``Instance`` keyword arguments connecting the core's memory pins to ``pads`` (a
+    board resource requested with ``dir="-"``: the core has its own pin cells)."""
+    conns = {}
+    for core_name, sub in _PADS[memtype]:
+        port = getattr(pads, sub)
+        kind = "io" if core_name in _INOUT else "o"
+        if hasattr(port, "p"):  # a differential pair: the core has the _p and _n pins
+            conns[f"{kind}_{core_name}_p"] = port.p
+            conns[f"{kind}_{core_name}_n"] = port.n
+            continue
+        low = core_name.endswith("_n")
+        if any(bool(x) != low for x in port.invert):
+            raise ValueError(f"{core_name}: the board's {sub!r} pins are "
+                             f"{'not ' if low else ''}active low")
+        conns[f"{kind}_{core_name}"] = port.io
+    return conns
+
+
 class LiteDRAM(wiring.Component):
     """The generated ``litedram_core`` as an Amaranth component (an ``Instance``; the Verilog
     goes into the build beside the design's). ``port_NAME``: its native user ports
@@ -212,23 +291,33 @@ class LiteDRAM(wiring.Component):
     wrote to its ``ddrctrl`` registers after bringing it up (the user ports are blocked
     until then).
 
-    Only the simulation variant is instantiated here: one clock (the design's ``sync``), the
-    PHY model inside. On a board the core makes its own clocks from the oscillator and has
-    the memory's pins (``BoardTop``).
+    The simulation variant runs on the design's ``sync`` clock, the PHY model inside. A
+    board variant takes ``pads`` (the memory's board resource, requested with ``dir="-"``)
+    and ``clk``/``rst`` (the ULX3S core: the system clock it runs on; the Arty core: the
+    oscillator its CRG makes its clocks from), and gives ``user_clk``/``user_rst``, the
+    clock and reset its ports are in, and on the Arty ``pll_locked``. The SDR SDRAM's clock
+    pin is the board top's (``hw.top``).
     """
 
-    def __init__(self, core: GeneratedCore):
-        if not core.sim:
-            raise ValueError(f"{core.variant}: a board's controller is instantiated by its "
-                             "board top, with its pins and clocks")
+    def __init__(self, core: GeneratedCore, pads=None):
+        if core.sim != (pads is None):
+            raise ValueError(f"{core.variant}: " + ("a simulated controller has no pins"
+                                                    if core.sim else
+                                                    "a board's controller needs its pins"))
         self.core = core
+        self._pads = pads
         c = core.config
-        super().__init__({
+        members = {
             **{f"port_{name}": In(native_port_signature(c.addr_bits, c.port_bits))
                for name in USER_PORTS},
             "bus": In(WISHBONE_SIGNATURE),
             "init_done": Out(1), "init_error": Out(1),
-        })
+        }
+        if not core.sim:
+            members.update(clk=In(1), rst=In(1), user_clk=Out(1), user_rst=Out(1))
+            if c.memtype == "DDR3":
+                members["pll_locked"] = Out(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -243,9 +332,16 @@ class LiteDRAM(wiring.Component):
                 f"i_{u}wdata_data": p.wdata.payload.data, f"i_{u}wdata_we": p.wdata.payload.we,
                 f"o_{u}rdata_valid": p.rdata.valid, f"i_{u}rdata_ready": p.rdata.ready,
                 f"o_{u}rdata_data": p.rdata.payload})
+        if self.core.sim:
+            ports.update(i_clk=ClockSignal(), i_sim_trace=0)
+        else:
+            ports.update(i_clk=self.clk, i_rst=self.rst, o_user_clk=self.user_clk,
+                         o_user_rst=self.user_rst,
+                         **_pad_connections(self.core.config.memtype, self._pads))
+            if self.core.config.memtype == "DDR3":
+                ports["o_pll_locked"] = self.pll_locked
         m.submodules.litedram_core = Instance(
             "litedram_core",
-            i_clk=ClockSignal(), i_sim_trace=0,
             o_init_done=self.init_done, o_init_error=self.init_error,
             i_wb_ctrl_adr=b.adr, i_wb_ctrl_dat_w=b.dat_w, o_wb_ctrl_dat_r=b.dat_r,
             i_wb_ctrl_sel=b.sel, i_wb_ctrl_cyc=b.cyc, i_wb_ctrl_stb=b.stb, i_wb_ctrl_we=b.we,

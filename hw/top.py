@@ -1,7 +1,9 @@
-"""Tops: ``UartTop`` (UART PHY + core, board-independent) and ``BoardTop`` (with clocking).
+"""Tops: ``UartTop`` (UART PHY + core, board-independent), ``SimMemoryTop`` (the simulated
+board with memory) and ``BoardTop`` (a bitstream's: clocking, pins, memory).
 
-``UartTop`` is what cocotb tests at the bit level; ``BoardTop`` adds the board's PLL/MMCM
-(system clock ``board.clock_hz``), the UART pins from amaranth-boards, and LEDs.
+``UartTop`` is what cocotb tests at the bit level; ``BoardTop`` adds the board's clocking
+(system clock ``board.clock_hz``), the UART pins from amaranth-boards, LEDs, and the board's
+external memory through the generated LiteDRAM controller (``hw.dram``).
 """
 
 from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
@@ -25,11 +27,14 @@ class UartTop(wiring.Component):
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
                  stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
-                 multipliers: str = "dsp"):
+                 multipliers: str = "dsp", memory: DramConfig | None = None,
+                 mem_variant: int = 0):
         self._divisor = baud_divisor(clock_hz, baud)
+        # with memory, the core's controller ports (``core.dram_*``) are the enclosing top's
         self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud,
                                     stall_cycles=stall_cycles, rx_idle=rx_idle,
-                                    multipliers=multipliers)
+                                    multipliers=multipliers, memory=memory,
+                                    mem_variant=mem_variant)
         super().__init__()
 
     def elaborate(self, platform):
@@ -82,45 +87,114 @@ class SimMemoryTop(wiring.Component):
 
 
 class BoardTop(wiring.Component):
-    """A board's bitstream top: clocking, UART pins, the accelerator, a busy LED."""
+    """A board's bitstream top: clocking, UART pins, the accelerator, its external memory
+    (``board.dram``) through the generated LiteDRAM controller, LEDs
+    (0: engine busy; 1 and 2: the controller's ``init_done`` and ``init_error``).
 
-    def __init__(self, board: Board, params: EngineParams | None = None):
+    One clock domain, ``sync``, at ``board.clock_hz`` (docs/memory.md, "The board tops and
+    their clocking"):
+
+    - xc7 with memory: the controller makes it (``hw.litedram_crg.ArtyCascadeCRG``: MMCM and
+      PLL from the 100 MHz oscillator) and the design runs on its ``user_clk``/``user_rst``;
+    - ecp5: the top's PLL makes it from the 25 MHz oscillator, and a copy
+      ``board.dram_clock_phase`` degrees later that drives the SDRAM's clock pin through an
+      ODDRX1F; the SDR controller runs on the system clock and gives back its reset;
+    - without memory: the top's MMCM or PLL, the reset held until it locks.
+    """
+
+    def __init__(self, board: Board, params: EngineParams | None = None, *,
+                 memory: bool | None = None):
         self.board = board
         self.params = params or board.engine
+        self.dram = None  #: the generated controller (``hw.dram.GeneratedCore``) or None
+        if memory is None:
+            memory = board.dram_in_bitstream
+        if memory and board.dram is None:
+            raise ValueError(f"{board.name} has no external memory")
+        if memory:
+            from .dram import generate
+
+            self.dram = generate(board.dram, sim=False, clock_hz=board.clock_hz)
         super().__init__({})
 
+    @property
+    def mem_variant(self) -> int:
+        """What the device reports in IDENTITY (``spec.dram.VARIANTS``; 0: no memory)."""
+        return variant_index(self.board.dram, sim=False) if self.dram else 0
+
     def elaborate(self, platform):
+        from .core import MEMORY_PORTS
+        from .dram import USER_PORTS, LiteDRAM
+
         m = Module()
         b = self.board
+        mem = self.dram
         m.domains.sync = ClockDomain("sync")
         clk_in = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_in = clk_buf = io.Buffer("i", clk_in)
-        locked = Signal()
-        clk_sys = Signal()
-        if b.family == "xc7":
-            self._mmcm(m, clk_buf.i, clk_sys, locked, platform.default_clk_frequency)
-        elif b.family == "ecp5":
-            self._pll(m, clk_buf.i, clk_sys, locked, platform.default_clk_frequency)
+        f_in = platform.default_clk_frequency
+        dram = None
+        if mem is not None:
+            pads = platform.request("ddr3" if b.family == "xc7" else "sdram", 0, dir="-")
+            m.submodules.dram = dram = LiteDRAM(mem, pads=pads)
+            platform.add_file("litedram_core.v", mem.verilog_text())
+            if mem.timing_xdc is not None:
+                platform.add_file("litedram_core_timing.xdc", mem.timing_xdc.read_text())
+
+        if b.family == "xc7" and dram is not None:
+            # the controller's CRG makes the system clock from the oscillator
+            m.d.comb += [dram.clk.eq(clk_buf.i), dram.rst.eq(0)]
         else:
-            raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
-        # (Vivado and nextpnr derive the generated clock's constraint from the oscillator's)
-        m.d.comb += ClockSignal("sync").eq(clk_sys)
-        # hold the design in reset until the clock is stable, released synchronously; these
-        # two flops drive the domain's reset, so the reset must not act on them
-        sync1 = Signal(init=1, reset_less=True)
-        sync2 = Signal(init=1, reset_less=True)
-        m.d.sync += [sync1.eq(~locked), sync2.eq(sync1)]
-        m.d.comb += ResetSignal("sync").eq(sync2)
+            locked = Signal()
+            clk_sys = Signal()
+            if b.family == "xc7":
+                self._mmcm(m, clk_buf.i, clk_sys, locked, f_in)
+            elif b.family == "ecp5":
+                clk_mem = None
+                if dram is not None:
+                    m.domains.sdram_clk = ClockDomain("sdram_clk", reset_less=True, local=True)
+                    clk_mem = ClockSignal("sdram_clk")
+                self._pll(m, clk_buf.i, clk_sys, locked, f_in, clk_mem)
+            else:
+                raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
+        # (Vivado and nextpnr derive the generated clocks' constraints from the oscillator's)
+        if dram is not None:
+            if b.family == "ecp5":
+                # the controller synchronizes the reset (LiteX's AsyncResetSynchronizer)
+                m.d.comb += [dram.clk.eq(clk_sys), dram.rst.eq(~locked)]
+                # the SDRAM's clock pin: the phase-shifted clock through an ODDRX1F
+                m.submodules.sdram_clk_pin = ck = io.DDRBuffer("o", pads.clk,
+                                                               o_domain="sdram_clk")
+                m.d.comb += [ck.o[0].eq(1), ck.o[1].eq(0)]
+            m.d.comb += [ClockSignal("sync").eq(dram.user_clk),
+                         ResetSignal("sync").eq(dram.user_rst)]
+        else:
+            m.d.comb += ClockSignal("sync").eq(clk_sys)
+            # hold the design in reset until the clock is stable, released synchronously;
+            # these two flops drive the domain's reset, so the reset must not act on them
+            sync1 = Signal(init=1, reset_less=True)
+            sync2 = Signal(init=1, reset_less=True)
+            m.d.sync += [sync1.eq(~locked), sync2.eq(sync1)]
+            m.d.comb += ResetSignal("sync").eq(sync2)
 
         m.submodules.top = top = UartTop(self.params, clock_hz=b.clock_hz, baud=b.baud,
-                                         multipliers=b.multipliers)
+                                         multipliers=b.multipliers,
+                                         memory=b.dram if dram is not None else None,
+                                         mem_variant=self.mem_variant)
+        if dram is not None:
+            core = top.core
+            for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
+                wiring.connect(m, getattr(core, core_port), getattr(dram, f"port_{dram_port}"))
+            wiring.connect(m, core.dram_bus, dram.bus)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_pin = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [top.rx.eq(rx_buf.i), tx_buf.o.eq(top.tx)]
-        led = platform.request("led", 0, dir="-")
-        m.submodules.led_pin = led_buf = io.Buffer("o", led)
-        m.d.comb += led_buf.o.eq(top.busy)
+        leds = [top.busy] + ([dram.init_done, dram.init_error] if dram is not None else [])
+        for i, value in enumerate(leds):
+            led = platform.request("led", i, dir="-")
+            m.submodules[f"led{i}_pin"] = led_buf = io.Buffer("o", led)
+            m.d.comb += led_buf.o.eq(value)
         return m
 
     def _mmcm(self, m, clk_in, clk_sys, locked, f_in):
@@ -138,9 +212,10 @@ class BoardTop(wiring.Component):
             o_CLKOUT0=clk_out, o_LOCKED=locked, i_RST=0, i_PWRDWN=0)
         m.submodules.bufg = Instance("BUFG", i_I=clk_out, o_O=clk_sys)
 
-    def _pll(self, m, clk_in, clk_sys, locked, f_in):
+    def _pll(self, m, clk_in, clk_sys, locked, f_in, clk_shifted=None):
         # f_out = f_in * CLKFB_DIV / CLKI_DIV (feedback from CLKOP), VCO = f_out * CLKOP_DIV
-        # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 4 = 100 MHz, VCO 600
+        # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 4 = 100 MHz, VCO 600.
+        # clk_shifted: CLKOS, the same clock board.dram_clock_phase degrees later.
         f_out = self.board.clock_hz
         op_div = 600_000_000 // f_out
         for ref_div in range(1, 129):
@@ -151,16 +226,25 @@ class BoardTop(wiring.Component):
         else:
             raise ValueError(f"{self.board.name}: no PLL setting for {f_out} Hz")
         clk_out = clk_sys
+        # Phases count VCO cycles (CPHASE) and eighths of one (FPHASE); CPHASE = DIV - 1 is
+        # an output's zero (as LiteX's ECP5PLL sets them)
+        phased = {}
+        if clk_shifted is not None:
+            steps = round(self.board.dram_clock_phase * op_div / 45)
+            phased = dict(p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=op_div,
+                          p_CLKOS_CPHASE=op_div - 1 + (steps >> 3), p_CLKOS_FPHASE=steps & 7,
+                          o_CLKOS=clk_shifted, i_ENCLKOS=0)
         m.submodules.pll = Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=str(f_in / 1e6), a_FREQUENCY_PIN_CLKOP=str(f_out / 1e6),
+            **({"a_FREQUENCY_PIN_CLKOS": str(f_out / 1e6)} if phased else {}),
             a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
             a_MFG_GMCREF_SEL="2",
             p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
             p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
             p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=ref_div,
-            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div, p_CLKOP_CPHASE=op_div // 2 - 1,
+            p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div, p_CLKOP_CPHASE=op_div - 1,
             p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=fb_div,
             i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out,
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
-            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked, **phased)

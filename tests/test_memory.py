@@ -3,12 +3,14 @@ PHY model, brought up by the driver, written and read back through the link; eve
 access refused with an error that names it, by the host and by the device."""
 
 import json
+import re
 import time
 
 import numpy as np
 import pytest
 import serial
 
+from boards import get_board
 from hw.dram import generate_variant
 from sim.board import SimulatedBoard
 from sim.fuzz import run as fuzz
@@ -26,6 +28,50 @@ def test_recorded_bring_up_data_is_litedrams(variant):
     generated = generate_variant(variant)
     assert generated.record == record(variant)
     assert generated.verilog.exists() and "module litedram_core" in generated.verilog_text()
+
+
+def _instance_params(verilog: str, cell: str) -> dict[str, float | str]:
+    """The parameters of the one instance of ``cell`` in Migen's Verilog."""
+    blocks = re.findall(rf"^{cell} #\((.*?)\n\) ", verilog, re.S | re.M)
+    assert len(blocks) == 1, f"{len(blocks)} instances of {cell}"
+    params = {}
+    for name, value in re.findall(r"\.(\w+)\s*\(([^)]*)\)", blocks[0]):
+        value = value.strip().strip('"')
+        sized = re.fullmatch(r"\d+'d(\d+)", value)
+        params[name] = float(sized.group(1)) if sized else (
+            float(value) if re.fullmatch(r"[\d.]+", value) else value)
+    return params
+
+
+def test_arty_controller_makes_the_board_clock():
+    """The Arty's controller makes the board's 96 MHz (12 Mbaud / 8) itself: MMCM then PLL,
+    each within its -1 speed grade's VCO range, sys4x at four times sys, its DQS copy at 90
+    degrees, the IDELAY reference at 200 MHz."""
+    core = generate_variant("arty_ddr3")
+    assert core.record.clock_hz == get_board("arty_a7").clock_hz == 96_000_000
+    text = core.verilog_text()
+    mmcm = _instance_params(text, "MMCME2_ADV")
+    vco = 1e3 / mmcm["CLKIN1_PERIOD"] * mmcm["CLKFBOUT_MULT_F"] / mmcm["DIVCLK_DIVIDE"]
+    assert 600 <= vco <= 1200
+    assert vco / mmcm["CLKOUT0_DIVIDE_F"] == 96 and vco / mmcm["CLKOUT1_DIVIDE"] == 200
+    pll = _instance_params(text, "PLLE2_ADV")
+    assert abs(1e3 / pll["CLKIN1_PERIOD"] - 96) < 1e-6
+    vco = 96 * pll["CLKFBOUT_MULT"] / pll["DIVCLK_DIVIDE"]
+    assert 800 <= vco <= 1600
+    outs = {n: (vco / pll[f"CLKOUT{n}_DIVIDE"], pll[f"CLKOUT{n}_PHASE"]) for n in range(3)}
+    assert sorted(outs.values()) == [(96, 0), (384, 0), (384, 90)]
+    assert text.count("\nIDELAYCTRL ") == 1 and text.count("\nBUFG ") == 5
+    # the design's clock is the PLL's 96 MHz, and its reset waits for both to lock
+    both = re.search(r"assign (\w+) = \(\w*mmcm_locked & \w*pll_locked\);", text)
+    assert both and f"assign pll_locked = {both.group(1)};" in text
+
+
+def test_ulx3s_controller_declares_its_data_pins_inout():
+    """LiteX's ECP5 Trellis tristate wires TRELLIS_IO's pad as an instance input, which
+    would make the core's data bus an ``input`` port; hw.dram's override keeps it inout."""
+    text = generate_variant("ulx3s_sdr").verilog_text()
+    assert re.search(r"inout\s+wire\s+\[15:0\] sdram_dq,", text)
+    assert text.count("TRELLIS_IO #(") == 16 and "input  wire   [15:0] sdram_dq" not in text
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +211,22 @@ def test_fuzz_with_memory_commands(board, other_host, acc):
     acc.reset()
     acc.memory.write(0x20, b"after the fuzz")
     assert acc.memory.read(0x20, 14) == b"after the fuzz"
+
+
+def test_open_goes_on_when_the_memory_does_not_come_up(board, other_host, monkeypatch):
+    """A memory that does not come up (on a board: a byte lane without a read window) does
+    not stop the open: the device still streams, and the failure is in the result."""
+    from sw.driver import memory as memory_module
+
+    def fail(self):
+        raise MemoryAccessError("arty_ddr3: read leveling found no working window on byte "
+                                "lane(s) 1: the memory cannot be used")
+
+    monkeypatch.setattr(memory_module.Memory, "bring_up", fail)
+    with Accelerator.open(board.port, board.baud) as other:
+        assert other.identify().mem_variant
+        result = other.memory.bring_up_result
+        assert not result.init_done and "lane(s) 1" in result.error
 
 
 def test_memtest_command(board, other_host, capsys):

@@ -234,7 +234,9 @@ def cmd_info(args) -> int:
         "memory: none (streaming only)" if memory is None else
         f"memory: {memory['description']}; {memory['bytes']:,} bytes on a "
         f"{memory['port_bits']}-bit port ({memory['variant']}); brought up: "
-        + ("yes" if memory["bring_up"] and memory["bring_up"]["init_done"] else "no"),
+        + ("yes" if memory["bring_up"] and memory["bring_up"]["init_done"] else
+           f"no ({memory['bring_up']['error']})" if memory["bring_up"]
+           and memory["bring_up"]["error"] else "no"),
         "counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()),
     ])
     emit(args, result, text)

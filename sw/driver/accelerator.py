@@ -68,7 +68,9 @@ class Accelerator:
     def open(cls, port: str, baud: int = 12_000_000, *, bring_up: bool = True,
              **kw) -> Accelerator:
         """Open a board on a serial port: reset it, read its parameters and, if it has
-        external memory, bring the memory up (``bring_up=False`` leaves it as it is)."""
+        external memory, bring the memory up (``bring_up=False`` leaves it as it is). A
+        memory that does not come up does not stop the open: streaming works without it, and
+        ``memory.bring_up_result`` says what went wrong."""
         import serial
 
         try:
@@ -80,7 +82,7 @@ class Accelerator:
             acc.reset()
             acc.identify()
             if bring_up and acc.memory is not None:
-                acc.memory.bring_up()
+                acc.memory.bring_up_on_open()
         except BaseException:
             acc.close()
             raise

@@ -49,11 +49,12 @@ class BringUp:
     #: where LiteDRAM's PHY model has no delays to level)
     leveling: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    error: str | None = None  #: why the memory did not come up
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "init_done": self.init_done, "steps": self.steps,
                 "csr_writes": self.csr_writes, "seconds": round(self.seconds, 3),
-                "leveling": self.leveling, "notes": self.notes}
+                "leveling": self.leveling, "notes": self.notes, "error": self.error}
 
 
 class Memory:
@@ -108,6 +109,18 @@ class Memory:
         return int(name_or_addr)
 
     # -- bring-up ------------------------------------------------------------------------
+    def bring_up_on_open(self) -> BringUp:
+        """:meth:`bring_up`, for ``Accelerator.open``: a memory that does not come up (the
+        leveling finds no window, ``init_done`` does not stick) is recorded, not raised, so
+        the device still streams; a link that fails is raised."""
+        try:
+            return self.bring_up()
+        except MemoryAccessError as exc:
+            result = self.bring_up_result or BringUp(self.variant)
+            result.error = str(exc)
+            self.bring_up_result = result
+            return result
+
     def bring_up(self) -> BringUp:
         """Initialize the memory (LiteDRAM's sequence), hand it to the controller, set
         ``init_done``. Idempotent: a memory that is up already is re-initialized, which
@@ -148,6 +161,7 @@ class Memory:
             bad = [lane.module for lane in lanes if not lane.ok]
             if bad:
                 write("sdram_dfii_control", c["dfii_control_sel"])
+                self.bring_up_result = result
                 raise MemoryAccessError(
                     f"{self.variant}: read leveling found no working window on byte "
                     f"lane(s) {', '.join(map(str, bad))}: the memory cannot be used")

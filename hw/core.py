@@ -127,7 +127,7 @@ class AcceleratorCore(wiring.Component):
             m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
                          target.payload.eq(source.payload)]
             progress = progress | (target.valid & target.ready)
-        mem = self._memory_bridge(m, executor, resettable, soft_reset)
+        mem = self._memory_bridge(m, executor, soft_reset)
         if mem is not None:
             progress = progress | mem.busy
         m.d.comb += executor.progress.eq(progress)
@@ -226,7 +226,7 @@ class AcceleratorCore(wiring.Component):
         wiring.connect(m, tx.tx, wiring.flipped(self.tx))
         return m
 
-    def _memory_bridge(self, m, executor, resettable, soft_reset):
+    def _memory_bridge(self, m, executor, soft_reset):
         """The bridge to the memory controller and its read buffer (None without memory)."""
         if self._memory is None:
             return None

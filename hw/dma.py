@@ -58,16 +58,13 @@ class DMAReader(wiring.Component):
         with m.If(port.rdata.valid):
             m.d.sync += to_receive.eq(to_receive - 1)
         busy = (to_issue != 0) | (to_receive != 0)
-        r, pending = _take_request(m, self.request, busy)
+        r, pending, start = _take_request(m, self.request, busy, self._words, self.error)
         m.d.comb += self.busy.eq(busy | pending | fifo.r.valid)
         last = Signal()
         m.d.sync += last.eq(self.busy)
         m.d.comb += self.done.eq(last & ~self.busy)  # the last word has come back and left
-        with m.If(pending):
-            with m.If(r.addr + r.words > self._words):
-                m.d.comb += self.error.eq(1)
-            with m.Else():
-                m.d.sync += [addr.eq(r.addr), to_issue.eq(r.words), to_receive.eq(r.words)]
+        with m.If(start):
+            m.d.sync += [addr.eq(r.addr), to_issue.eq(r.words), to_receive.eq(r.words)]
         return m
 
 
@@ -112,28 +109,28 @@ class DMAWriter(wiring.Component):
         with m.If(port.wdata.valid & port.wdata.ready):
             m.d.sync += to_write.eq(to_write - 1)
         busy = (to_issue != 0) | (to_write != 0)
-        r, pending = _take_request(m, self.request, busy)
+        r, pending, start = _take_request(m, self.request, busy, self._words, self.error)
         m.d.comb += self.busy.eq(busy | pending)
         last = Signal()
         m.d.sync += last.eq(busy)
         m.d.comb += self.done.eq(last & ~busy)  # the last word's data is taken
-        with m.If(pending):
-            with m.If(r.addr + r.words > self._words):
-                m.d.comb += self.error.eq(1)
-            with m.Else():
-                m.d.sync += [addr.eq(r.addr), to_issue.eq(r.words), to_write.eq(r.words)]
+        with m.If(start):
+            m.d.sync += [addr.eq(r.addr), to_issue.eq(r.words), to_write.eq(r.words)]
         return m
 
 
-def _take_request(m: Module, request, busy):
-    """A request, registered: taken when idle, checked and started (or refused, ``error``)
-    the cycle after. The bounds check's adder and compare then start from registers: from
-    the requester's logic through them to the counters was the critical path of the ULX3S
-    build with its controller (65 MHz)."""
+def _take_request(m: Module, request, busy, words: int, error):
+    """A request, registered: taken when idle, checked the cycle after against the memory's
+    ``words``: refused there (``error`` pulses) or started (``start``, with the request in
+    ``r``). The bounds check's adder and compare then start from registers: from the
+    requester's logic through them to the counters was the critical path of the ULX3S
+    build with its controller (65 MHz). Returns ``(r, pending, start)``."""
     r = Signal.like(request.payload)
     pending = Signal()
     m.d.comb += request.ready.eq(~busy & ~pending)
     m.d.sync += pending.eq(request.valid & request.ready)
     with m.If(request.valid & request.ready):
         m.d.sync += r.eq(request.payload)
-    return r, pending
+    beyond = r.addr + r.words > words
+    m.d.comb += error.eq(pending & beyond)
+    return r, pending, pending & ~beyond

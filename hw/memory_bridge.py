@@ -139,6 +139,15 @@ class MemoryBridge(wiring.Component):
             with m.Else():
                 m.d.sync += wait.eq(wait + 1)
 
+        def issue_command(we, then):
+            """Offer a command for ``waddr`` to the controller; on to ``then`` once taken."""
+            m.d.comb += [port.cmd.valid.eq(1), port.cmd.payload.we.eq(we)]
+            with m.If(port.cmd.ready):
+                m.d.sync += wait.eq(0)
+                m.next = then
+            with m.Else():
+                waiting(MemFault.COMMAND)
+
         headers = {Command.WRITE_MEM: 4, Command.READ_MEM: 8, Command.WRITE_CSR: 8,
                    Command.READ_CSR: 4, Command.COPY_MEM: 12}
         end = Signal(33)
@@ -244,12 +253,7 @@ class MemoryBridge(wiring.Component):
                 with m.If(aborted):
                     m.next = "IDLE"  # the command was not taken: nothing is owed
                 with m.Else():
-                    m.d.comb += [port.cmd.valid.eq(1), port.cmd.payload.we.eq(1)]
-                    with m.If(port.cmd.ready):
-                        m.d.sync += wait.eq(0)
-                        m.next = "WR_DATA"
-                    with m.Else():
-                        waiting(MemFault.COMMAND)
+                    issue_command(1, "WR_DATA")
             with m.State("WR_DATA"):
                 m.d.comb += port.wdata.valid.eq(1)
                 with m.If(port.wdata.ready):
@@ -271,12 +275,7 @@ class MemoryBridge(wiring.Component):
                 with m.Elif(left == 0):
                     reply(Reply.MEM_DATA, length=count)
                 with m.Else():
-                    m.d.comb += port.cmd.valid.eq(1)
-                    with m.If(port.cmd.ready):
-                        m.d.sync += wait.eq(0)
-                        m.next = "RD_DATA"
-                    with m.Else():
-                        waiting(MemFault.COMMAND)
+                    issue_command(0, "RD_DATA")
             with m.State("RD_DATA"):
                 m.d.comb += port.rdata.ready.eq(1)
                 with m.If(port.rdata.valid):

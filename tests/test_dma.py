@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-from streams import randomly
+from streams import randomly, stream_get, stream_put
 
 from hw.dma import DMAReader, DMAWriter
 
@@ -60,6 +60,19 @@ def memory_model(dut, mem, rng, log):
     return port
 
 
+async def request(ctx, dut, addr: int, words: int) -> bool:
+    """Offer a request until taken; whether it was refused (``error`` pulses the cycle after
+    it is taken, when it is checked)."""
+    ctx.set(dut.request.payload.addr, addr)
+    ctx.set(dut.request.payload.words, words)
+    ctx.set(dut.request.valid, 1)
+    while not ctx.get(dut.request.ready):
+        await ctx.tick()
+    await ctx.tick()
+    ctx.set(dut.request.valid, 0)
+    return bool(ctx.get(dut.error))
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_reader_gives_the_words_in_order_under_backpressure(seed):
     rng = np.random.default_rng(seed)
@@ -71,30 +84,14 @@ def test_reader_gives_the_words_in_order_under_backpressure(seed):
     async def host(ctx):
         stalls = randomly(rng, 0.4)
         for addr, n in jobs + [(60, 5)]:  # the last runs past the end: refused
-            ctx.set(dut.request.payload.addr, addr)
-            ctx.set(dut.request.payload.words, n)
-            ctx.set(dut.request.valid, 1)
-            while not ctx.get(dut.request.ready):
-                await ctx.tick()
-            await ctx.tick()
-            ctx.set(dut.request.valid, 0)
-            # a request is checked the cycle after it is taken: ``error`` pulses then
-            if ctx.get(dut.error):
+            if await request(ctx, dut, addr, n):
                 errors.append((addr, n))
             if (addr, n) == (60, 5):
                 for _ in range(50):
                     assert not ctx.get(dut.port.cmd.valid)
                     await ctx.tick()
                 continue
-            words = []
-            while len(words) < n:
-                ready = not next(stalls)
-                ctx.set(dut.data.ready, ready)
-                if ready and ctx.get(dut.data.valid):
-                    words.append(ctx.get(dut.data.payload))
-                await ctx.tick()
-            ctx.set(dut.data.ready, 0)
-            got.append(words)
+            got.append([await stream_get(ctx, dut.data, stalls=stalls) for _ in range(n)])
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -118,27 +115,12 @@ def test_writer_writes_the_words_where_asked(seed):
     async def host(ctx):
         gaps = randomly(rng, 0.4)
         for addr, n in [(60, 5)] + jobs:  # the first runs past the end: refused
-            ctx.set(dut.request.payload.addr, addr)
-            ctx.set(dut.request.payload.words, n)
-            ctx.set(dut.request.valid, 1)
-            while not ctx.get(dut.request.ready):
-                await ctx.tick()
-            await ctx.tick()
-            ctx.set(dut.request.valid, 0)
-            # a request is checked the cycle after it is taken: ``error`` pulses then
-            if ctx.get(dut.error):
+            if await request(ctx, dut, addr, n):
                 errors.append((addr, n))
             if (addr, n) == (60, 5):
                 continue
             for word in data[(addr, n)]:
-                while next(gaps):
-                    await ctx.tick()
-                ctx.set(dut.data.payload, word)
-                ctx.set(dut.data.valid, 1)
-                while not ctx.get(dut.data.ready):
-                    await ctx.tick()
-                await ctx.tick()
-                ctx.set(dut.data.valid, 0)
+                await stream_put(ctx, dut.data, word, gaps=gaps)
             while ctx.get(dut.busy):
                 await ctx.tick()
 

@@ -6,7 +6,7 @@ between the two.
 """
 
 
-from amaranth import Cat, Module, Mux, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +17,9 @@ from spec.protocol import (
     ENGINE_STREAMS,
     MAX_PAYLOAD,
     MEM_COMMANDS,
+    RUN_PROGRAM_BYTES,
     RX_SLOTS,
+    Command,
     Reply,
     item_bits,
     item_bytes,
@@ -26,6 +28,7 @@ from spec.protocol import (
 )
 
 from .dma import DMAReader, DMAWriter
+from .layer_sequencer import LayerSequencer
 from .engine import FireEngine
 from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
 from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
@@ -98,6 +101,7 @@ class AcceleratorCore(wiring.Component):
         items = item_bytes(p)
         if self._memory is not None:
             items.update({cmd: 1 for cmd in MEM_COMMANDS})
+            items[Command.RUN_PROGRAM] = RUN_PROGRAM_BYTES
         m.submodules.receiver = rx = FrameReceiver(items, self._rx_idle)
         wiring.connect(m, wiring.flipped(self.rx), rx.rx)
         m.submodules.slots = slots = ram(shape=8, depth=RX_SLOTS * MAX_PAYLOAD)
@@ -109,8 +113,17 @@ class AcceleratorCore(wiring.Component):
         commits = resettable("commits", StreamFIFO(FrameMeta, RX_SLOTS))
         wiring.connect(m, rx.commit, commits.w)
 
-        # ---- the engine and the executor feeding it
-        engine = resettable("engine", FireEngine(p, multipliers=self._multipliers))
+        # ---- the engine and the executor feeding it; the layer sequencer, when it runs a
+        # program, in the executor's place (it resets the engine after a failed program)
+        engine_reset = Signal()
+        m.submodules.engine = engine = ResetInserter({"sync": engine_reset})(
+            FireEngine(p, multipliers=self._multipliers))
+        seq = self._layer_sequencer(m)
+        if seq is None:
+            m.d.comb += engine_reset.eq(soft_reset)
+        else:
+            m.d.sync += engine_reset.eq(rx.reset | seq.engine_reset)
+        seq_active = seq.active if seq is not None else Const(0)
         widths = item_bits(p)
         executor = resettable("executor", Executor(widths, self._stall,
                                                    memory=self._memory is not None))
@@ -124,12 +137,25 @@ class AcceleratorCore(wiring.Component):
         progress = engine.output.valid & engine.output.ready
         for cmd, target in targets.items():
             source = executor.stream_for(cmd)
-            m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
-                         target.payload.eq(source.payload)]
+            own = getattr(seq, ENGINE_STREAMS[cmd], None) if seq is not None else None
+            with m.If(seq_active):
+                if own is not None:
+                    m.d.comb += [target.valid.eq(own.valid), own.ready.eq(target.ready),
+                                 target.payload.eq(own.payload)]
+            with m.Else():
+                m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
+                             target.payload.eq(source.payload)]
             progress = progress | (target.valid & target.ready)
-        mem = self._memory_bridge(m, executor, soft_reset)
+        mem = self._memory_bridge(m, executor, soft_reset, seq)
         if mem is not None:
             progress = progress | mem.busy
+            start = executor.stream_for(Command.RUN_PROGRAM)
+            m.d.comb += [seq.start.valid.eq(start.valid), start.ready.eq(seq.start.ready),
+                         seq.start.payload.eq(start.payload), seq.abort.eq(soft_reset),
+                         executor.program_active.eq(seq.active),
+                         executor.engine_busy.eq(engine.busy)]
+            for name in ("accepted", "refused", "error", "runs", "cycles", "compute"):
+                m.d.comb += getattr(seq, name).eq(getattr(engine, name))
         m.d.comb += executor.progress.eq(progress)
         slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
         taken = Signal(RX_SLOTS)
@@ -172,11 +198,19 @@ class AcceleratorCore(wiring.Component):
         out_wr = outbuf.write_port()
         out_rd = RegisteredRead(m, outbuf, "out_rd")
         # reset with the engine: a RESET must not look like the end of a run
+        # (and with the sequencer's engine reset; a program's runs are not the host's)
         runs_seen = Signal.like(engine.runs)
-        m.d.sync += runs_seen.eq(Mux(soft_reset, 0, engine.runs))
-        wiring.connect(m, engine.output, framer.values)
+        m.d.sync += runs_seen.eq(Mux(engine_reset, 0, engine.runs))
+        if seq is None:
+            wiring.connect(m, engine.output, framer.values)
+        else:
+            with m.If(seq_active):
+                wiring.connect(m, engine.output, seq.output)
+            with m.Else():
+                wiring.connect(m, engine.output, framer.values)
         m.d.comb += [
-            framer.run_done.eq(engine.runs != runs_seen), framer.error.eq(engine.error),
+            framer.run_done.eq((engine.runs != runs_seen) & ~seq_active),
+            framer.error.eq(engine.error),
             framer.cycles.eq(engine.cycles), framer.compute.eq(engine.compute),
             framer.runs.eq(engine.runs),
             out_wr.addr.eq(framer.wr_addr), out_wr.data.eq(framer.wr_data),
@@ -185,7 +219,7 @@ class AcceleratorCore(wiring.Component):
         jobs = resettable("jobs", StreamFIFO(TxJob, 4))
         wiring.connect(m, framer.job, jobs.w)
 
-        counters = self._counters(m, rx, executor, engine, mem)
+        counters = self._counters(m, rx, executor, engine, mem, seq)
         mem_cfg = self._memory
         identity = pack_identity(p, clock_hz=self._clock_hz, baud=self._baud,
                                  stall_cycles=self._stall, rx_idle=self._rx_idle,
@@ -206,7 +240,8 @@ class AcceleratorCore(wiring.Component):
             framer.half_free.eq(half_free & ~owned),
             out_rd.addr.eq(tx.rd_addr), tx.rd_data.eq(out_rd.data),
             tx.counters.eq(counters),
-            self.active.eq(engine.busy | ~executor.idle | ~tx.idle | commits.r.valid
+            self.active.eq(engine.busy | seq_active | ~executor.idle | ~tx.idle
+                           | commits.r.valid
                            | replies.r.valid | jobs.r.valid | reset_ack | rx.receiving),
         ]
         if mem is not None:
@@ -226,8 +261,19 @@ class AcceleratorCore(wiring.Component):
         wiring.connect(m, tx.tx, wiring.flipped(self.tx))
         return m
 
-    def _memory_bridge(self, m, executor, soft_reset):
-        """The bridge to the memory controller and its read buffer (None without memory)."""
+    def _layer_sequencer(self, m):
+        """The layer sequencer (``hw.layer_sequencer``; None without memory)."""
+        if self._memory is None:
+            return None
+        cfg = self._memory
+        m.submodules.layer_sequencer = seq = LayerSequencer(
+            self._p, size=cfg.size, port_bits=cfg.port_bits, stall_cycles=self._stall)
+        return seq
+
+    def _memory_bridge(self, m, executor, soft_reset, seq):
+        """The bridge to the memory controller and its read buffer (None without memory).
+        The DMA reader and the ``dram_wr`` port are the layer sequencer's while it runs a
+        program (COPY_MEM is refused then)."""
         if self._memory is None:
             return None
         cfg = self._memory
@@ -256,12 +302,19 @@ class AcceleratorCore(wiring.Component):
         chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk)
         m.submodules.copy_fifo = ResetInserter({"sync": bridge.flush})(chunk)
         wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
-        wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
-        wiring.connect(m, bridge.rd_request, reader.request)
+        with m.If(seq.active):
+            wiring.connect(m, seq.port, wiring.flipped(self.dram_wr))
+            wiring.connect(m, seq.rd_request, reader.request)
+            wiring.connect(m, reader.data, seq.rd_data)
+        with m.Else():
+            wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
+            wiring.connect(m, bridge.rd_request, reader.request)
+            wiring.connect(m, reader.data, chunk.w)
         wiring.connect(m, bridge.wr_request, writer.request)
-        wiring.connect(m, reader.data, chunk.w)
         wiring.connect(m, chunk.r, writer.data)
-        m.d.comb += [bridge.rd_done.eq(reader.done), bridge.rd_error.eq(reader.error),
+        m.d.comb += [bridge.rd_done.eq(reader.done & ~seq.active),
+                     bridge.rd_error.eq(reader.error & ~seq.active),
+                     seq.rd_busy.eq(reader.busy), seq.rd_error.eq(reader.error & seq.active),
                      bridge.wr_done.eq(writer.done), bridge.wr_error.eq(writer.error)]
         m.submodules.membuf = self._membuf = ram(shape=8, depth=MAX_PAYLOAD)
         wr = self._membuf.write_port()
@@ -269,7 +322,7 @@ class AcceleratorCore(wiring.Component):
                      wr.en.eq(bridge.buf_en)]
         return bridge
 
-    def _counters(self, m, rx, executor, engine, mem):
+    def _counters(self, m, rx, executor, engine, mem, seq):
         """Live counter values packed as ``COUNTER_FIELDS`` (little-endian)."""
         def counter(width, pulse):
             # the pulse is registered first: a count lands a cycle late, off the pulse's path
@@ -291,6 +344,11 @@ class AcceleratorCore(wiring.Component):
             "dma_read_cycles": mem.dma_read_cycles if mem is not None else 0,
             "dma_write_cycles": mem.dma_write_cycles if mem is not None else 0,
         }
+        for name in ("programs", "prog_active", "prog_status", "prog_detail", "prog_index",
+                     "prog_cycles"):
+            attr = {"prog_active": "active", "prog_status": "status", "prog_detail": "detail",
+                    "prog_index": "index"}.get(name, name)
+            values[name] = getattr(seq, attr) if seq is not None else 0
         packed = Signal(sum(_STRUCT_BITS[c] for _, c in COUNTER_FIELDS))
         offset = 0
         for name, code in COUNTER_FIELDS:

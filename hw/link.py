@@ -19,14 +19,17 @@ from amaranth.lib.wiring import In, Out
 
 from spec.protocol import (
     DONE_FIELDS,
+    ENGINE_STREAMS,
     ERROR_FIELDS,
     HEADER_BYTES,
     HEADER_CRC_COVERS,
     HEADER_FIELDS,
     MAX_PAYLOAD,
     MEM_COMMANDS,
+    RUN_PROGRAM_BYTES,
     RX_SLOTS,
     SYNC,
+    Busy,
     Command,
     LinkError,
     Reply,
@@ -269,6 +272,7 @@ class Executor(wiring.Component):
         self._memory = memory
         if memory:
             self._streams.update({int(c): 8 for c in MEM_COMMANDS})
+            self._streams[int(Command.RUN_PROGRAM)] = 8 * RUN_PROGRAM_BYTES
         self._stall = stall_cycles
         item_bytes = max(-(-w // 8) for w in self._streams.values())
         members = {
@@ -289,12 +293,28 @@ class Executor(wiring.Component):
         if memory:
             members.update({"mem_start": Out(1), "mem_ready": In(1), "mem_command": Out(8),
                             "mem_length": Out(LEN_BITS),
-                            "mem_answer": In(stream.Signature(MemAnswer))})
+                            "mem_answer": In(stream.Signature(MemAnswer)),
+                            # the layer sequencer runs a program / the engine is in a run
+                            "program_active": In(1), "engine_busy": In(1)})
         self._item_bits = 8 * item_bytes
         super().__init__(members)
 
     def stream_for(self, command: int):
         return getattr(self, f"s{int(command)}")
+
+    def _busy_refusal(self, kind):
+        """While a program runs, the engine is its own and the DMA too: streaming commands,
+        COPY_MEM and another RUN_PROGRAM are refused (the other memory commands go on)."""
+        if not self._memory:
+            return Const(0)
+        taken = [Command.COPY_MEM, Command.RUN_PROGRAM, *ENGINE_STREAMS]
+        return self.program_active & Cat(kind == c for c in taken).any()
+
+    def _engine_refusal(self, kind):
+        """A program does not start while a streamed run is part-way through."""
+        if not self._memory:
+            return Const(0)
+        return self.engine_busy & (kind == Command.RUN_PROGRAM)
 
     def elaborate(self, platform):
         m = Module()
@@ -373,6 +393,13 @@ class Executor(wiring.Component):
                     finish(Reply.COUNTERS)
                 with m.Elif((job.kind == Command.CONFIGURE)
                             & (job.length != -(-self._streams[Command.CONFIGURE] // 8))):
+                    finish(Reply.ERROR, LinkError.BAD_LENGTH)
+                with m.Elif(self._busy_refusal(job.kind)):
+                    finish(Reply.ERROR, LinkError.BUSY, Busy.PROGRAM)
+                with m.Elif(self._engine_refusal(job.kind)):
+                    finish(Reply.ERROR, LinkError.BUSY, Busy.ENGINE)
+                with m.Elif((job.kind == Command.RUN_PROGRAM)
+                            & (job.length != RUN_PROGRAM_BYTES)):
                     finish(Reply.ERROR, LinkError.BAD_LENGTH)
                 with m.Elif(Cat(job.kind == c for c in MEM_COMMANDS).any()):
                     if self._memory:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from .params import EngineParams, config_bits, qparam_bits
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 SYNC = 0xA5
 #: The header before its CRC, in order (``struct`` codes, little-endian); ``HCRC`` follows.
 HEADER_FIELDS = [("sync", "B"), ("kind", "B"), ("seq", "B"), ("length", "H")]
@@ -83,6 +83,9 @@ class Command(enum.IntEnum):
     #: the device copies a region of the memory with its DMA (read a chunk, then write it),
     #: counting the cycles of each (COUNTERS ``dma_*``); reply ACK once done
     COPY_MEM = 0x0D
+    #: start the layer sequencer on the program at a byte address (``spec.program``); reply
+    #: ACK once started: the program runs while the link goes on (COUNTERS ``prog_*``)
+    RUN_PROGRAM = 0x0E
 
 
 class Reply(enum.IntEnum):
@@ -112,6 +115,14 @@ class LinkError(enum.IntEnum):
     NO_MEMORY = 9  #: a memory command to a device built without external memory
     MEM_RANGE = 10  #: an access beyond the memory (detail: :class:`MemFault`)
     MEM_TIMEOUT = 11  #: the memory did not answer (detail: :class:`MemFault`): not brought up?
+    BUSY = 12  #: refused while the engine is taken (detail: :class:`Busy`)
+
+
+class Busy(enum.IntEnum):
+    """``detail`` of BUSY errors."""
+
+    PROGRAM = 1  #: a program runs: streaming commands, COPY_MEM and RUN_PROGRAM wait for it
+    ENGINE = 2  #: RUN_PROGRAM while the engine is part-way through a streamed run
 
 
 class MemFault(enum.IntEnum):
@@ -203,6 +214,8 @@ MEM_HEADERS = {Command.WRITE_MEM: [("addr", "I")],
                Command.READ_CSR: [("addr", "I")],
                Command.COPY_MEM: [("src", "I"), ("dst", "I"), ("length", "I")]}
 MEM_COMMANDS = list(MEM_HEADERS)
+#: RUN_PROGRAM's payload: the program's byte address (u32).
+RUN_PROGRAM_BYTES = 4
 #: The most data one WRITE_MEM carries: a frame less its address, rounded down to whole
 #: words of the widest native port (128 bits).
 MAX_WRITE_MEM = (MAX_PAYLOAD - 4) // 16 * 16
@@ -266,7 +279,12 @@ COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to la
                   # COPY_MEM's DMA: native-port words copied, and the cycles spent reading
                   # them (request to the last word back) and writing them (request to the
                   # last word taken), summed over its chunks
-                  ("dma_words", "I"), ("dma_read_cycles", "I"), ("dma_write_cycles", "I")]
+                  ("dma_words", "I"), ("dma_read_cycles", "I"), ("dma_write_cycles", "I"),
+                  # the layer sequencer (RUN_PROGRAM): programs finished, whether one runs,
+                  # and the last one's end (``spec.program.SeqError`` and its detail), its
+                  # descriptors run (or the failing one's number) and its cycles
+                  ("programs", "I"), ("prog_active", "B"), ("prog_status", "B"),
+                  ("prog_detail", "B"), ("prog_index", "H"), ("prog_cycles", "I")]
 
 #: DONE payload: the run's error, its cycles and compute cycles (as in COUNTERS), run count.
 DONE_FIELDS = [("error", "B"), ("cycles", "I"), ("compute", "I"), ("runs", "H")]

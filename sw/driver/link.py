@@ -17,6 +17,7 @@ from spec.params import ConfigError
 from spec.protocol import (
     DONE_FIELDS,
     RX_SLOTS,
+    Busy,
     Command,
     Frame,
     FrameDecoder,
@@ -293,6 +294,10 @@ class Link:
                                    code=code, field="memory")
             return DeviceError(f"the memory did not answer {what} ({fault}): is it brought "
                                "up? (the driver does that on open)", code=code, field="memory")
+        if code == LinkError.BUSY:
+            why = ("a layer program is running" if detail == Busy.PROGRAM else
+                   "the engine is part-way through a streamed run")
+            return DeviceError(f"device refused {what}: {why}", code=code, field="busy")
         reason = LinkError(code).name if code in LinkError._value2member_map_ else str(code)
         return ProtocolError(f"device rejected {what}: {reason}")
 

@@ -1,0 +1,310 @@
+"""Resident mode: the network's weights and a layer program in the device's memory, the
+layers walked by the on-chip sequencer (``hw.layer_sequencer``, ``spec.program``).
+
+``compile_network`` lays a quantized network out in memory: for every run of every layer
+the device runs (a Fire layer's output-channel tiles, planned by ``spec.tiling``), its
+configuration word, weight rows and parameters, and a descriptor; the feature maps between
+layers; a stats record per run. Consecutive device layers form one *segment*, one program:
+the host writes the segment's input map, starts its program, and reads its output map. The
+layers the device does not run yet (conv1, the pools, conv10 and the average pool, until
+their units are in the gateware) run on the host between segments, as in streaming mode.
+
+``ResidentNetwork`` (from ``Accelerator.load``) writes everything once, checks it by reading
+it back (a CRC of each region), and infers images.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spec.params import EngineParams, config_bits, qparam_bits
+from spec.program import (
+    DESC_BYTES,
+    STATS_BYTES,
+    Op,
+    SeqError,
+    pack_descriptor,
+    pack_items,
+    unpack_stats,
+    value_bytes,
+)
+from spec.protocol import Command, Reply
+from spec.tiling import FirePlan, Shape, lanes_to_ints
+from sw import ops
+from sw.network import Fire
+from sw.quantize import QuantizedNetwork
+
+from .errors import DeviceError, DriverError
+from .runner import LayerRecord, NetworkResult, check_width
+
+#: every region starts on this many bytes (a descriptor; a whole number of any port's words)
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass
+class MapSlot:
+    """A feature map in memory: HWC, channels padded to whole input beats."""
+
+    addr: int
+    shape: tuple[int, int, int]  #: (h, w, c)
+    c_pad: int
+    vb: int
+
+    @property
+    def nbytes(self) -> int:
+        h, w, _ = self.shape
+        return h * w * self.c_pad * self.vb
+
+    def pack(self, x: np.ndarray) -> bytes:
+        h, w, c = self.shape
+        buf = np.zeros((h, w, self.c_pad), dtype=np.int64)
+        buf[:, :, :c] = x
+        return buf.astype("<i1" if self.vb == 1 else "<i2").tobytes()
+
+    def unpack(self, raw: bytes) -> np.ndarray:
+        h, w, c = self.shape
+        arr = np.frombuffer(raw, dtype="<i1" if self.vb == 1 else "<i2")
+        return arr.reshape(h, w, self.c_pad)[:, :, :c].astype(np.int64)
+
+
+@dataclass
+class RunInfo:
+    layer: str
+    tile: int
+    stats_addr: int
+    macs: int
+
+
+@dataclass
+class Segment:
+    """Consecutive device layers: one program."""
+
+    layers: list[str]
+    program: int  #: the program's address
+    input: MapSlot
+    outputs: dict[str, MapSlot]
+    runs: list[RunInfo] = field(default_factory=list)
+
+
+@dataclass
+class Image:
+    """What ``compile_network`` lays out: the regions to write and where things are."""
+
+    regions: list[tuple[int, bytes]]
+    segments: list[Segment]
+    end: int  #: first free byte
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for _, b in self.regions)
+
+
+class ResidentError(DriverError):
+    """A network this device cannot hold or run resident, or a program that failed."""
+
+
+def _device_layer(layer) -> bool:
+    return isinstance(layer, Fire) and not layer.bypass
+
+
+def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
+                    mem_size: int, input_shape: tuple[int, int, int], base: int = 0) -> Image:
+    """Lay ``qnet`` out for a device with engine ``p`` and a ``port_bits`` memory port."""
+    vb = value_bytes(p)
+    beat = p.ic_lanes * p.bits
+    if p.bits not in (8, 16) or beat % port_bits:
+        raise ResidentError(f"resident mode needs 8- or 16-bit values and input beats of "
+                            f"whole memory words: the engine has {p.bits}-bit values, "
+                            f"{beat}-bit beats, the memory {port_bits}-bit words")
+    at = [_align(base)]
+
+    def alloc(n: int) -> int:
+        addr = at[0]
+        at[0] = _align(addr + max(n, 1))
+        if at[0] > mem_size:
+            raise ResidentError(f"the network does not fit the device's memory: "
+                                f"{at[0]:,} bytes needed, {mem_size:,} there")
+        return addr
+
+    def slot(shape) -> MapSlot:
+        h, w, c = shape
+        c_pad = -(-c // p.ic_lanes) * p.ic_lanes
+        s = MapSlot(0, (h, w, c), c_pad, vb)
+        s.addr = alloc(s.nbytes)
+        return s
+
+    regions: list[tuple[int, bytes]] = []
+
+    def put(data: bytes) -> int:
+        addr = alloc(len(data))
+        regions.append((addr, data))
+        return addr
+
+    segments: list[Segment] = []
+    shape = input_shape
+    current: Segment | None = None
+    pending_desc: list[bytes] = []
+
+    def close_segment():
+        nonlocal current, pending_desc
+        if current is not None:
+            program = b"".join(pending_desc) + pack_descriptor(op=Op.END)
+            current.program = put(program)
+            segments.append(current)
+        current, pending_desc = None, []
+
+    for layer in qnet.net.layers:
+        q = qnet.layers.get(layer.name)
+        if not _device_layer(layer):
+            close_segment()
+            shape = _out_shape(layer, shape)
+            continue
+        h, w, cin = shape
+        if current is None:
+            current = Segment([], 0, slot(shape), {})
+        src = current.outputs[current.layers[-1]] if current.layers else current.input
+        cin_l, s, e1, e3 = q.shape
+        plan = FirePlan(p, Shape(h, w, cin_l, s, e1, e3))
+        out = slot((h, w, e1 + e3))
+        for t, tile in enumerate(plan.tiles):
+            cfg = put(pack_items([plan.config(tile, q, load=True, compute=True)],
+                                 config_bits(p), port_bits))
+            rows = plan.weight_rows(tile, q)
+            w_addr = put(pack_items(lanes_to_ints(rows, p.bits), p.weight_row_bits, port_bits))
+            qp = plan.qparams(tile, q)
+            q_addr = put(pack_items(qp, qparam_bits(p), port_bits))
+            stats = alloc(STATS_BYTES)
+            pending_desc.append(pack_descriptor(
+                op=Op.ENGINE, stats=1, cfg_addr=cfg, w_addr=w_addr, w_rows=len(rows),
+                q_addr=q_addr, q_count=len(qp),
+                in_addr=src.addr if tile.squeeze else 0,
+                in_beats=h * w * plan.kc if tile.squeeze else 0,
+                out_addr=out.addr, out_pixels=h * w, out_stride=out.c_pad * vb,
+                off0=tile.e1.start * vb, len0=len(tile.e1),
+                off1=(e1 + tile.e3.start) * vb, len1=len(tile.e3), stats_addr=stats))
+            macs = h * w * ((cin_l * s if tile.squeeze else 0) + s * len(tile.e1)
+                            + 9 * s * len(tile.e3))
+            current.runs.append(RunInfo(layer.name, t, stats, macs))
+        current.layers.append(layer.name)
+        current.outputs[layer.name] = out
+        shape = (h, w, e1 + e3)
+    close_segment()
+    return Image(regions, segments, at[0])
+
+
+def _out_shape(layer, shape):
+    h, w, c = shape
+    oh, ow = layer.out_hw(h, w)
+    cout = getattr(layer, "cout", c)
+    return oh, ow, cout
+
+
+class ResidentNetwork:
+    """A network loaded into a device's memory (``Accelerator.load``)."""
+
+    def __init__(self, acc, qnet: QuantizedNetwork, input_shape, *, verify: bool = True,
+                 progress=None):
+        check_width(acc, qnet)
+        mem = acc.memory
+        if mem is None:
+            raise ResidentError("resident mode needs a device with external memory "
+                                "(this one has none: use --mode stream)")
+        self.acc, self.qnet, self.mem = acc, qnet, mem
+        self.image = compile_network(qnet, acc.params, port_bits=mem.config.port_bits,
+                                     mem_size=mem.size, input_shape=tuple(input_shape))
+        start = time.perf_counter()
+        for addr, data in self.image.regions:
+            mem.write(addr, data)
+            if progress is not None:
+                progress(len(data))
+        self.load_seconds = time.perf_counter() - start
+        self.verified = False
+        if verify:
+            self.verify()
+
+    def verify(self) -> None:
+        """Read every region back and compare CRCs: a load the device did not take whole is
+        an error here, not a wrong result later."""
+        for addr, data in self.image.regions:
+            got = self.mem.read(addr, len(data))
+            if zlib.crc32(got) != zlib.crc32(data):
+                raise ResidentError(f"the memory at {addr:#x} ({len(data):,} bytes) does not "
+                                    "read back as written: the load failed")
+        self.verified = True
+
+    def run_program(self, addr: int, *, timeout: float | None = None) -> dict:
+        """Start the program at ``addr`` and wait for its end; returns the final counters."""
+        acc = self.acc
+        before = acc.counters()["programs"]
+        acc._request(Command.RUN_PROGRAM, struct.pack("<I", addr), Reply.ACK)
+        deadline = time.monotonic() + (timeout or 60 * acc.link.timeout)
+        while True:
+            c = acc.counters()
+            if (c["programs"] - before) & 0xFFFFFFFF and not c["prog_active"]:
+                break
+            if time.monotonic() > deadline:
+                raise ResidentError(f"the program at {addr:#x} did not finish in "
+                                    f"{timeout or 60 * acc.link.timeout:.0f} s")
+            time.sleep(0.002)
+        if c["prog_status"] != SeqError.OK:
+            code = c["prog_status"]
+            name = SeqError(code).name if code in SeqError._value2member_map_ else str(code)
+            raise DeviceError(f"the layer program at {addr:#x} stopped at descriptor "
+                              f"{c['prog_index']}: {name} (detail {c['prog_detail']})",
+                              code=code, field="program")
+        return c
+
+    def infer(self, image: np.ndarray, *, check: bool = False) -> NetworkResult:
+        """One float HWC image: the device's segments resident, the rest on the host."""
+        qnet = self.qnet
+        spec = qnet.spec
+        x = qnet.quantize_input(image)
+        records: list[LayerRecord] = []
+        by_first = {seg.layers[0]: seg for seg in self.image.segments}
+        names = [la.name for la in qnet.net.layers]
+        start = time.perf_counter()
+        i = 0
+        while i < len(names):
+            name = names[i]
+            seg = by_first.get(name)
+            if seg is None:
+                t0 = time.perf_counter()
+                x = qnet.run_layer(name, x)
+                records.append(LayerRecord(name, "host", time.perf_counter() - t0,
+                                           shape=list(x.shape)))
+                i += 1
+                continue
+            t0 = time.perf_counter()
+            if tuple(x.shape) != seg.input.shape:
+                raise ResidentError(f"{name}: input {tuple(x.shape)}, the program was "
+                                    f"compiled for {seg.input.shape}")
+            self.mem.write(seg.input.addr, seg.input.pack(x))
+            self.run_program(seg.program)
+            stats = {r.stats_addr: unpack_stats(self.mem.read(r.stats_addr, STATS_BYTES))
+                     for r in seg.runs}
+            for lname in seg.layers:
+                out = seg.outputs[lname]
+                match = None
+                if check or lname == seg.layers[-1]:
+                    y = out.unpack(self.mem.read(out.addr, out.nbytes))
+                    if check:
+                        match = bool(np.array_equal(y, ops.fire(x, qnet.layers[lname], spec)))
+                    x = y
+                runs = [r for r in seg.runs if r.layer == lname]
+                records.append(LayerRecord(
+                    lname, "device", time.perf_counter() - t0,
+                    sum(stats[r.stats_addr]["cycles"] for r in runs),
+                    sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
+                    list(out.shape)))
+                t0 = time.perf_counter()
+                i += 1
+        return NetworkResult(qnet.dequantize_output(x), records, time.perf_counter() - start)

@@ -28,8 +28,8 @@ from spec.protocol import (
 )
 
 from .dma import DMAReader, DMAWriter
-from .layer_sequencer import LayerSequencer
 from .engine import FireEngine
+from .layer_sequencer import LayerSequencer
 from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
 from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
 from .ram import RegisteredRead, ram

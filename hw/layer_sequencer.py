@@ -35,7 +35,6 @@ from spec.program import (
     DESC_BYTES,
     DESC_FIELDS,
     STATS_BYTES,
-    STATS_FIELDS,
     VALUE_ALIGNED,
     WORD_ALIGNED,
     Items,
@@ -160,7 +159,7 @@ class LayerSequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p, it = self._p, self._items
+        it = self._items
         pb, pbytes, vb = self._port_bits, self._port_bytes, self._vb
         shift = (pbytes - 1).bit_length()  # byte address -> word address
         vshift = (vb - 1).bit_length()

@@ -12,13 +12,15 @@ constants of the host's own.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from spec.frames import decode_values, tile_frames
-from spec.params import EngineParams
+from spec.params import ConfigError, EngineParams
+from spec.program import SeqError
 from spec.protocol import (
     COUNTER_FIELDS,
     Command,
@@ -32,7 +34,7 @@ from spec.protocol import (
 from spec.tiling import FirePlan, Shape
 from sw.ops import FireLayer
 
-from .errors import DeviceError, DriverError, OutputLost, PortError, ProtocolError
+from .errors import DeviceError, DriverError, LinkTimeout, OutputLost, PortError, ProtocolError
 from .link import Collected, Link
 from .memory import Memory
 
@@ -101,8 +103,17 @@ class Accelerator:
 
     # -- commands -----------------------------------------------------------------------
     def reset(self) -> None:
+        """RESET the device. A layer program it was running stops; it finishes the memory
+        reads and writes it has in flight first (the controller is never left owed data),
+        which this waits for, so that the device takes any command after."""
         self.link.reset()
         self._loaded = None
+        if self._identity is not None and self._identity.mem_variant:
+            deadline = time.monotonic() + 10 * self.link.timeout
+            while self.counters()["prog_active"]:
+                if time.monotonic() > deadline:
+                    raise LinkTimeout("the device's layer program did not stop after RESET")
+                time.sleep(0.002)
 
     def identify(self) -> Identity:
         frame = self._guard(lambda: self.link.request(Command.IDENTIFY))
@@ -150,6 +161,53 @@ class Accelerator:
 
     def plan(self, shape: Shape, bypass: bool = False) -> FirePlan:
         return FirePlan(self.params, shape, bypass=bypass)
+
+    # -- resident mode ------------------------------------------------------------------
+    def load(self, qnet, input_shape=None, *, verify: bool = True, progress=None):
+        """Write ``qnet``'s layer program and weights into the device's memory once (checked
+        by reading them back); returns a :class:`~sw.driver.resident.ResidentNetwork`, whose
+        ``infer(image)`` runs it. ``input_shape`` defaults to the network's own input."""
+        from .resident import ResidentNetwork
+
+        net = qnet.net
+        shape = input_shape or (net.default_input, net.default_input, net.in_channels)
+        return ResidentNetwork(self, qnet, shape, verify=verify, progress=progress)
+
+    def start_program(self, addr: int) -> int:
+        """Start the layer program at byte address ``addr``; returns the device's count of
+        finished programs before it (for :meth:`wait_program`)."""
+        before = self.counters()["programs"]
+        self._request(Command.RUN_PROGRAM, struct.pack("<I", addr), Reply.ACK)
+        return before
+
+    def wait_program(self, before: int, *, timeout: float | None = None) -> dict:
+        """Wait for the program started after ``before`` programs to end; its counters.
+        A program that stopped on an error raises :class:`DeviceError` naming it."""
+        limit = timeout if timeout is not None else 60 * self.link.timeout
+        deadline = time.monotonic() + limit
+        while True:
+            c = self.counters()
+            if (c["programs"] - before) & 0xFFFFFFFF and not c["prog_active"]:
+                break
+            if time.monotonic() > deadline:
+                raise LinkTimeout(f"the layer program did not finish in {limit:.0f} s")
+            time.sleep(0.002)
+        if c["prog_status"] != SeqError.OK:
+            code = c["prog_status"]
+            name = SeqError(code).name if code in SeqError._value2member_map_ else str(code)
+            detail = c["prog_detail"]
+            if code == SeqError.CONFIG and detail in ConfigError._value2member_map_:
+                err = ConfigError(detail)
+                why = f"the engine refused its configuration: {err.field}: {err.message}"
+            else:
+                why = f"{name} (detail {detail})"
+            raise DeviceError(f"the layer program stopped at descriptor {c['prog_index']}: "
+                              f"{why}", code=code, field="program")
+        return c
+
+    def run_program(self, addr: int, *, timeout: float | None = None) -> dict:
+        """Run the layer program at ``addr`` to its end; the device's counters after it."""
+        return self.wait_program(self.start_program(addr), timeout=timeout)
 
     # -- Fire layers --------------------------------------------------------------------
     def run_fire(self, layer: FireLayer, x: np.ndarray, *, progress=None) -> FireResult:

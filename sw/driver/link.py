@@ -188,6 +188,11 @@ class Link:
                             go_back = i
                     else:
                         error = self._device_error(name(i), code, detail)
+                        if code == LinkError.BUSY and i == sent - 1:
+                            # refused while a program runs, nothing sent after it: the link
+                            # is in step; a RESET would stop the program
+                            self.seq = seq_of(i + 1)
+                            raise error
                         # The device took the refused frame and maybe those sent after it,
                         # which it will still play: start both sides afresh, so that the
                         # next command is not out of step with it.

@@ -15,7 +15,6 @@ it back (a CRC of each region), and infers images.
 
 from __future__ import annotations
 
-import struct
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -24,22 +23,19 @@ import numpy as np
 
 from spec.params import EngineParams, config_bits, qparam_bits
 from spec.program import (
-    DESC_BYTES,
     STATS_BYTES,
     Op,
-    SeqError,
     pack_descriptor,
     pack_items,
     unpack_stats,
     value_bytes,
 )
-from spec.protocol import Command, Reply
 from spec.tiling import FirePlan, Shape, lanes_to_ints
 from sw import ops
 from sw.network import Fire
 from sw.quantize import QuantizedNetwork
 
-from .errors import DeviceError, DriverError
+from .errors import DriverError
 from .runner import LayerRecord, NetworkResult, check_width
 
 #: every region starts on this many bytes (a descriptor; a whole number of any port's words)
@@ -116,74 +112,60 @@ def _device_layer(layer) -> bool:
     return isinstance(layer, Fire) and not layer.bypass
 
 
-def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
-                    mem_size: int, input_shape: tuple[int, int, int], base: int = 0) -> Image:
-    """Lay ``qnet`` out for a device with engine ``p`` and a ``port_bits`` memory port."""
-    vb = value_bytes(p)
-    beat = p.ic_lanes * p.bits
-    if p.bits not in (8, 16) or beat % port_bits:
-        raise ResidentError(f"resident mode needs 8- or 16-bit values and input beats of "
-                            f"whole memory words: the engine has {p.bits}-bit values, "
-                            f"{beat}-bit beats, the memory {port_bits}-bit words")
-    at = [_align(base)]
+class Layout:
+    """Allocates the device's memory and lays runs out in it: the pieces of
+    :func:`compile_network`, usable on their own (a test's one-layer program)."""
 
-    def alloc(n: int) -> int:
-        addr = at[0]
-        at[0] = _align(addr + max(n, 1))
-        if at[0] > mem_size:
+    def __init__(self, p: EngineParams, *, port_bits: int, mem_size: int, base: int = 0):
+        beat = p.ic_lanes * p.bits
+        if p.bits not in (8, 16) or beat % port_bits:
+            raise ResidentError(f"resident mode needs 8- or 16-bit values and input beats of "
+                                f"whole memory words: the engine has {p.bits}-bit values, "
+                                f"{beat}-bit beats, the memory {port_bits}-bit words")
+        self.p, self.port_bits, self.mem_size = p, port_bits, mem_size
+        self.vb = value_bytes(p)
+        self.end = _align(base)
+        self.regions: list[tuple[int, bytes]] = []
+
+    def alloc(self, n: int) -> int:
+        addr = self.end
+        self.end = _align(addr + max(n, 1))
+        if self.end > self.mem_size:
             raise ResidentError(f"the network does not fit the device's memory: "
-                                f"{at[0]:,} bytes needed, {mem_size:,} there")
+                                f"{self.end:,} bytes needed, {self.mem_size:,} there")
         return addr
 
-    def slot(shape) -> MapSlot:
+    def put(self, data: bytes) -> int:
+        addr = self.alloc(len(data))
+        self.regions.append((addr, data))
+        return addr
+
+    def slot(self, shape) -> MapSlot:
         h, w, c = shape
-        c_pad = -(-c // p.ic_lanes) * p.ic_lanes
-        s = MapSlot(0, (h, w, c), c_pad, vb)
-        s.addr = alloc(s.nbytes)
+        c_pad = -(-c // self.p.ic_lanes) * self.p.ic_lanes
+        s = MapSlot(0, (h, w, c), c_pad, self.vb)
+        s.addr = self.alloc(s.nbytes)
         return s
 
-    regions: list[tuple[int, bytes]] = []
-
-    def put(data: bytes) -> int:
-        addr = alloc(len(data))
-        regions.append((addr, data))
-        return addr
-
-    segments: list[Segment] = []
-    shape = input_shape
-    current: Segment | None = None
-    pending_desc: list[bytes] = []
-
-    def close_segment():
-        nonlocal current, pending_desc
-        if current is not None:
-            program = b"".join(pending_desc) + pack_descriptor(op=Op.END)
-            current.program = put(program)
-            segments.append(current)
-        current, pending_desc = None, []
-
-    for layer in qnet.net.layers:
-        q = qnet.layers.get(layer.name)
-        if not _device_layer(layer):
-            close_segment()
-            shape = _out_shape(layer, shape)
-            continue
-        h, w, cin = shape
-        if current is None:
-            current = Segment([], 0, slot(shape), {})
-        src = current.outputs[current.layers[-1]] if current.layers else current.input
-        cin_l, s, e1, e3 = q.shape
-        plan = FirePlan(p, Shape(h, w, cin_l, s, e1, e3))
-        out = slot((h, w, e1 + e3))
+    def fire(self, name: str, q: ops.FireLayer, src: MapSlot) -> tuple[list[dict], MapSlot,
+                                                                       list[RunInfo]]:
+        """Descriptors (as fields) of one Fire layer reading ``src``; its output's slot."""
+        p, vb = self.p, self.vb
+        h, w, _ = src.shape
+        cin, s, e1, e3 = q.shape
+        plan = FirePlan(p, Shape(h, w, cin, s, e1, e3))
+        out = self.slot((h, w, e1 + e3))
+        descs, runs = [], []
         for t, tile in enumerate(plan.tiles):
-            cfg = put(pack_items([plan.config(tile, q, load=True, compute=True)],
-                                 config_bits(p), port_bits))
+            cfg = self.put(pack_items([plan.config(tile, q, load=True, compute=True)],
+                                      config_bits(p), self.port_bits))
             rows = plan.weight_rows(tile, q)
-            w_addr = put(pack_items(lanes_to_ints(rows, p.bits), p.weight_row_bits, port_bits))
+            w_addr = self.put(pack_items(lanes_to_ints(rows, p.bits), p.weight_row_bits,
+                                         self.port_bits))
             qp = plan.qparams(tile, q)
-            q_addr = put(pack_items(qp, qparam_bits(p), port_bits))
-            stats = alloc(STATS_BYTES)
-            pending_desc.append(pack_descriptor(
+            q_addr = self.put(pack_items(qp, qparam_bits(p), self.port_bits))
+            stats = self.alloc(STATS_BYTES)
+            descs.append(dict(
                 op=Op.ENGINE, stats=1, cfg_addr=cfg, w_addr=w_addr, w_rows=len(rows),
                 q_addr=q_addr, q_count=len(qp),
                 in_addr=src.addr if tile.squeeze else 0,
@@ -191,14 +173,49 @@ def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
                 out_addr=out.addr, out_pixels=h * w, out_stride=out.c_pad * vb,
                 off0=tile.e1.start * vb, len0=len(tile.e1),
                 off1=(e1 + tile.e3.start) * vb, len1=len(tile.e3), stats_addr=stats))
-            macs = h * w * ((cin_l * s if tile.squeeze else 0) + s * len(tile.e1)
+            macs = h * w * ((cin * s if tile.squeeze else 0) + s * len(tile.e1)
                             + 9 * s * len(tile.e3))
-            current.runs.append(RunInfo(layer.name, t, stats, macs))
+            runs.append(RunInfo(name, t, stats, macs))
+        return descs, out, runs
+
+    def program(self, descs: list[dict]) -> int:
+        """Write the descriptors and an END; the program's address."""
+        return self.put(b"".join(pack_descriptor(**d) for d in descs)
+                        + pack_descriptor(op=Op.END))
+
+
+def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
+                    mem_size: int, input_shape: tuple[int, int, int], base: int = 0) -> Image:
+    """Lay ``qnet`` out for a device with engine ``p`` and a ``port_bits`` memory port."""
+    lay = Layout(p, port_bits=port_bits, mem_size=mem_size, base=base)
+    segments: list[Segment] = []
+    shape = tuple(input_shape)
+    current: Segment | None = None
+    descs: list[dict] = []
+
+    def close_segment():
+        nonlocal current, descs
+        if current is not None:
+            current.program = lay.program(descs)
+            segments.append(current)
+        current, descs = None, []
+
+    for layer in qnet.net.layers:
+        if not _device_layer(layer):
+            close_segment()
+            shape = _out_shape(layer, shape)
+            continue
+        if current is None:
+            current = Segment([], 0, lay.slot(shape), {})
+        src = current.outputs[current.layers[-1]] if current.layers else current.input
+        more, out, runs = lay.fire(layer.name, qnet.layers[layer.name], src)
+        descs += more
+        current.runs += runs
         current.layers.append(layer.name)
         current.outputs[layer.name] = out
-        shape = (h, w, e1 + e3)
+        shape = out.shape
     close_segment()
-    return Image(regions, segments, at[0])
+    return Image(lay.regions, segments, lay.end)
 
 
 def _out_shape(layer, shape):
@@ -241,28 +258,6 @@ class ResidentNetwork:
                                     "read back as written: the load failed")
         self.verified = True
 
-    def run_program(self, addr: int, *, timeout: float | None = None) -> dict:
-        """Start the program at ``addr`` and wait for its end; returns the final counters."""
-        acc = self.acc
-        before = acc.counters()["programs"]
-        acc._request(Command.RUN_PROGRAM, struct.pack("<I", addr), Reply.ACK)
-        deadline = time.monotonic() + (timeout or 60 * acc.link.timeout)
-        while True:
-            c = acc.counters()
-            if (c["programs"] - before) & 0xFFFFFFFF and not c["prog_active"]:
-                break
-            if time.monotonic() > deadline:
-                raise ResidentError(f"the program at {addr:#x} did not finish in "
-                                    f"{timeout or 60 * acc.link.timeout:.0f} s")
-            time.sleep(0.002)
-        if c["prog_status"] != SeqError.OK:
-            code = c["prog_status"]
-            name = SeqError(code).name if code in SeqError._value2member_map_ else str(code)
-            raise DeviceError(f"the layer program at {addr:#x} stopped at descriptor "
-                              f"{c['prog_index']}: {name} (detail {c['prog_detail']})",
-                              code=code, field="program")
-        return c
-
     def infer(self, image: np.ndarray, *, check: bool = False) -> NetworkResult:
         """One float HWC image: the device's segments resident, the rest on the host."""
         qnet = self.qnet
@@ -288,7 +283,7 @@ class ResidentNetwork:
                 raise ResidentError(f"{name}: input {tuple(x.shape)}, the program was "
                                     f"compiled for {seg.input.shape}")
             self.mem.write(seg.input.addr, seg.input.pack(x))
-            self.run_program(seg.program)
+            self.acc.run_program(seg.program)
             stats = {r.stats_addr: unpack_stats(self.mem.read(r.stats_addr, STATS_BYTES))
                      for r in seg.runs}
             for lname in seg.layers:

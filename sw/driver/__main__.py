@@ -377,10 +377,27 @@ def _run(args, want_check: bool):
     with device(args) as acc:
         ident = acc.identity
         qnet = quantize(args, net, images, how, weights, ident.params.spec)
-        with progress(args).bar(len(net.layers), net.name, "layer") as bar:
-            result = run_network(acc, qnet, image, check=want_check,
-                                 on_layer=lambda rec: bar.update(rec.name))
+        args.resolved_mode = resolve_mode(args, acc)
+        if args.resolved_mode == "resident":
+            resident = acc.load(qnet, (args.size, args.size, net.in_channels))
+            result = resident.infer(image, check=want_check)
+        else:
+            with progress(args).bar(len(net.layers), net.name, "layer") as bar:
+                result = run_network(acc, qnet, image, check=want_check,
+                                     on_layer=lambda rec: bar.update(rec.name))
     return net, weights, label, ident, result
+
+
+def resolve_mode(args, acc) -> str:
+    """``--mode``: resident where the device has memory (``auto``), else streaming; an
+    explicit ``resident`` on a device without memory is an error naming it."""
+    mode = getattr(args, "mode", "stream") or "auto"
+    if mode == "auto":
+        return "resident" if acc.memory is not None else "stream"
+    if mode == "resident" and acc.memory is None:
+        raise DriverError(f"--mode resident: {acc.description} has no external memory "
+                          "(use --mode stream, or --sim-memory for the simulated board)")
+    return mode
 
 
 def load_batch(path: str, h: int, w: int, option: str = "--input") -> np.ndarray:
@@ -552,14 +569,20 @@ def cmd_infer(args) -> int:
     layers = [r.as_dict() for r in result.layers]
     compute, cycles, clock = result.compute_cycles, result.device_cycles, ident.clock_hz
     out = {"arch": net.name, "weights": weights.source, "input": label,
+           "mode": args.resolved_mode,
            "top5": best, "layers": layers, "logits": result.logits.tolist(),
            "host_seconds": result.seconds, "compute_cycles": compute,
            "device_cycles": cycles, "link_wait_cycles": cycles - compute, "clock_hz": clock}
     if args.check:
         out["all_match"] = result.all_match
-    lines = [f"{net.name} on {label}", f"weights: {weights.source}", "top-5:"]
+    resident = args.resolved_mode == "resident"
+    lines = [f"{net.name} on {label}", f"weights: {weights.source}",
+             "mode: " + ("resident (weights and a layer program in the device's memory)"
+                         if resident else "streaming (weights and maps over the link)"),
+             "top-5:"]
     lines += [f"  {t['prob'] * 100:6.2f}%  {t['class']:4d} {t['name']}" for t in best]
-    lines.append(f"{'layer':<10} {'on':<7} {'compute cyc':>12} {'link wait':>11} {'host ms':>9}"
+    wait = "mem wait" if resident else "link wait"
+    lines.append(f"{'layer':<10} {'on':<7} {'compute cyc':>12} {wait:>11} {'host ms':>9}"
                  + ("  bit-exact" if args.check else ""))
     for r in result.layers:
         comp = f"{r.compute:,}" if r.compute is not None else "-"
@@ -569,8 +592,12 @@ def cmd_infer(args) -> int:
                      f"{r.seconds * 1e3:>9.1f}{mark}")
     lines.append(f"Fire layers on the device: {cycle_summary(compute, cycles, clock)}; "
                  f"the engine alone would run them {clock / compute:.1f} times a second")
-    lines.append(f"whole inference {result.seconds:.1f} s host wall time (conv1, pools and "
-                 "conv10 on the host; the device's link waits included)")
+    lines.append(f"whole inference {result.seconds:.1f} s host wall time ("
+                 + ", ".join(r.name for r in result.layers if r.where == "host")
+                 + " on the host; " + ("the device's memory waits and the maps between "
+                                       "the host's and the device's layers over the link"
+                                       if resident else "the device's link waits")
+                 + " included)")
     if args.check:
         lines.append("every Fire layer bit-exact with the golden model: "
                      + ("yes" if result.all_match else "NO"))
@@ -580,6 +607,8 @@ def cmd_infer(args) -> int:
 
 def cmd_bench(args) -> int:
     net, weights, label, ident, result = _run(args, args.check)
+    if args.resolved_mode == "resident":
+        return bench_resident(args, net, ident, result)
     baud = args.baud or ident.baud
     clock = ident.clock_hz
     rows, wire_total, payload_total, frame_s, bare_s = [], 0, 0, 0.0, 0.0
@@ -626,6 +655,46 @@ def cmd_bench(args) -> int:
                  f"(the UART's limit, payload alone, {out['uart_limit_fps']:.2f} frames/s; the "
                  "engine's compute alone "
                  f"{out['compute_fps']:.1f} frames/s)")
+    emit(args, out, "\n".join(lines))
+    return 0 if (not args.check or result.all_match) else 1
+
+
+def bench_resident(args, net, ident, result) -> int:
+    """bench --mode resident: the device's cycles per layer (its memory waits included) from
+    the sequencer's stats, and the link's bytes for one image."""
+    baud = args.baud or ident.baud
+    clock = ident.clock_hz
+    rows = [r.as_dict() for r in result.layers]
+    device = [r for r in result.layers if r.where == "device"]
+    cycles = sum(r.cycles for r in device)
+    link_s = (result.link["bytes_down"] + result.link["bytes_up"]) * 10 / baud
+    out = {"arch": net.name, "mode": "resident", "baud": baud, "clock_hz": clock,
+           "layers": rows, "device_cycles": cycles,
+           "compute_cycles": sum(r.compute for r in device),
+           "device_fps": clock / cycles if cycles else None,
+           "device_layers": [r.name for r in device],
+           "host_layers": [r.name for r in result.layers if r.where == "host"],
+           "link_bytes_down": result.link["bytes_down"],
+           "link_bytes_up": result.link["bytes_up"],
+           "link_seconds_per_frame": link_s, "host_seconds": result.seconds}
+    if args.check:
+        out["all_match"] = result.all_match
+    lines = [f"{net.name}, resident: device at {clock / 1e6:g} MHz, link {baud:,} baud",
+             f"{'layer':<10} {'on':<7} {'cycles':>10} {'MACs':>12} {'util':>6}"]
+    for r in result.layers:
+        if r.where == "device":
+            lines.append(f"{r.name:<10} {r.where:<7} {r.cycles:>10,} {r.macs:>12,} "
+                         f"{r.utilization:>6.3f}")
+        else:
+            lines.append(f"{r.name:<10} {r.where:<7} {'-':>10} {'-':>12} {'-':>6}")
+    lines.append(f"device layers: {cycles:,} cycles (memory waits included) = "
+                 f"{cycles / clock * 1e3:.2f} ms, {clock / cycles:.1f} frames/s at the board "
+                 "clock" if cycles else "no layer on the device")
+    lines.append(f"link: {result.link['bytes_down']:,} bytes down, "
+                 f"{result.link['bytes_up']:,} up for the image: {link_s * 1e3:.1f} ms at "
+                 f"{baud:,} baud (the maps between the host's and the device's layers "
+                 "included, while layers still run on the host: "
+                 + ", ".join(out["host_layers"]) + ")")
     emit(args, out, "\n".join(lines))
     return 0 if (not args.check or result.all_match) else 1
 
@@ -820,6 +889,14 @@ def parser() -> argparse.ArgumentParser:
                            help="PNG or JPEG (default: random); it is enlarged at most "
                                 f"{MAX_UPSCALE}x, so its shorter side must be at least "
                                 f"{-(-256 // MAX_UPSCALE)} pixels for a 224 input")
+        if name in ("infer", "bench"):
+            s.add_argument("--mode", choices=("auto", "resident", "stream"), default="auto",
+                           help="resident: load the weights and a layer program into the "
+                                "device's memory once and run the Fire layers from it (the "
+                                "other layers on the host for now); stream: send every "
+                                "weight and map over the link; auto (default): resident "
+                                "where the device has memory (--sim-memory for the "
+                                "simulated board)")
         if name == "infer":
             s.add_argument("--model", metavar="MODEL.onnx",
                            help="run an ONNX SqueezeNet (float: quantized here; QDQ: as is)")

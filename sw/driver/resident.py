@@ -267,6 +267,7 @@ class ResidentNetwork:
         by_first = {seg.layers[0]: seg for seg in self.image.segments}
         names = [la.name for la in qnet.net.layers]
         start = time.perf_counter()
+        link0 = (self.acc.link.stats.bytes_down, self.acc.link.stats.bytes_up)
         i = 0
         while i < len(names):
             name = names[i]
@@ -295,11 +296,16 @@ class ResidentNetwork:
                         match = bool(np.array_equal(y, ops.fire(x, qnet.layers[lname], spec)))
                     x = y
                 runs = [r for r in seg.runs if r.layer == lname]
+                cycles = sum(stats[r.stats_addr]["cycles"] for r in runs)
+                macs = sum(r.macs for r in runs)
                 records.append(LayerRecord(
-                    lname, "device", time.perf_counter() - t0,
-                    sum(stats[r.stats_addr]["cycles"] for r in runs),
+                    lname, "device", time.perf_counter() - t0, cycles,
                     sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
-                    list(out.shape)))
+                    list(out.shape), macs=macs,
+                    utilization=macs / (cycles * self.acc.params.lanes) if cycles else None))
                 t0 = time.perf_counter()
                 i += 1
-        return NetworkResult(qnet.dequantize_output(x), records, time.perf_counter() - start)
+        link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],
+                "bytes_up": self.acc.link.stats.bytes_up - link0[1]}
+        return NetworkResult(qnet.dequantize_output(x), records, time.perf_counter() - start,
+                             link)

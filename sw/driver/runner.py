@@ -27,11 +27,15 @@ class LayerRecord:
     match: bool | None = None  #: bit-exact with the golden model (with check=True)
     shape: list[int] = field(default_factory=list)
     fire: FireResult | None = None
+    macs: int | None = None  #: (resident) the layer's multiply-accumulates
+    utilization: float | None = None  #: (resident) macs / (cycles x the array's lanes)
 
     def as_dict(self) -> dict:
         d = {"name": self.name, "where": self.where, "seconds": self.seconds,
              "cycles": self.cycles, "compute_cycles": self.compute, "match": self.match,
              "shape": self.shape}
+        if self.macs is not None:
+            d.update(macs=self.macs, utilization=self.utilization)
         if self.fire is not None:
             d.update(runs=self.fire.runs, bytes_down=self.fire.bytes_down,
                      bytes_up=self.fire.bytes_up, payload_down=self.fire.payload_down,
@@ -44,6 +48,8 @@ class NetworkResult:
     logits: np.ndarray  #: dequantized, float
     layers: list[LayerRecord]
     seconds: float
+    #: (resident) bytes over the link for this image: ``bytes_down``, ``bytes_up``
+    link: dict | None = None
 
     @property
     def all_match(self) -> bool:

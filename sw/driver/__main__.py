@@ -460,11 +460,18 @@ def cmd_infer_onnx(args) -> int:
             qnet = imported.quantize(calibration)
         how = f"post-training quantization on {source}"
     with device(args) as acc:
-        with progress(args).bar(len(qnet.net.layers), f"{len(images)} input"
-                                f"{'s' if len(images) > 1 else ''}", "layer") as bar:
-            outs, records = run_network_batch(
-                acc, qnet, [qnet.quantize_input(im) for im in images], check=args.check,
-                on_layer=lambda rec: bar.update(rec.name))
+        args.resolved_mode = resolve_mode(args, acc)
+        if args.resolved_mode == "resident":
+            resident = acc.load(qnet, (h, w, qnet.net.in_channels))
+            with progress(args).bar(len(images), "resident", "input") as bar:
+                outs, records = resident.infer_batch(images, check=args.check,
+                                                     on_image=bar.update)
+        else:
+            with progress(args).bar(len(qnet.net.layers), f"{len(images)} input"
+                                    f"{'s' if len(images) > 1 else ''}", "layer") as bar:
+                outs, records = run_network_batch(
+                    acc, qnet, [qnet.quantize_input(im) for im in images], check=args.check,
+                    on_layer=lambda rec: bar.update(rec.name))
         clock = acc.identity.clock_hz
     results = []
     for label, out in zip(labels, outs, strict=True):
@@ -473,7 +480,7 @@ def cmd_infer_onnx(args) -> int:
                         "top5": top5(logits, names)})
     layers = [r.as_dict() for r in records]
     out = {"model": args.model, "quantization": how, "input_size": [h, w],
-           "classes": imported.num_classes,
+           "classes": imported.num_classes, "mode": args.resolved_mode,
            "inputs": results, "layers": layers,
            "top5": results[0]["top5"], "logits": results[0]["logits"]}
     if args.check:

@@ -308,4 +308,26 @@ class ResidentNetwork:
         link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],
                 "bytes_up": self.acc.link.stats.bytes_up - link0[1]}
         return NetworkResult(qnet.dequantize_output(x), records, time.perf_counter() - start,
-                             link)
+                             link, x)
+
+    def infer_batch(self, images, *, check: bool = False, on_image=None):
+        """Float HWC images one after the other; returns (int outputs, per-layer records
+        with each layer's cycles summed over the images), as ``run_network_batch``."""
+        outs, totals = [], None
+        for i, image in enumerate(images):
+            result = self.infer(image, check=check)
+            outs.append(result.output)
+            if totals is None:
+                totals = result.layers
+            else:
+                for total, rec in zip(totals, result.layers, strict=True):
+                    total.seconds += rec.seconds
+                    if rec.where == "device":
+                        total.cycles += rec.cycles
+                        total.compute += rec.compute
+                        total.macs += rec.macs
+                        total.utilization = total.macs / (total.cycles * self.acc.params.lanes)
+                        total.match = total.match and rec.match if check else None
+            if on_image is not None:
+                on_image(f"input {i}")
+        return outs, totals or []

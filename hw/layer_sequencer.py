@@ -37,14 +37,18 @@ from spec.program import (
     STATS_BYTES,
     VALUE_ALIGNED,
     WORD_ALIGNED,
+    InMode,
     Items,
     Op,
     SeqError,
+    Unit,
     value_bytes,
 )
 
 from .memory_bridge import dma_request, native_port_signature
+from .pool import GlobalAvgPool, MaxPool
 from .stream_fifo import StreamFIFO
+from .window import WindowPacker
 
 DESC_LAYOUT = data.StructLayout({f.name: unsigned(f.width) for f in DESC_FIELDS})
 ADDR_BITS = 32
@@ -124,7 +128,7 @@ class LayerSequencer(wiring.Component):
     """
 
     def __init__(self, params: EngineParams, *, size: int, port_bits: int,
-                 stall_cycles: int = DEFAULT_STALL_CYCLES):
+                 stall_cycles: int = DEFAULT_STALL_CYCLES, units: bool = True):
         self._p = p = params
         self._size = size
         self._port_bits = port_bits
@@ -132,6 +136,7 @@ class LayerSequencer(wiring.Component):
         self._words = size // self._port_bytes
         self._port_addr_bits = max(1, (self._words - 1).bit_length())
         self._stall = stall_cycles
+        self._units = units
         self._items = Items.of(p, port_bits)
         self._vb = value_bytes(p)
         if self._port_bytes < self._vb or self._vb not in (1, 2) or p.bits not in (8, 16):
@@ -156,6 +161,18 @@ class LayerSequencer(wiring.Component):
             "programs": Out(32), "status": Out(8), "detail": Out(8), "index": Out(16),
             "prog_cycles": Out(32),
         })
+
+    def _make_units(self, m) -> dict:
+        """The pools and the window packer (``hw.pool``, ``hw.window``), sized for
+        SqueezeNet at inputs up to 256 x 256."""
+        p = self._p
+        m.submodules.maxpool = mp = MaxPool(bits=p.bits, lanes=p.ic_lanes, max_h=128,
+                                            max_w=128, max_cw=32, row_words=512)
+        m.submodules.avgpool = ap = GlobalAvgPool(bits=p.bits, lanes=p.ic_lanes, max_h=16,
+                                                  max_w=16, max_cw=64)
+        m.submodules.window = wp = WindowPacker(bits=p.bits, lanes=p.ic_lanes, max_h=256,
+                                                max_w=256, max_cin=4, max_k=7)
+        return {"maxpool": mp, "avgpool": ap, "window": wp}
 
     def elaborate(self, platform):
         m = Module()
@@ -220,11 +237,44 @@ class LayerSequencer(wiring.Component):
             self.qparams.payload.eq(top(it.qparams)),
             self.input.payload.eq(top(it.input)),
         ]
-        for name in ("cfg", "weights", "qparams", "input"):
+        for name in ("cfg", "weights", "qparams"):
             s = getattr(self, name)
             m.d.comb += s.valid.eq(phase[name] & full & (items_left != 0))
             with m.If(phase[name]):
                 m.d.comb += sink_ready.eq(s.ready)
+        # input beats: to the engine (MAP), or to the window packer or a pool
+        sel = {name: Signal(name=f"sel_{name}") for name in ("map", "window", "maxpool",
+                                                            "avgpool")}
+        beat_valid = phase["input"] & full & (items_left != 0)
+        beat = top(it.input)
+        units = self._make_units(m) if self._units else {}
+        for name, unit in units.items():
+            m.d.comb += [unit.input.valid.eq(beat_valid & sel[name]),
+                         unit.input.payload.eq(beat)]
+            with m.If(phase["input"] & sel[name]):
+                m.d.comb += sink_ready.eq(unit.input.ready)
+        with m.If(phase["input"] & sel["map"]):
+            m.d.comb += [self.input.valid.eq(beat_valid), self.input.payload.eq(beat),
+                         sink_ready.eq(self.input.ready)]
+        # the window packer's beats: skip_beats dropped, in_beats to the engine, the rest
+        # dropped
+        win_skip = Signal(24)
+        win_pass = Signal(24)
+        if "window" in units:
+            wout = units["window"].output
+            with m.If(sel["window"]):
+                with m.If(win_skip != 0):
+                    m.d.comb += wout.ready.eq(1)
+                    with m.If(wout.valid):
+                        m.d.sync += win_skip.eq(win_skip - 1)
+                with m.Elif(win_pass != 0):
+                    m.d.comb += [self.input.valid.eq(wout.valid),
+                                 self.input.payload.eq(wout.payload),
+                                 wout.ready.eq(self.input.ready)]
+                    with m.If(wout.valid & self.input.ready):
+                        m.d.sync += win_pass.eq(win_pass - 1)
+                with m.Else():
+                    m.d.comb += wout.ready.eq(1)
         with m.If(phase["desc"]):
             m.d.comb += sink_ready.eq(1)
             with m.If(sink_taken):
@@ -304,11 +354,67 @@ class LayerSequencer(wiring.Component):
                          wr_item.we.eq((1 << pbytes) - 1), stats.eq(stats[pb:]),
                          stats_addr.eq(stats_addr + 1), stats_left.eq(stats_left - 1)]
 
+        # pool outputs: whole beats, written a port word at a time from out_addr on
+        bw_data = Signal(it.input * pb)
+        bw_left = Signal(range(it.input + 1))
+        bw_addr = Signal(ADDR_BITS - shift)
+        pool_taken = Signal()
+        for name in ("maxpool", "avgpool"):
+            if name in units:
+                uout = units[name].output
+                with m.If(sel[name]):
+                    m.d.comb += uout.ready.eq(bw_left == 0)
+                    with m.If(uout.valid & uout.ready):
+                        m.d.comb += pool_taken.eq(1)
+                        m.d.sync += [bw_data.eq(uout.payload), bw_left.eq(it.input)]
+        with m.If((bw_left != 0) & wr_free):
+            m.d.sync += [wr_valid.eq(1), wr_item.addr.eq(bw_addr), wr_item.data.eq(bw_data[:pb]),
+                         wr_item.we.eq((1 << pbytes) - 1), bw_data.eq(bw_data >> pb),
+                         bw_left.eq(bw_left - 1), bw_addr.eq(bw_addr + 1)]
+
+        # the units' configurations, from the descriptor (a size too wide for a unit's field
+        # goes in as 0, which the unit refuses naming that field)
+        def fit(value, shape):
+            width = shape.width if hasattr(shape, "width") else len(Signal(shape))
+            return Mux(value >> width != 0, 0, value)
+
+        bits = self._p.bits
+        unit_done = Signal()  # the selected unit's done pulse, seen
+        unit_refused = Signal()
+        unit_detail = Signal(8)
+        numbers = {"maxpool": Unit.MAXPOOL, "avgpool": Unit.AVGPOOL, "window": Unit.WINDOW}
+        for name, unit in units.items():
+            number = numbers[name]
+            layout = unit.cfg_layout
+            for field, value in (("h", desc.h), ("w", desc.w), ("cw", desc.c),
+                                 ("cin", desc.c), ("k", desc.k), ("stride", desc.stride)):
+                if field in layout.members:
+                    m.d.comb += getattr(unit.cfg.payload, field).eq(
+                        fit(value, layout.members[field]))
+            for field, value in (("z_in", desc.z_in), ("z", desc.z_in), ("z_out", desc.z_out)):
+                if field in layout.members:
+                    m.d.comb += getattr(unit.cfg.payload, field).eq(value[:bits].as_signed())
+            for field in ("mult", "shift", "exact"):
+                if field in layout.members:
+                    m.d.comb += getattr(unit.cfg.payload, field).eq(getattr(desc, field))
+            with m.If(unit.done):
+                m.d.sync += unit_done.eq(1)
+                with m.If(unit.error.as_value() != 0):
+                    m.d.comb += [unit_refused.eq(1),
+                                 unit_detail.eq(Cat(unit.error.as_value(), Const(number, 4)))]
+        cfg_offer = Signal()  # the selected unit's cfg is offered
+        cfg_taken = Signal()
+        for name, unit in units.items():
+            m.d.comb += unit.cfg.valid.eq(cfg_offer & sel[name])
+            with m.If(sel[name]):
+                m.d.comb += cfg_taken.eq(unit.cfg.valid & unit.cfg.ready)
+
         # ---- progress and counters
-        m.d.comb += progress.eq(take_word | (wr.valid & wr.ready) | (out.valid & out.ready))
+        m.d.comb += progress.eq(take_word | (wr.valid & wr.ready) | (out.valid & out.ready)
+                                | pool_taken | cfg_taken)
         m.d.sync += d_cycles.eq(d_cycles + 1)
         m.d.sync += p_cycles.eq(p_cycles + self.active)
-        idle_dma = ~self.rd_busy & ~writer.busy & ~wr_valid & ~cur_valid
+        idle_dma = ~self.rd_busy & ~writer.busy & ~wr_valid & ~cur_valid & (bw_left == 0)
 
         def begin_read(phase_name, addr, n_items, words_per_item):
             words = times(m, n_items, words_per_item, f"words_{phase_name}")
@@ -347,6 +453,9 @@ class LayerSequencer(wiring.Component):
             with m.Elif(self.rd_error | writer.error):
                 m.d.comb += kill.eq(1)
                 stop(SeqError.RANGE)
+            with m.Elif(unit_refused):
+                m.d.comb += kill.eq(1)
+                stop(SeqError.UNIT, unit_detail)
             with m.Elif(stall == self._stall):
                 m.d.comb += kill.eq(1)
                 stop(SeqError.STALL)
@@ -393,11 +502,31 @@ class LayerSequencer(wiring.Component):
             with state("DECODE"):  # the checks' registers settle a cycle after the fetch
                 m.next = "CHECK"
             with state("CHECK"):
+                is_pool = (desc.op == Op.MAXPOOL) | (desc.op == Op.AVGPOOL)
+                m.d.sync += [sel["map"].eq((desc.op == Op.ENGINE) & (desc.in_mode == InMode.MAP)),
+                             sel["window"].eq((desc.op == Op.ENGINE)
+                                              & (desc.in_mode == InMode.WINDOW)),
+                             sel["maxpool"].eq(desc.op == Op.MAXPOOL),
+                             sel["avgpool"].eq(desc.op == Op.AVGPOOL), unit_done.eq(0)]
                 with m.If(desc.op == Op.END):
                     m.next = "DONE"
-                with m.Elif(desc.op != Op.ENGINE):
-                    stop(SeqError.BAD_OP, desc.op)
+                known = (desc.op == Op.ENGINE) | (is_pool if self._units else Const(0))
+                in_modes = InMode.WINDOW if self._units else InMode.MAP
+                with m.Elif(~known | ((desc.op == Op.ENGINE) & (desc.in_mode > in_modes))):
+                    stop(SeqError.BAD_OP, Cat(desc.op, desc.in_mode))
                     m.next = "WIND"
+                with m.Elif(is_pool & (desc.out_addr[:shift] != 0 if shift else Const(0))):
+                    stop(SeqError.ALIGN, len(WORD_ALIGNED) + len(VALUE_ALIGNED) + 1)
+                    m.next = "WIND"
+                with m.Elif(is_pool & (bad_align != 0) & (bad_align <= 5)):
+                    stop(SeqError.ALIGN, bad_align)
+                    m.next = "WIND"
+                with m.Elif(is_pool & bad_range):
+                    stop(SeqError.RANGE)
+                    m.next = "WIND"
+                with m.Elif(is_pool):
+                    m.d.sync += bw_addr.eq(desc.out_addr[shift:])
+                    m.next = "UNIT_CFG"
                 with m.Elif(bad_align != 0):
                     stop(SeqError.ALIGN, bad_align)
                     m.next = "WIND"
@@ -435,15 +564,32 @@ class LayerSequencer(wiring.Component):
                              o_pixels.eq(desc.out_pixels), o_second.eq(0),
                              o_left.eq(first_len), o_base.eq(desc.out_addr),
                              o_addr.eq(desc.out_addr + first_off)]
-                with m.If(desc.in_beats != 0):
+                with m.If(sel["window"]):
+                    m.next = "WIN_CFG"
+                with m.Elif(desc.in_beats != 0):
                     begin_read("input", desc.in_addr, desc.in_beats, it.input)
                     m.next = "INPUT_REQ"
                 with m.Else():
                     m.next = "RUN"
             read_phase("INPUT", "RUN")
+            with state("UNIT_CFG"):  # a pool: its sizes, then its input
+                m.d.comb += cfg_offer.eq(1)
+                with m.If(cfg_taken):
+                    begin_read("input", desc.in_addr, desc.in_beats, it.input)
+                    m.next = "INPUT_REQ"
+            with state("WIN_CFG"):  # the window packer: its sizes, then the raw image
+                m.d.comb += cfg_offer.eq(1)
+                with m.If(cfg_taken):
+                    m.d.sync += [win_skip.eq(desc.skip_beats), win_pass.eq(desc.in_beats)]
+                    begin_read("input", desc.in_addr, desc.raw_beats, it.input)
+                    m.next = "INPUT_REQ"
             with state("RUN"):  # the last outputs, the run's end, the last write
-                with m.If(~o_on & (self.runs != runs0) & idle_dma):
-                    m.d.sync += [stats.eq(Cat(d_cycles, self.cycles, self.compute, d_read,
+                engine_end = ~o_on & (self.runs != runs0) & (~sel["window"] | unit_done)
+                pool_end = (sel["maxpool"] | sel["avgpool"]) & unit_done
+                with m.If((Mux(sel["map"] | sel["window"], engine_end, pool_end)) & idle_dma):
+                    engine = sel["map"] | sel["window"]
+                    m.d.sync += [stats.eq(Cat(d_cycles, Mux(engine, self.cycles, 0),
+                                              Mux(engine, self.compute, 0), d_read,
                                               d_written)),
                                  stats_left.eq(Mux(desc.stats, STATS_BYTES // pbytes, 0)),
                                  stats_addr.eq(desc.stats_addr[shift:])]
@@ -462,7 +608,8 @@ class LayerSequencer(wiring.Component):
                 # let the DMA finish what is in flight (discarding reads), then reset the
                 # engine (it may be part-way through a run) and report
                 m.d.comb += draining.eq(1)
-                m.d.sync += [o_on.eq(0), items_left.eq(0), stats_left.eq(0)]
+                m.d.sync += [o_on.eq(0), items_left.eq(0), stats_left.eq(0),
+                             win_skip.eq(0), win_pass.eq(0)]
                 with m.If(idle_dma & ~self.rd_data.valid):
                     m.d.comb += self.engine_reset.eq(1)
                     m.d.sync += [self.programs.eq(self.programs + 1),

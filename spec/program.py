@@ -39,6 +39,28 @@ class Op(enum.IntEnum):
 
     END = 0  #: the program's end
     ENGINE = 1  #: one engine run (see the module docstring)
+    MAXPOOL = 2  #: max pool 3x3/2, ceil mode: ``in_beats`` of an h x w x c-beat map in,
+    #: its pooled beats written from ``out_addr`` on
+    AVGPOOL = 3  #: global average pool (``z_in``, ``mult``, ``shift``, ``z_out``, ``exact``)
+
+
+class InMode(enum.IntEnum):
+    """Where an ENGINE descriptor's input beats come from."""
+
+    MAP = 0  #: ``in_beats`` beats read from ``in_addr``
+    #: the window packer (``hw.window``, ``spec.windows``) on ``raw_beats`` beats of a raw HWC
+    #: image read from ``in_addr`` (``h`` rows of ``w`` pixels of ``c`` channels, kernel
+    #: ``k``, ``stride``, zero point ``z_in``): its first ``skip_beats`` packed beats are
+    #: dropped, the next ``in_beats`` go to the engine, the rest are dropped
+    WINDOW = 1
+
+
+class Unit(enum.IntEnum):
+    """The unit a UNIT error names (the detail's high nibble; the low one is its error)."""
+
+    MAXPOOL = 1
+    AVGPOOL = 2
+    WINDOW = 3
 
 
 class SeqError(enum.IntEnum):
@@ -51,6 +73,7 @@ class SeqError(enum.IntEnum):
     CONFIG = 4  #: the engine refused the run's configuration (detail: the ConfigError)
     STALL = 5  #: nothing moved for ``stall_cycles``: the descriptor's counts do not match
     ABORTED = 6  #: a RESET stopped it
+    UNIT = 7  #: a pool or the window packer refused its sizes (detail: Unit << 4 | its error)
 
 
 @dataclass(frozen=True)
@@ -70,8 +93,15 @@ DESC_FIELDS = [
     Field("out_addr", 32), Field("out_pixels", 24), Field("out_stride", 16),
     Field("off0", 16), Field("len0", 16), Field("off1", 16), Field("len1", 16),
     Field("stats_addr", 32),
+    # the pools' and the window packer's
+    Field("in_mode", 2), Field("raw_beats", 24), Field("skip_beats", 24),
+    Field("h", 12), Field("w", 12), Field("c", 12), Field("k", 4), Field("stride", 4),
+    Field("z_in", 16), Field("z_out", 16), Field("mult", 32), Field("shift", 6),
+    Field("exact", 1),
 ]
-DESC_BYTES = 64
+#: Signed fields (two's complement in their width).
+SIGNED_FIELDS = ("z_in", "z_out")
+DESC_BYTES = 96
 DESC_BITS = 8 * DESC_BYTES
 assert sum(f.width for f in DESC_FIELDS) <= DESC_BITS
 
@@ -93,6 +123,8 @@ def pack_descriptor(**values) -> bytes:
     word, offset = 0, 0
     for f in DESC_FIELDS:
         v = int(values.pop(f.name, 0))
+        if f.name in SIGNED_FIELDS and -(1 << (f.width - 1)) <= v < 0:
+            v += 1 << f.width
         if not 0 <= v < 1 << f.width:
             raise ValueError(f"descriptor field {f.name}={v} does not fit {f.width} bits")
         word |= v << offset
@@ -107,6 +139,8 @@ def unpack_descriptor(raw: bytes) -> dict[str, int]:
     out, offset = {}, 0
     for f in DESC_FIELDS:
         out[f.name] = (word >> offset) & ((1 << f.width) - 1)
+        if f.name in SIGNED_FIELDS and out[f.name] >> (f.width - 1):
+            out[f.name] -= 1 << f.width
         offset += f.width
     return out
 
@@ -123,7 +157,8 @@ def item_words(bits: int, port_bits: int) -> int:
 
 @dataclass(frozen=True)
 class Items:
-    """Port words per item of each stream the sequencer reads, for one engine and port."""
+    """Port words per item of each stream the sequencer reads, for one engine and port
+    (``input``: a beat of ``ic_lanes`` values, also the pools' and the window packer's)."""
 
     desc: int
     cfg: int

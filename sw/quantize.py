@@ -62,8 +62,13 @@ class QAvgPool:
         count = x.shape[0] * x.shape[1]
         if self.exact:
             return np.sum(np.asarray(x, dtype=np.int64) - self.z_in, axis=(0, 1))[None, None]
-        rq = _requant(self.s_in, 1.0 / count, self.s_out, self.z_out, relu=False)
-        return ops.global_avgpool(x, self.z_in, rq, spec)[None, None, :]
+        return ops.global_avgpool(x, self.z_in, avgpool_requant(self, count), spec)[None, None, :]
+
+
+def avgpool_requant(pool: QAvgPool, count: int) -> ops.Requant:
+    """The requantization of a global average pool over ``count`` pixels: one multiplier
+    ``s_in / (count s_out)`` (the device's pool takes these ``m``, ``n``)."""
+    return _requant(pool.s_in, 1.0 / count, pool.s_out, pool.z_out, relu=False)
 
 
 def _requant(s_x, s_w, s_y, z_y, relu) -> ops.Requant:

@@ -21,19 +21,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spec.layers import ConvLayer
 from spec.params import EngineParams, config_bits, qparam_bits
 from spec.program import (
     STATS_BYTES,
+    InMode,
     Op,
     pack_descriptor,
     pack_items,
     unpack_stats,
     value_bytes,
 )
-from spec.tiling import FirePlan, Shape, lanes_to_ints
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape, lanes_to_ints
+from spec.windows import out_size, pack_window_weights, packed_channels
 from sw import ops
-from sw.network import Fire
-from sw.quantize import QuantizedNetwork
+from sw.network import Conv, Fire, GlobalAvgPool, MaxPool
+from sw.quantize import QuantizedNetwork, avgpool_requant
 
 from .errors import DriverError
 from .runner import LayerRecord, NetworkResult, check_width
@@ -48,7 +51,8 @@ def _align(n: int) -> int:
 
 @dataclass
 class MapSlot:
-    """A feature map in memory: HWC, channels padded to whole input beats."""
+    """A feature map in memory: HWC, channels padded to whole input beats (``c_pad``; a raw
+    image for the window packer has none), each value ``vb`` little-endian bytes."""
 
     addr: int
     shape: tuple[int, int, int]  #: (h, w, c)
@@ -60,15 +64,19 @@ class MapSlot:
         h, w, _ = self.shape
         return h * w * self.c_pad * self.vb
 
+    @property
+    def dtype(self) -> str:
+        return {1: "<i1", 2: "<i2", 4: "<i4"}[self.vb]
+
     def pack(self, x: np.ndarray) -> bytes:
         h, w, c = self.shape
         buf = np.zeros((h, w, self.c_pad), dtype=np.int64)
         buf[:, :, :c] = x
-        return buf.astype("<i1" if self.vb == 1 else "<i2").tobytes()
+        return buf.astype(self.dtype).tobytes()
 
     def unpack(self, raw: bytes) -> np.ndarray:
         h, w, c = self.shape
-        arr = np.frombuffer(raw, dtype="<i1" if self.vb == 1 else "<i2")
+        arr = np.frombuffer(raw, dtype=self.dtype)
         return arr.reshape(h, w, self.c_pad)[:, :, :c].astype(np.int64)
 
 
@@ -108,8 +116,25 @@ class ResidentError(DriverError):
     """A network this device cannot hold or run resident, or a program that failed."""
 
 
-def _device_layer(layer) -> bool:
-    return isinstance(layer, Fire) and not layer.bypass
+def device_layer(layer, q) -> str | None:
+    """The :class:`Layout` method that puts ``layer`` on the device, or None (the host runs
+    it): Fire layers without bypass, convolutions the engine's 1x1 mode takes (conv1 with
+    its windows packed on the device), max pools 3x3/2, the global average pool."""
+    if isinstance(layer, Fire):
+        return "fire" if not layer.bypass else None
+    if isinstance(layer, MaxPool):
+        return "maxpool" if (layer.kernel, layer.stride) == (3, 2) else None
+    if isinstance(layer, GlobalAvgPool):
+        return "avgpool"
+    if isinstance(layer, Conv):
+        conv = q.conv
+        if conv.rq.hi is not None or conv.rq.rescale is not None:
+            return None
+        if layer.kernel == 1 and q.pad == 0 and q.stride == 1:
+            return "conv"
+        window = q.pad == 0 and layer.cin <= 4 and layer.kernel <= 7 and q.stride <= 2
+        return "conv" if window else None
+    return None
 
 
 class Layout:
@@ -140,12 +165,106 @@ class Layout:
         self.regions.append((addr, data))
         return addr
 
-    def slot(self, shape) -> MapSlot:
+    def slot(self, shape, *, raw: bool = False, vb: int | None = None) -> MapSlot:
+        """A map's place: channels padded to whole beats, or ``raw`` (an image as it is)."""
         h, w, c = shape
-        c_pad = -(-c // self.p.ic_lanes) * self.p.ic_lanes
-        s = MapSlot(0, (h, w, c), c_pad, self.vb)
+        c_pad = c if raw else -(-c // self.p.ic_lanes) * self.p.ic_lanes
+        s = MapSlot(0, (h, w, c), c_pad, vb or self.vb)
         s.addr = self.alloc(s.nbytes)
         return s
+
+    def _engine_run(self, cfg: int, rows, qp) -> dict:
+        """A run's configuration item, weight rows and parameters written; its fields."""
+        p = self.p
+        d = dict(op=Op.ENGINE, stats=1, stats_addr=self.alloc(STATS_BYTES),
+                 cfg_addr=self.put(pack_items([cfg], config_bits(p), self.port_bits)))
+        if len(rows):
+            d.update(w_addr=self.put(pack_items(lanes_to_ints(rows, p.bits),
+                                                p.weight_row_bits, self.port_bits)),
+                     w_rows=len(rows),
+                     q_addr=self.put(pack_items(qp, qparam_bits(p), self.port_bits)),
+                     q_count=len(qp))
+        return d
+
+    def conv(self, name: str, q, src: MapSlot) -> tuple[list[dict], MapSlot, list[RunInfo]]:
+        """A convolution (``sw.quantize.QConv``) on the engine's 1x1 mode: conv10 as it is,
+        conv1 with its windows packed by the device's window packer from the raw image."""
+        p, vb, ic = self.p, self.vb, self.p.ic_lanes
+        conv = q.conv
+        cout, cin, k, _ = conv.weight.shape
+        h, w, _ = src.shape
+        window = not (k == 1 and q.pad == 0 and q.stride == 1)
+        if window:
+            if q.pad:
+                raise ResidentError(f"{name}: the window packer takes no padding")
+            if src.c_pad != cin:
+                raise ResidentError(f"{name}: the window packer reads a raw image")
+            conv = ConvLayer(pack_window_weights(conv.weight, ic), conv.bias, conv.rq)
+            oh, ow = out_size(h, k, q.stride, 0), out_size(w, k, q.stride, 0)
+            cin_l = packed_channels(k, cin, ic)
+        else:
+            oh, ow, cin_l = h, w, cin
+        plan = ConvPlan(p, ConvShape(oh, ow, cin_l, cout), relu=bool(conv.rq.relu))
+        out = self.slot((oh, ow, cout))
+        descs, runs = [], []
+        for t, run in enumerate(plan.runs):
+            d = self._engine_run(plan.config(run, conv, q.z_in),
+                                 plan.weight_rows(run, conv) if run.load else [],
+                                 plan.qparams(run, conv) if run.load else [])
+            n = len(run.pixels)
+            d.update(out_addr=out.addr + run.pixels.start * out.c_pad * vb, out_pixels=n,
+                     out_stride=out.c_pad * vb, off0=run.channels.start * vb,
+                     len0=len(run.channels), in_beats=n * plan.kc)
+            if window:
+                d.update(self._window_band(src, run.pixels, k, q.stride, ow, plan.kc,
+                                           q.z_in))
+            else:
+                d.update(in_addr=src.addr + run.pixels.start * src.c_pad * vb)
+            descs.append(d)
+            runs.append(RunInfo(name, t, d["stats_addr"], n * cin * k * k * len(run.channels)))
+        return descs, out, runs
+
+    def _window_band(self, src: MapSlot, pixels: range, k: int, stride: int, ow: int,
+                     beats_per_pixel: int, z: int) -> dict:
+        """The raw image rows a run of output pixels needs, read from a beat boundary: the
+        packer's extra output pixels before the run's are skipped."""
+        h, w, cin = src.shape
+        lanes = self.p.ic_lanes
+        r0, r1 = pixels.start // ow, (pixels.stop - 1) // ow
+        first = r0 * stride  # the band's first image row; moved up to a beat boundary
+        start = first
+        while (start * w * cin) % lanes:
+            start -= stride
+        rows = r1 * stride + k - start
+        skip = ((first - start) // stride * ow + pixels.start - r0 * ow) * beats_per_pixel
+        return dict(in_mode=InMode.WINDOW, in_addr=src.addr + start * w * cin * self.vb,
+                    raw_beats=-(-rows * w * cin // lanes), skip_beats=skip, h=rows, w=w,
+                    c=cin, k=k, stride=stride, z_in=z)
+
+    def maxpool(self, name: str, layer, src: MapSlot) -> tuple[list[dict], MapSlot,
+                                                                list[RunInfo]]:
+        h, w, c = src.shape
+        oh, ow = layer.out_hw(h, w)
+        out = self.slot((oh, ow, c))
+        cw = src.c_pad // self.p.ic_lanes
+        d = dict(op=Op.MAXPOOL, stats=1, stats_addr=self.alloc(STATS_BYTES), h=h, w=w, c=cw,
+                 in_addr=src.addr, in_beats=h * w * cw, out_addr=out.addr)
+        return [d], out, [RunInfo(name, 0, d["stats_addr"], 0)]
+
+    def avgpool(self, name: str, q, src: MapSlot) -> tuple[list[dict], MapSlot,
+                                                           list[RunInfo]]:
+        h, w, c = src.shape
+        cw = src.c_pad // self.p.ic_lanes
+        d = dict(op=Op.AVGPOOL, stats=1, stats_addr=self.alloc(STATS_BYTES), h=h, w=w, c=cw,
+                 in_addr=src.addr, in_beats=h * w * cw, z_in=q.z_in, exact=int(q.exact))
+        if q.exact:  # the sums themselves, 32-bit
+            out = self.slot((1, 1, c), vb=4)
+        else:
+            rq = avgpool_requant(q, h * w)
+            d.update(mult=int(rq.m[0]), shift=int(rq.n[0]), z_out=q.z_out)
+            out = self.slot((1, 1, c))
+        d["out_addr"] = out.addr
+        return [d], out, [RunInfo(name, 0, d["stats_addr"], 0)]
 
     def fire(self, name: str, q: ops.FireLayer, src: MapSlot) -> tuple[list[dict], MapSlot,
                                                                        list[RunInfo]]:
@@ -201,14 +320,17 @@ def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
         current, descs = None, []
 
     for layer in qnet.net.layers:
-        if not _device_layer(layer):
+        q = qnet.layers.get(layer.name)
+        method = device_layer(layer, q)
+        if method is None:
             close_segment()
             shape = _out_shape(layer, shape)
             continue
         if current is None:
-            current = Segment([], 0, lay.slot(shape), {})
+            raw = isinstance(layer, Conv) and layer.kernel > 1
+            current = Segment([], 0, lay.slot(shape, raw=raw), {})
         src = current.outputs[current.layers[-1]] if current.layers else current.input
-        more, out, runs = lay.fire(layer.name, qnet.layers[layer.name], src)
+        more, out, runs = getattr(lay, method)(layer.name, q or layer, src)
         descs += more
         current.runs += runs
         current.layers.append(layer.name)
@@ -261,7 +383,6 @@ class ResidentNetwork:
     def infer(self, image: np.ndarray, *, check: bool = False) -> NetworkResult:
         """One float HWC image: the device's segments resident, the rest on the host."""
         qnet = self.qnet
-        spec = qnet.spec
         x = qnet.quantize_input(image)
         records: list[LayerRecord] = []
         by_first = {seg.layers[0]: seg for seg in self.image.segments}
@@ -293,7 +414,7 @@ class ResidentNetwork:
                 if check or lname == seg.layers[-1]:
                     y = out.unpack(self.mem.read(out.addr, out.nbytes))
                     if check:
-                        match = bool(np.array_equal(y, ops.fire(x, qnet.layers[lname], spec)))
+                        match = bool(np.array_equal(y, qnet.run_layer(lname, x)))
                     x = y
                 runs = [r for r in seg.runs if r.layer == lname]
                 cycles = sum(stats[r.stats_addr]["cycles"] for r in runs)
@@ -302,7 +423,7 @@ class ResidentNetwork:
                     lname, "device", time.perf_counter() - t0, cycles,
                     sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
                     list(out.shape), macs=macs,
-                    utilization=macs / (cycles * self.acc.params.lanes) if cycles else None))
+                    utilization=macs / (cycles * self.acc.params.lanes) if cycles and macs else None))
                 t0 = time.perf_counter()
                 i += 1
         link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],

@@ -419,11 +419,12 @@ class ResidentNetwork:
                 runs = [r for r in seg.runs if r.layer == lname]
                 cycles = sum(stats[r.stats_addr]["cycles"] for r in runs)
                 macs = sum(r.macs for r in runs)
+                lanes = self.acc.params.lanes
                 records.append(LayerRecord(
                     lname, "device", time.perf_counter() - t0, cycles,
                     sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
                     list(out.shape), macs=macs,
-                    utilization=macs / (cycles * self.acc.params.lanes) if cycles and macs else None))
+                    utilization=macs / (cycles * lanes) if cycles and macs else None))
                 t0 = time.perf_counter()
                 i += 1
         link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],

@@ -367,7 +367,7 @@ def cmd_run_fire(args) -> int:
     return 0 if match in (None, True) else 1
 
 
-def _run(args, want_check: bool):
+def _run(args, want_check: bool, *, frame_bytes: bool = False):
     net, weights = network(args)
     if args.image:
         image, label = load_image(args.image, args.size), args.image
@@ -378,9 +378,12 @@ def _run(args, want_check: bool):
         ident = acc.identity
         qnet = quantize(args, net, images, how, weights, ident.params.spec)
         args.resolved_mode = resolve_mode(args, acc)
+        args.frame_link = None
         if args.resolved_mode == "resident":
             resident = acc.load(qnet, (args.size, args.size, net.in_channels))
             result = resident.infer(image, check=want_check)
+            if frame_bytes and resident.whole:
+                args.frame_link = resident.frame_link_bytes(image)
         else:
             with progress(args).bar(len(net.layers), net.name, "layer") as bar:
                 result = run_network(acc, qnet, image, check=want_check,
@@ -613,7 +616,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    net, weights, label, ident, result = _run(args, args.check)
+    net, weights, label, ident, result = _run(args, args.check, frame_bytes=True)
     if args.resolved_mode == "resident":
         return bench_resident(args, net, ident, result)
     baud = args.baud or ident.baud
@@ -674,34 +677,47 @@ def bench_resident(args, net, ident, result) -> int:
     rows = [r.as_dict() for r in result.layers]
     device = [r for r in result.layers if r.where == "device"]
     cycles = sum(r.cycles for r in device)
-    link_s = (result.link["bytes_down"] + result.link["bytes_up"]) * 10 / baud
+    frame = args.frame_link  # whole network on the device: what one more image costs
+    link = frame or result.link
+    # the UART is full duplex: a direction's bytes at 10 bits each (8N1)
+    link_s = max(link["bytes_down"], link["bytes_up"]) * 10 / baud
     out = {"arch": net.name, "mode": "resident", "baud": baud, "clock_hz": clock,
            "layers": rows, "device_cycles": cycles,
            "compute_cycles": sum(r.compute for r in device),
            "device_fps": clock / cycles if cycles else None,
            "device_layers": [r.name for r in device],
            "host_layers": [r.name for r in result.layers if r.where == "host"],
-           "link_bytes_down": result.link["bytes_down"],
-           "link_bytes_up": result.link["bytes_up"],
+           "link_bytes_down": link["bytes_down"], "link_bytes_up": link["bytes_up"],
            "link_seconds_per_frame": link_s, "host_seconds": result.seconds}
+    if frame is not None:
+        device_s = cycles / clock
+        out["projected_fps"] = 1 / max(device_s, link_s)
+        out["limited_by"] = "link" if link_s > device_s else "device"
     if args.check:
         out["all_match"] = result.all_match
     lines = [f"{net.name}, resident: device at {clock / 1e6:g} MHz, link {baud:,} baud",
              f"{'layer':<10} {'on':<7} {'cycles':>10} {'MACs':>12} {'util':>6}"]
     for r in result.layers:
         if r.where == "device":
-            lines.append(f"{r.name:<10} {r.where:<7} {r.cycles:>10,} {r.macs:>12,} "
-                         f"{r.utilization:>6.3f}")
+            util = f"{r.utilization:.3f}" if r.utilization is not None else "-"
+            lines.append(f"{r.name:<10} {r.where:<7} {r.cycles:>10,} {r.macs or 0:>12,} "
+                         f"{util:>6}")
         else:
             lines.append(f"{r.name:<10} {r.where:<7} {'-':>10} {'-':>12} {'-':>6}")
     lines.append(f"device layers: {cycles:,} cycles (memory waits included) = "
                  f"{cycles / clock * 1e3:.2f} ms, {clock / cycles:.1f} frames/s at the board "
                  "clock" if cycles else "no layer on the device")
-    lines.append(f"link: {result.link['bytes_down']:,} bytes down, "
-                 f"{result.link['bytes_up']:,} up for the image: {link_s * 1e3:.1f} ms at "
-                 f"{baud:,} baud (the maps between the host's and the device's layers "
-                 "included, while layers still run on the host: "
-                 + ", ".join(out["host_layers"]) + ")")
+    if frame is not None:
+        lines.append(f"link per image: {link['bytes_down']:,} bytes down (the image), "
+                     f"{link['bytes_up']:,} up: {link_s * 1e3:.1f} ms at {baud:,} baud")
+        lines.append(f"projected with the next image uploading while this one computes: "
+                     f"{out['projected_fps']:.2f} frames/s (the {out['limited_by']} is the "
+                     "limit)")
+    else:
+        lines.append(f"link: {link['bytes_down']:,} bytes down, {link['bytes_up']:,} up for "
+                     f"the image: {link_s * 1e3:.1f} ms at {baud:,} baud (the maps between "
+                     "the host's and the device's layers included: "
+                     + ", ".join(out["host_layers"]) + " run on the host)")
     emit(args, out, "\n".join(lines))
     return 0 if (not args.check or result.all_match) else 1
 

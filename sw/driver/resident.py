@@ -90,13 +90,17 @@ class RunInfo:
 
 @dataclass
 class Segment:
-    """Consecutive device layers: one program."""
+    """Consecutive device layers: one program. The first segment has a second input slot
+    and its program's twin reading it (``programs[1]``, ``inputs[1]``): the next image
+    uploads while the current one computes."""
 
     layers: list[str]
     program: int  #: the program's address
     input: MapSlot
     outputs: dict[str, MapSlot]
     runs: list[RunInfo] = field(default_factory=list)
+    programs: list[int] = field(default_factory=list)  #: per input slot
+    inputs: list[MapSlot] = field(default_factory=list)
 
 
 @dataclass
@@ -316,6 +320,17 @@ def compile_network(qnet: QuantizedNetwork, p: EngineParams, *, port_bits: int,
         nonlocal current, descs
         if current is not None:
             current.program = lay.program(descs)
+            current.programs, current.inputs = [current.program], [current.input]
+            if not segments:  # the first: a second input slot, the twin program reading it
+                other = lay.slot(current.input.shape, raw=current.input.c_pad
+                                 == current.input.shape[2], vb=current.input.vb)
+                lo, hi = current.input.addr, current.input.addr + current.input.nbytes
+                delta = other.addr - lo
+                twin = [dict(d, in_addr=d["in_addr"] + delta)
+                        if d.get("in_beats") and lo <= d.get("in_addr", -1) < hi else d
+                        for d in descs]
+                current.programs.append(lay.program(twin))
+                current.inputs.append(other)
             segments.append(current)
         current, descs = None, []
 
@@ -432,24 +447,117 @@ class ResidentNetwork:
         return NetworkResult(qnet.dequantize_output(x), records, time.perf_counter() - start,
                              link, x)
 
-    def infer_batch(self, images, *, check: bool = False, on_image=None):
-        """Float HWC images one after the other; returns (int outputs, per-layer records
-        with each layer's cycles summed over the images), as ``run_network_batch``."""
-        outs, totals = [], None
-        for i, image in enumerate(images):
-            result = self.infer(image, check=check)
-            outs.append(result.output)
-            if totals is None:
-                totals = result.layers
-            else:
-                for total, rec in zip(totals, result.layers, strict=True):
-                    total.seconds += rec.seconds
-                    if rec.where == "device":
-                        total.cycles += rec.cycles
-                        total.compute += rec.compute
-                        total.macs += rec.macs
-                        total.utilization = total.macs / (total.cycles * self.acc.params.lanes)
-                        total.match = total.match and rec.match if check else None
+    @property
+    def whole(self) -> bool:
+        """Every layer runs on the device, in one program."""
+        segs = self.image.segments
+        return len(segs) == 1 and segs[0].layers == [la.name for la in self.qnet.net.layers]
+
+    def _records(self, seg: Segment, seconds: float) -> list[LayerRecord]:
+        """Per-layer records of the segment's last run, from the sequencer's stats."""
+        stats = {r.stats_addr: unpack_stats(self.mem.read(r.stats_addr, STATS_BYTES))
+                 for r in seg.runs}
+        lanes = self.acc.params.lanes
+        records = []
+        for lname in seg.layers:
+            runs = [r for r in seg.runs if r.layer == lname]
+            cycles = sum(stats[r.stats_addr]["cycles"] for r in runs)
+            macs = sum(r.macs for r in runs)
+            records.append(LayerRecord(
+                lname, "device", seconds / len(seg.layers), cycles,
+                sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), None,
+                list(seg.outputs[lname].shape), macs=macs,
+                utilization=macs / (cycles * lanes) if cycles and macs else None))
+        return records
+
+    def stream(self, images, *, on_image=None):
+        """Float HWC images through the whole-device program, each image's upload while the
+        one before it computes (two input slots): yields ``(int output, records)``."""
+        if not self.whole:
+            raise ResidentError("streaming images needs every layer on the device: "
+                                + ", ".join(la.name for la in self.qnet.net.layers
+                                            if la.name not in self.image.segments[0].layers)
+                                + " run on the host")
+        acc, qnet = self.acc, self.qnet
+        seg = self.image.segments[0]
+        out = seg.outputs[seg.layers[-1]]
+        images = iter(images)
+        first = next(images, None)
+        if first is None:
+            return
+        current = qnet.quantize_input(first)
+        self.mem.write(seg.inputs[0].addr, seg.inputs[0].pack(current))
+        slot, t0 = 0, time.perf_counter()
+        before = acc.start_program(seg.programs[0])
+        i = 0
+        while True:
+            upcoming = next(images, None)
+            if upcoming is not None:  # uploads while the device computes
+                nxt = seg.inputs[1 - slot]
+                self.mem.write(nxt.addr, nxt.pack(qnet.quantize_input(upcoming)))
+            acc.wait_program(before)
+            y = out.unpack(self.mem.read(out.addr, out.nbytes))
+            records = self._records(seg, time.perf_counter() - t0)
+            if upcoming is not None:
+                slot, t0 = 1 - slot, time.perf_counter()
+                before = acc.start_program(seg.programs[slot])
+            yield y, records
             if on_image is not None:
                 on_image(f"input {i}")
-        return outs, totals or []
+            i += 1
+            if upcoming is None:
+                return
+
+    def infer_batch(self, images, *, check: bool = False, on_image=None):
+        """Float HWC images; returns (int outputs, per-layer records with each layer's
+        cycles summed over the images), as ``run_network_batch``. Without ``check`` and
+        with every layer on the device, each upload overlaps the compute before it."""
+        if self.whole and not check:
+            pairs = list(self.stream(images, on_image=on_image))
+            outs = [y for y, _ in pairs]
+            results = [records for _, records in pairs]
+        else:
+            outs, results = [], []
+            for i, image in enumerate(images):
+                result = self.infer(image, check=check)
+                outs.append(result.output)
+                results.append(result.layers)
+                if on_image is not None:
+                    on_image(f"input {i}")
+        totals = results[0] if results else []
+        for layers in results[1:]:
+            for total, rec in zip(totals, layers, strict=True):
+                total.seconds += rec.seconds
+                if rec.where == "device":
+                    total.cycles += rec.cycles
+                    total.compute += rec.compute
+                    total.macs += rec.macs
+                    if total.macs:
+                        total.utilization = total.macs / (total.cycles
+                                                          * self.acc.params.lanes)
+                    total.match = (total.match and rec.match) if check else None
+        return outs, totals
+
+    def frame_link_bytes(self, image) -> dict:
+        """Bytes over the link one streamed image costs, each way: its upload, the start of
+        its program, one COUNTERS poll, the output's read (the host's waiting polls, as many
+        as the simulator's speed makes them, left out). Runs the image once."""
+        acc, seg = self.acc, self.image.segments[0]
+        stats = acc.link.stats
+        out = seg.outputs[seg.layers[-1]]
+        total = {"bytes_down": 0, "bytes_up": 0}
+
+        def counted(action):
+            d, u = stats.bytes_down, stats.bytes_up
+            result = action()
+            total["bytes_down"] += stats.bytes_down - d
+            total["bytes_up"] += stats.bytes_up - u
+            return result
+
+        x = self.qnet.quantize_input(image)
+        counted(lambda: self.mem.write(seg.inputs[0].addr, seg.inputs[0].pack(x)))
+        before = counted(lambda: acc.start_program(seg.programs[0]))
+        acc.wait_program(before)
+        counted(acc.counters)
+        counted(lambda: self.mem.read(out.addr, out.nbytes))
+        return total

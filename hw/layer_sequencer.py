@@ -397,11 +397,13 @@ class LayerSequencer(wiring.Component):
             for field in ("mult", "shift", "exact"):
                 if field in layout.members:
                     m.d.comb += getattr(unit.cfg.payload, field).eq(getattr(desc, field))
+            err = Signal(4, name=f"{name}_error")  # the unit's error in the low nibble
+            m.d.comb += err.eq(unit.error.as_value())
             with m.If(unit.done):
                 m.d.sync += unit_done.eq(1)
-                with m.If(unit.error.as_value() != 0):
+                with m.If(err != 0):
                     m.d.comb += [unit_refused.eq(1),
-                                 unit_detail.eq(Cat(unit.error.as_value(), Const(number, 4)))]
+                                 unit_detail.eq(Cat(err, Const(number, 4)))]
         cfg_offer = Signal()  # the selected unit's cfg is offered
         cfg_taken = Signal()
         for name, unit in units.items():

@@ -3,7 +3,6 @@ LiteDRAM's PHY model): layer programs walked by the on-chip sequencer, bit-exact
 golden model; every bad descriptor stopped with its name, the device answering after; the
 link refusing what would disturb a running program and serving the memory meanwhile."""
 
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from spec.program import (
     Items,
     Op,
     SeqError,
+    Unit,
     pack_descriptor,
     unpack_descriptor,
     unpack_stats,
@@ -215,18 +215,59 @@ def test_descriptor_layout_round_trips():
 
 
 def test_network_resident_matches_the_golden_model(acc):
-    """A whole network loaded once (checked by read-back), its Fire layers resident, every
-    one bit-exact, the logits the golden model's."""
+    """SqueezeNet v1.1 loaded once (checked by read-back) and run as one program: conv1 with
+    its windows packed on the device, the max pools, every Fire layer, conv10 and the
+    average pool, each layer's output bit-exact, the logits the golden model's; then three
+    images streamed, each uploaded while the one before computes."""
     net = get_arch("squeezenet1_1")
     rng = np.random.default_rng(5)
-    images = [rng.random((64, 64, 3)).astype(np.float32) for _ in range(2)]
-    qnet = quantize_network(net, random_init(net, 1), images)
+    images = [rng.random((64, 64, 3)).astype(np.float32) for _ in range(4)]
+    qnet = quantize_network(net, random_init(net, 1), images[:2])
     resident = acc.load(qnet, (64, 64, 3))
-    assert resident.verified
-    start = time.monotonic()
+    assert resident.verified and resident.whole
     result = resident.infer(images[1], check=True)
-    fires = [r for r in result.layers if r.name.startswith("fire")]
-    assert len(fires) == 8 and all(r.where == "device" and r.match for r in fires)
-    assert all(r.cycles >= r.compute > 0 for r in fires)
+    assert [r.name for r in result.layers] == [la.name for la in net.layers]
+    assert all(r.where == "device" and r.match for r in result.layers)
+    assert all(r.cycles >= r.compute > 0 for r in result.layers if r.macs)
     np.testing.assert_array_equal(result.logits, qnet.logits(images[1]))
-    assert time.monotonic() - start < 120
+    streamed = list(resident.stream(images[1:]))
+    assert len(streamed) == 3
+    for image, (y, records) in zip(images[1:], streamed, strict=True):
+        np.testing.assert_array_equal(y, qnet.forward(qnet.quantize_input(image)))
+        assert [r.cycles for r in records] == pytest.approx(
+            [r.cycles for r in result.layers], rel=0.05)
+    # the twin program reads the other slot: two different images, two different outputs
+    assert not np.array_equal(streamed[0][0], streamed[1][0])
+
+
+def unit_program(acc, op, **fields):
+    """A one-descriptor program of a pool op on a small map at BASE."""
+    mem = acc.memory
+    lay = Layout(acc.params, port_bits=mem.config.port_bits, mem_size=mem.size, base=BASE)
+    src = lay.slot((5, 5, 16))
+    out = lay.slot((5, 5, 16))
+    d = dict(op=op, h=5, w=5, c=1, in_addr=src.addr, in_beats=25, out_addr=out.addr)
+    d.update(fields)
+    program = lay.program([d])
+    for addr, data in lay.regions:
+        mem.write(addr, data)
+    return program
+
+
+@pytest.mark.parametrize("op,fields,unit,error", [
+    (Op.MAXPOOL, dict(h=1, in_beats=5), Unit.MAXPOOL, 1),  # no output row: H
+    (Op.MAXPOOL, dict(c=40, in_beats=25 * 40), Unit.MAXPOOL, 3),  # beyond max_cw: CW
+    (Op.AVGPOOL, dict(w=300), Unit.AVGPOOL, 2),  # beyond the unit's field: W
+    (Op.AVGPOOL, dict(mult=1 << 20, shift=0), Unit.AVGPOOL, 4),  # SHIFT
+])
+def test_a_unit_refusing_its_sizes_stops_the_program_naming_it(device, op, fields, unit,
+                                                                error):
+    acc = device
+    program = unit_program(acc, op, **fields)
+    with pytest.raises(DeviceError, match="UNIT"):
+        acc.run_program(program)
+    c = acc.counters()
+    assert c["prog_status"] == SeqError.UNIT and c["prog_detail"] == (unit << 4 | error)
+    # and the same unit runs a good program right after
+    ok = unit_program(acc, op, mult=1 << 30, shift=31)
+    assert acc.run_program(ok)["prog_status"] == SeqError.OK

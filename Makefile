@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 # device, golden-model and float accuracy, every image and Fire layer bit-exact.
 DEMO_DIGITS ?= 300
 demo: setup
-	$(BIN)/python -m sw.driver infer --arch squeezenet1_1 --check
+	$(BIN)/python -m sw.driver infer --sim-memory --arch squeezenet1_1 --check
 	$(BIN)/python -m sw.driver evaluate --dataset mnist5k --limit $(DEMO_DIGITS)
 
 # Lint (style, and the packages' import directions), then the whole test suite (hardware

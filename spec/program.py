@@ -1,26 +1,30 @@
 """The layer program: what the on-chip layer sequencer (``hw.layer_sequencer``) walks.
 
-A program is a list of descriptors in the device's memory, :data:`DESC_BYTES` each, one per
-engine run (a Fire layer's output-channel tile, ...), ended by an ``END`` descriptor. The
-host compiles a network into a program and writes it, with every run's configuration word,
-weight rows and parameters, into the memory once (``sw.driver.program``); RUN_PROGRAM then
-starts the sequencer at the program's address.
+A program is a list of descriptors in the device's memory, :data:`DESC_BYTES` each, ended by
+an ``END`` descriptor: an engine run (a Fire layer's output-channel tile, a convolution's
+channel and pixel block), a max pool or the global average pool. The host compiles a network
+into programs and writes them, with every run's configuration word, weight rows and
+parameters, into the memory once (``sw.driver.resident``); RUN_PROGRAM then starts the
+sequencer at a program's address. docs/resident.md has the whole picture.
 
 Per ``ENGINE`` descriptor the sequencer reads the configuration item at ``cfg_addr`` into
-the engine, then (when the configuration loads) ``w_rows`` weight rows from ``w_addr`` and
-``q_count`` parameter entries from ``q_addr``, then ``in_beats`` input beats from
-``in_addr`` while it writes the engine's output values: for each of ``out_pixels`` pixels,
-``len0`` values from byte ``out_addr + pixel * out_stride + off0`` and ``len1`` values from
-``... + off1`` (a Fire tile's e1 and e3 channels land in their place in the concat).
-With ``stats`` set it then writes the run's :data:`STATS_FIELDS` at ``stats_addr``.
+the engine, then (when the descriptor has any) ``w_rows`` weight rows from ``w_addr`` and
+``q_count`` parameter entries from ``q_addr``, then the input (:class:`InMode`) while it
+writes the engine's output values: for each of ``out_pixels`` pixels, ``len0`` values from
+byte ``out_addr + pixel * out_stride + off0`` and ``len1`` values from ``... + off1`` (a
+Fire tile's e1 and e3 channels land in their place in the concat). ``MAXPOOL`` and
+``AVGPOOL`` read ``in_beats`` beats of an ``h`` x ``w`` map of ``c`` beats a pixel and write
+their beats from ``out_addr``. With ``stats`` set the sequencer then writes the descriptor's
+:data:`STATS_FIELDS` at ``stats_addr``.
 
 Memory layout (what the host writes and the sequencer reads): every stream item (a
 configuration word, a weight row, a channel's parameters, an input beat) takes a whole
 number of the native port's words (:func:`item_words`), little-endian, the item's bits from
 the lowest; a feature map is HWC, each pixel's channels padded to whole input beats
-(``ic_lanes`` values), each value ``value_bytes`` little-endian bytes (sign-extended).
-Addresses are byte addresses; a descriptor's, its items' and its input's must be whole port
-words, its output's whole values.
+(``ic_lanes`` values), each value ``value_bytes`` little-endian bytes (sign-extended); the
+image the window packer reads is raw HWC. Addresses are byte addresses; a descriptor's, its
+items', its input's and a pool's output must be whole port words, an engine output's whole
+values.
 
 This module is pure Python: the gateware, the driver and the tests all read the layout here.
 """

@@ -47,7 +47,7 @@ def _lane_max(a, b, bits: int, lanes: int):
                  for i in range(lanes)))
 
 
-def _serial_product(m: Module, name: str, width: int):
+def serial_product(m: Module, name: str, width: int):
     """A shift-and-add multiplier for configuration-time sizes (no DSP block): load ``a``
     and ``b`` with ``load``; ``busy`` while it runs (one cycle per bit of ``b``), then
     ``product`` holds ``a * b``. Returns ``(a, b, load, busy, product)``."""
@@ -143,7 +143,7 @@ class MaxPool(wiring.Component):
         h_even = Signal()
         w_even = Signal()
         wide = max(len(cfg.w) + len(cfg.cw), (self._row_words + 1).bit_length()) + 1
-        pa, pb, pload, pbusy, row = _serial_product(m, "row", wide)
+        pa, pb, pload, pbusy, row = serial_product(m, "row", wide)
         m.d.comb += [pa.eq(cfg.w >> 1), pb.eq(cfg.cw)]
 
         # position of the next input beat: beat c of pixel (r, x); vaddr: its output word

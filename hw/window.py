@@ -62,7 +62,7 @@ class WindowPacker(wiring.Component):
     input : In(stream of beat_layout)
         The raw image: ``ceil(h * w * cin / lanes)`` beats, value ``i`` of the image in
         lane ``i mod lanes`` of beat ``i // lanes``; the last beat's extra lanes are ignored.
-        A beat is taken in ``lanes / banks`` cycles at most.
+        A beat is taken every ``lanes / banks`` cycles at best.
     output : Out(stream of beat_layout)
         ``oh * ow * packed_channels(k, cin, lanes) / lanes`` beats, ``oh = (h - k) //
         stride + 1`` (``ow`` alike), pixels row-major.

@@ -100,9 +100,11 @@ class MaxPool(wiring.Component):
         The last configuration's status (``OK``: accepted), held until the next one.
     busy : Out(1)
         From taking a configuration until its ``done``.
+    accepted : Out(1)
+        Pulse: the configuration passed the checks; the run starts (the DMA may start).
     done : Out(1)
         Pulse: the run's last output beat has left, or the configuration was refused (then
-        no input is taken).
+        no input is taken and ``accepted`` does not pulse).
 
     Limits: ``2 <= h <= max_h``, ``2 <= w <= max_w``, ``1 <= cw <= max_cw``, ``(w // 2) *
     cw <= row_words`` (the block RAM of one output row's partial maxima), and an input row of
@@ -128,6 +130,7 @@ class MaxPool(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(MaxPoolError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -324,6 +327,7 @@ class MaxPool(wiring.Component):
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == MaxPoolError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), more.eq(1), c.eq(0), x.eq(0), r.eq(0),
                                  vaddr.eq(0), ptr.eq(0), rp1.eq(-cfg.cw),
                                  rp2.eq(-(cfg.cw << 1))]
@@ -374,7 +378,7 @@ class GlobalAvgPool(wiring.Component):
         beat per ``lanes // group`` cycles.
     output : Out(stream of beat_layout)
         The pooled pixel's beats, after the last input beat.
-    error, busy, done
+    error, busy, accepted, done
         As :class:`MaxPool`'s (``GlobalAvgPoolError``).
 
     Limits: ``1 <= h <= max_h``, ``1 <= w <= max_w``, ``1 <= cw <= max_cw``, ``shift`` 1 to
@@ -408,6 +412,7 @@ class GlobalAvgPool(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(GlobalAvgPoolError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -531,6 +536,7 @@ class GlobalAvgPool(wiring.Component):
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == GlobalAvgPoolError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), more.eq(1), c.eq(0), x.eq(0), r.eq(0),
                                  s.eq(0), a.eq(0), first.eq(1), o_addr.eq(0),
                                  in_beat.eq(0)]

@@ -66,7 +66,7 @@ class WindowPacker(wiring.Component):
     output : Out(stream of beat_layout)
         ``oh * ow * packed_channels(k, cin, lanes) / lanes`` beats, ``oh = (h - k) //
         stride + 1`` (``ow`` alike), pixels row-major.
-    error, busy, done
+    error, busy, accepted, done
         As :class:`hw.pool.MaxPool`'s (``WindowError``); a refused configuration takes no
         input.
     """
@@ -93,6 +93,7 @@ class WindowPacker(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(WindowError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -322,6 +323,7 @@ class WindowPacker(wiring.Component):
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == WindowError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), reader_done.eq(0), more_in.eq(1),
                                  in_vals.eq(0), written.eq(0), wph.eq(0), waddr.eq(0),
                                  row_lo.eq(0), need.eq(kwc), ky.eq(0), in_pad.eq(0),

@@ -53,7 +53,6 @@ def run_jobs(dut, jobs, cfg_payload, rng, *, gaps: float, stalls: float, out_bea
     cycle_counter = Signal(32)
 
     async def control(ctx):
-        cycle = 0
         for k, (cfg, _) in enumerate(jobs):
             for name, value in cfg_payload(cfg).items():
                 ctx.set(getattr(dut.cfg.payload, name), value)
@@ -62,14 +61,17 @@ def run_jobs(dut, jobs, cfg_payload, rng, *, gaps: float, stalls: float, out_bea
                 await ctx.tick()
             await ctx.tick()
             ctx.set(dut.cfg.valid, 0)
+            accepted = 0
             for _ in range(limit):
+                accepted += ctx.get(dut.accepted)
                 if ctx.get(dut.done):
                     break
                 await ctx.tick()
-                cycle += 1
             else:
                 raise AssertionError(f"job {k} {cfg}: no done within {limit} cycles")
             errors.append(ctx.get(dut.error))
+            # ``accepted`` pulsed once for a run, never for a refusal
+            assert accepted == (ctx.get(dut.error).value == 0), (k, cfg, accepted)
             await ctx.tick()
 
     async def feeder(ctx):

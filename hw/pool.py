@@ -10,8 +10,8 @@ last output beat has left. The references are ``sw.ops.maxpool`` and
 ``sw.quantize.QAvgPool``; ``tests/test_pool.py`` holds them to it bit for bit.
 
 :class:`MaxPool` takes a beat a cycle: a horizontal max over each window's three columns
-(the open windows' partial maxima in a LUT RAM of ``cw`` words), then a vertical max over
-three rows (the open output row's partial maxima in a block RAM of ``row_words``). Pooled
+(the same beat of the two pixels before, from a delay line in LUT RAM), then a vertical max
+over three rows (the open output row's partial maxima in a block RAM of ``row_words``). Pooled
 beats wait in a FIFO whose room is reserved when the input beat that finishes them is taken,
 so the pipeline never stalls and a slow output only holds the input back.
 
@@ -20,6 +20,10 @@ a block RAM (a beat in ``lanes / group`` cycles), then requantizes every channel
 multiplier for the whole tensor (``s_in / (N s_out)``): the product ``acc * m`` by shift
 and add (31 cycles, ``group`` channels at once; no DSP block), then the engine's own
 rounding and clamp (:func:`hw.arith.round_shift_clamp`).
+
+Timing (the ECP5 at 100 MHz, as the engine): every block RAM's output goes into a register
+of its own before any logic, and the decisions (which beat closes a window, whether there is
+room for its result) come from counters and flags in registers.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class MaxPoolError(enum.Enum, shape=3):
     W = 2  #: w below 2 (no output column) or above max_w
     CW = 3  #: cw 0 or above max_cw
     ROW = 4  #: an output row, (w // 2) * cw beats, above row_words
+    SMALL = 5  #: an input row of fewer than 4 beats (w * cw < 4: w below 4 with cw = 1)
 
 
 class MaxPool(wiring.Component):
@@ -95,12 +100,18 @@ class MaxPool(wiring.Component):
         The last configuration's status (``OK``: accepted), held until the next one.
     busy : Out(1)
         From taking a configuration until its ``done``.
+    accepted : Out(1)
+        Pulse: the configuration passed the checks; the run starts (the DMA may start).
     done : Out(1)
         Pulse: the run's last output beat has left, or the configuration was refused (then
-        no input is taken).
+        no input is taken and ``accepted`` does not pulse).
 
     Limits: ``2 <= h <= max_h``, ``2 <= w <= max_w``, ``1 <= cw <= max_cw``, ``(w // 2) *
-    cw <= row_words`` (the block RAM of one output row's partial maxima).
+    cw <= row_words`` (the block RAM of one output row's partial maxima), and an input row of
+    at least 4 beats (``w * cw >= 4``; a partial maximum's write must land before its next
+    read). ``fifo_depth``
+    output beats may be reserved at once: 16 (the default) keeps the input at a beat a cycle
+    through the pipeline's 9 stages.
     """
 
     def __init__(self, *, bits: int = 8, lanes: int = 16, max_h: int = 128, max_w: int = 128,
@@ -119,6 +130,7 @@ class MaxPool(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(MaxPoolError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -182,59 +194,110 @@ class MaxPool(wiring.Component):
             with m.If(c_last & x_last):
                 m.d.sync += vaddr.eq(0)
 
-        # stage A: the beat and where it goes
+        # stage A: the beat and where it goes; the same beat of the two pixels before it
+        # is read from a delay line (LUT RAM, asynchronous reads, the write pointer and the
+        # two read pointers counters of their own)
+        depth = 1 << (2 * max(1, self._max_cw) - 1).bit_length()
+        ptr, rp1, rp2 = (Signal(range(depth), name=n) for n in ("ptr", "rp1", "rp2"))
         a_valid = Signal()
         a_beat = Signal(beat_bits, reset_less=True)
-        a_c = Signal.like(c, reset_less=True)
-        a_hstart, a_hfinal, a_vstart, a_vfinal = (Signal(reset_less=True, name=f"a_{n}")
-                                                  for n in ("hstart", "hfinal", "vstart",
-                                                            "vfinal"))
+        a_ptr, a_rp1, a_rp2 = (Signal.like(ptr, reset_less=True, name=f"a_{s.name}")
+                               for s in (ptr, rp1, rp2))
+        a_use2, a_hfinal, a_vstart, a_vfinal = (Signal(reset_less=True, name=f"a_{n}")
+                                                for n in ("use2", "hfinal", "vstart",
+                                                          "vfinal"))
         a_vaddr = Signal.like(vaddr, reset_less=True)
         m.d.sync += a_valid.eq(take)
         with m.If(take):
-            m.d.sync += [a_beat.eq(self.input.payload.as_value()), a_c.eq(c),
-                         a_hstart.eq(~x[0]), a_hfinal.eq(h_final), a_vstart.eq(~r[0]),
-                         a_vfinal.eq(v_final), a_vaddr.eq(vaddr)]
-        # the open windows' column maxima, one word per beat of a pixel (LUT RAM: read and
-        # written in one cycle, the read asynchronous)
-        m.submodules.cols = cols = memory.Memory(shape=beat_bits, depth=max(2, self._max_cw),
-                                                 init=[])
-        cols_r = cols.read_port(domain="comb")
+            m.d.sync += [a_beat.eq(self.input.payload.as_value()), a_ptr.eq(ptr),
+                         a_rp1.eq(rp1), a_rp2.eq(rp2), ptr.eq(ptr + 1), rp1.eq(rp1 + 1),
+                         rp2.eq(rp2 + 1), a_use2.eq(~x[0]), a_hfinal.eq(h_final),
+                         a_vstart.eq(~r[0]), a_vfinal.eq(v_final), a_vaddr.eq(vaddr)]
+        m.submodules.cols = cols = memory.Memory(shape=beat_bits, depth=depth, init=[])
         cols_w = cols.write_port()
-        hmax = _lane_max(cols_r.data, a_beat, bits, lanes)
-        m.d.comb += [cols_r.addr.eq(a_c), cols_w.addr.eq(a_c), cols_w.en.eq(a_valid),
-                     cols_w.data.eq(Mux(a_hstart, a_beat, hmax))]
+        cols_r1 = cols.read_port(domain="comb")
+        cols_r2 = cols.read_port(domain="comb")
+        m.d.comb += [cols_w.addr.eq(a_ptr), cols_w.en.eq(a_valid), cols_w.data.eq(a_beat),
+                     cols_r1.addr.eq(a_rp1), cols_r2.addr.eq(a_rp2)]
+
+        # stages A2, A3: a window's three (or, clipped, two) columns, registered twice (yosys
+        # may map the delay line to block RAM on the ECP5, the first register then being the
+        # block RAM's own)
+        a2_valid = Signal()
+        a2_beat, a2_p1, a2_p2 = (Signal(beat_bits, reset_less=True, name=n)
+                                 for n in ("a2_beat", "a2_p1", "a2_p2"))
+        a2_use2, a2_vstart, a2_vfinal = (Signal(reset_less=True, name=f"a2_{n}")
+                                         for n in ("use2", "vstart", "vfinal"))
+        a2_vaddr = Signal.like(vaddr, reset_less=True)
+        m.d.sync += [a2_valid.eq(a_valid & a_hfinal), a2_beat.eq(a_beat),
+                     a2_p1.eq(cols_r1.data), a2_p2.eq(cols_r2.data), a2_use2.eq(a_use2),
+                     a2_vstart.eq(a_vstart), a2_vfinal.eq(a_vfinal), a2_vaddr.eq(a_vaddr)]
+        a3 = [a2_valid, a2_beat, a2_p1, a2_p2, a2_use2, a2_vstart, a2_vfinal, a2_vaddr]
+        a3 = [Signal.like(s, name=s.name.replace("a2_", "a3_"), reset_less=k > 0)
+              for k, s in enumerate(a3)]
+        m.d.sync += [s.eq(prev) for s, prev in zip(a3, [a2_valid, a2_beat, a2_p1, a2_p2,
+                                                         a2_use2, a2_vstart, a2_vfinal,
+                                                         a2_vaddr], strict=True)]
+        a3_valid, a3_beat, a3_p1, a3_p2, a3_use2, a3_vstart, a3_vfinal, a3_vaddr = a3
+        # stage A4: the max of two columns, and the third (or the second again); a compare
+        # a stage
+        a4_valid = Signal()
+        a4_m, a4_third = Signal(beat_bits, reset_less=True), Signal(beat_bits, reset_less=True)
+        a4_vstart, a4_vfinal = Signal(reset_less=True), Signal(reset_less=True)
+        a4_vaddr = Signal.like(vaddr, reset_less=True)
+        m.d.sync += [a4_valid.eq(a3_valid), a4_m.eq(_lane_max(a3_beat, a3_p1, bits, lanes)),
+                     a4_third.eq(Mux(a3_use2, a3_p2, a3_beat)), a4_vstart.eq(a3_vstart),
+                     a4_vfinal.eq(a3_vfinal), a4_vaddr.eq(a3_vaddr)]
+        hmax = _lane_max(a4_m, a4_third, bits, lanes)
 
         # stage B: a window's horizontal max; its row word is read
         b_valid = Signal()
         b_h = Signal(beat_bits, reset_less=True)
         b_vstart, b_vfinal = Signal(reset_less=True), Signal(reset_less=True)
         b_vaddr = Signal.like(vaddr, reset_less=True)
-        m.d.sync += [b_valid.eq(a_valid & a_hfinal), b_h.eq(hmax), b_vstart.eq(a_vstart),
-                     b_vfinal.eq(a_vfinal), b_vaddr.eq(a_vaddr)]
-        # The open output row's partial maxima. A word is read (stage B) at least two cycles
-        # after it was last written (stage C): consecutive windows of a row have consecutive
-        # words, and a row of one word has windows at least two input beats apart.
+        m.d.sync += [b_valid.eq(a4_valid), b_h.eq(hmax), b_vstart.eq(a4_vstart),
+                     b_vfinal.eq(a4_vfinal), b_vaddr.eq(a4_vaddr)]
+        # The open output row's partial maxima, read in stage B and written after stage D
+        # (registered). The block RAM's output goes into a register of its own (stage C)
+        # before any logic (an ECP5 EBR takes ~6 ns from clock to output). A word is read
+        # again an input row (``w * cw`` beats, 4 or more: ``SMALL``) after its last read,
+        # by when its write, three cycles after that read, is done.
         m.submodules.rows = rows = ram(shape=beat_bits, depth=max(2, self._row_words))
         rows_r = RegisteredRead(m, rows, "rows")
         rows_w = rows.write_port()
         m.d.comb += rows_r.addr.eq(b_vaddr)
 
-        # stage C: the vertical max; the pooled beat goes to the FIFO
+        # stage C: the word read, registered
         c_valid = Signal()
         c_h = Signal(beat_bits, reset_less=True)
         c_vstart, c_vfinal = Signal(reset_less=True), Signal(reset_less=True)
         c_vaddr = Signal.like(vaddr, reset_less=True)
         m.d.sync += [c_valid.eq(b_valid), c_h.eq(b_h), c_vstart.eq(b_vstart),
                      c_vfinal.eq(b_vfinal), c_vaddr.eq(b_vaddr)]
-        vmax = _lane_max(rows_r.data, c_h, bits, lanes)
-        m.d.comb += [rows_w.addr.eq(c_vaddr), rows_w.en.eq(c_valid),
-                     rows_w.data.eq(Mux(c_vstart, c_h, vmax))]
+        # stage D: the vertical max
         d_valid = Signal()
-        d_beat = Signal(beat_bits, reset_less=True)
-        m.d.sync += [d_valid.eq(c_valid & c_vfinal), d_beat.eq(vmax)]
-        m.d.comb += [fifo.w.valid.eq(d_valid), fifo.w.payload.eq(d_beat)]
-        drained = ~a_valid & ~b_valid & ~c_valid & ~d_valid & (owed == 0)
+        d_h = Signal(beat_bits, reset_less=True)
+        d_vstart, d_vfinal = Signal(reset_less=True), Signal(reset_less=True)
+        d_vaddr = Signal.like(vaddr, reset_less=True)
+        d_word = Signal(beat_bits, reset_less=True)
+        m.d.sync += [d_valid.eq(c_valid), d_h.eq(c_h), d_vstart.eq(c_vstart),
+                     d_vfinal.eq(c_vfinal), d_vaddr.eq(c_vaddr), d_word.eq(rows_r.data)]
+        vmax = _lane_max(d_word, d_h, bits, lanes)
+        # stage E: the word written back (a new output row starts from the window's
+        # horizontal max); the pooled beat goes to the FIFO
+        e_write = Signal()
+        e_addr = Signal.like(vaddr, reset_less=True)
+        e_word = Signal(beat_bits, reset_less=True)
+        m.d.sync += [e_write.eq(d_valid), e_addr.eq(d_vaddr),
+                     e_word.eq(Mux(d_vstart, d_h, vmax))]
+        m.d.comb += [rows_w.addr.eq(e_addr), rows_w.en.eq(e_write), rows_w.data.eq(e_word)]
+        e_valid = Signal()
+        e_beat = Signal(beat_bits, reset_less=True)
+        m.d.sync += [e_valid.eq(d_valid & d_vfinal), e_beat.eq(vmax)]
+        m.d.comb += [fifo.w.valid.eq(e_valid), fifo.w.payload.eq(e_beat)]
+        stages = [a_valid, a2_valid, a3_valid, a4_valid, b_valid, c_valid, d_valid, e_valid,
+                  e_write]
+        drained = ~Cat(*stages).any() & (owed == 0)
 
         bad = Signal(MaxPoolError)
         m.d.comb += self.busy.eq(~(self.cfg.ready))
@@ -258,13 +321,16 @@ class MaxPool(wiring.Component):
                         Mux((cfg.w < 2) | (cfg.w > self._max_w), MaxPoolError.W,
                             Mux((cfg.cw == 0) | (cfg.cw > self._max_cw), MaxPoolError.CW,
                                 Mux(row > self._row_words, MaxPoolError.ROW,
-                                    MaxPoolError.OK)))))
+                                    Mux((cfg.cw == 1) & (cfg.w < 4), MaxPoolError.SMALL,
+                                        MaxPoolError.OK))))))
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == MaxPoolError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), more.eq(1), c.eq(0), x.eq(0), r.eq(0),
-                                 vaddr.eq(0)]
+                                 vaddr.eq(0), ptr.eq(0), rp1.eq(-cfg.cw),
+                                 rp2.eq(-(cfg.cw << 1))]
                     m.next = "RUN"
                 with m.Else():
                     m.next = "DONE"
@@ -312,7 +378,7 @@ class GlobalAvgPool(wiring.Component):
         beat per ``lanes // group`` cycles.
     output : Out(stream of beat_layout)
         The pooled pixel's beats, after the last input beat.
-    error, busy, done
+    error, busy, accepted, done
         As :class:`MaxPool`'s (``GlobalAvgPoolError``).
 
     Limits: ``1 <= h <= max_h``, ``1 <= w <= max_w``, ``1 <= cw <= max_cw``, ``shift`` 1 to
@@ -322,10 +388,10 @@ class GlobalAvgPool(wiring.Component):
     def __init__(self, *, bits: int = 8, lanes: int = 16, max_h: int = 16, max_w: int = 16,
                  max_cw: int = 64, group: int = 4):
         spec = QuantSpec(bits)
-        if lanes % group or lanes // group < 2:
-            raise ValueError(f"group={group}: must divide lanes={lanes} at least twice (a "
-                             "sum is read back two cycles after it is written at the "
-                             "earliest)")
+        if lanes % group or lanes // group < 4:
+            raise ValueError(f"group={group}: must divide lanes={lanes} at least four times "
+                             "(a sum is written three cycles after its read, and read again "
+                             "a pixel, lanes // group cycles or more, later)")
         self._spec, self._bits, self._lanes, self._group = spec, bits, lanes, group
         self._max_h, self._max_w, self._max_cw = max_h, max_w, max_cw
         #: width of a sum: ``max_h * max_w`` terms of ``bits + 1`` signed bits
@@ -346,6 +412,7 @@ class GlobalAvgPool(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(GlobalAvgPoolError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -413,12 +480,20 @@ class GlobalAvgPool(wiring.Component):
         v1, first1 = Signal(), Signal(reset_less=True)
         a1 = Signal.like(a, reset_less=True)
         m.d.sync += [v1.eq(have), first1.eq(first), a1.eq(a)]
-        # stage 2: add and write back (a sum is next read ``cw * steps >= 2`` cycles later)
-        m.d.comb += [wr.addr.eq(a1), wr.en.eq(v1),
-                     wr.data.eq(Cat(*(Mux(first1, d, rd.data[k * acc_bits:(k + 1) * acc_bits]
+        # stage 2: the sums read, into a register of their own (the block RAM's output is
+        # slow); stage 3: add and write back, before the next read of the word (a pixel,
+        # ``cw * steps >= 4`` cycles, after this one)
+        v2, first2 = Signal(), Signal(reset_less=True)
+        a2 = Signal.like(a, reset_less=True)
+        diff2 = [Signal.like(d, name=f"diff2_{k}", reset_less=True) for k, d in enumerate(diff)]
+        old = Signal(group * acc_bits, reset_less=True)
+        m.d.sync += [v2.eq(v1), first2.eq(first1), a2.eq(a1), old.eq(rd.data)]
+        m.d.sync += [d2.eq(d) for d2, d in zip(diff2, diff, strict=True)]
+        m.d.comb += [wr.addr.eq(a2), wr.en.eq(v2),
+                     wr.data.eq(Cat(*(Mux(first2, d, old[k * acc_bits:(k + 1) * acc_bits]
                                           .as_signed() + d)[:acc_bits]
-                                      for k, d in enumerate(diff))))]
-        accumulating = more | have | v1
+                                      for k, d in enumerate(diff2))))]
+        accumulating = more | have | v1 | v2
 
         # --- output: a word of sums at a time -------------------------------------------
         o_addr = Signal(range(words))
@@ -461,6 +536,7 @@ class GlobalAvgPool(wiring.Component):
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == GlobalAvgPoolError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), more.eq(1), c.eq(0), x.eq(0), r.eq(0),
                                  s.eq(0), a.eq(0), first.eq(1), o_addr.eq(0),
                                  in_beat.eq(0)]

@@ -14,8 +14,8 @@ How data moves. The image values go into a ring of the last ``capacity`` values 
 banks`` so that ``banks`` consecutive values can be read in one cycle. A window's row
 ``ky`` is ``k * cin`` consecutive image values (taps ``kx`` and channels ``c`` are
 contiguous in HWC), so a window is ``k`` runs of consecutive values then the zero-point
-padding: the reader takes up to ``banks`` values a cycle from a run (fewer at the run's or
-the output beat's end) and places them in the output beat. The writer takes an input beat
+padding: the reader takes ``banks`` values a cycle from a run (fewer at its end) and places
+them in the output beat (a read may cross into the next beat). The writer takes an input beat
 in ``lanes / banks`` cycles (each bank takes ``lanes / banks`` of its values) and may
 overwrite only values below the current output row's first input row; the reader starts an
 output row once its ``k`` input rows are written. Output beats wait in a FIFO whose room is
@@ -62,11 +62,11 @@ class WindowPacker(wiring.Component):
     input : In(stream of beat_layout)
         The raw image: ``ceil(h * w * cin / lanes)`` beats, value ``i`` of the image in
         lane ``i mod lanes`` of beat ``i // lanes``; the last beat's extra lanes are ignored.
-        A beat is taken in ``lanes / banks`` cycles at most.
+        A beat is taken every ``lanes / banks`` cycles at best.
     output : Out(stream of beat_layout)
         ``oh * ow * packed_channels(k, cin, lanes) / lanes`` beats, ``oh = (h - k) //
         stride + 1`` (``ow`` alike), pixels row-major.
-    error, busy, done
+    error, busy, accepted, done
         As :class:`hw.pool.MaxPool`'s (``WindowError``); a refused configuration takes no
         input.
     """
@@ -93,6 +93,7 @@ class WindowPacker(wiring.Component):
             "output": Out(stream.Signature(beat)),
             "error": Out(WindowError),
             "busy": Out(1),
+            "accepted": Out(1),
             "done": Out(1),
         })
 
@@ -168,86 +169,124 @@ class WindowPacker(wiring.Component):
                          in_vals.eq(in_vals + lanes), more_in.eq(in_vals + lanes < total)]
 
         # --- reader: up to ``banks`` values a cycle of a window ----------------------------
+        # Every decision is taken from registers: whether this is a run's last read
+        # (``rem_le_u``), flags for the last segment, the row's last pixel and the last row,
+        # each kept a step ahead, and every next address already computed (``g_u``,
+        # ``*_nx``), so that no adder follows a decision. A read may cross an output beat's
+        # end: the assembly has room for ``banks - 1`` values of the next beat.
         need = Signal(g_range)  # values the current output row needs written
         row_ok = Signal()
         m.d.sync += row_ok.eq(written >= need)
-        ix_end, iy_end = Signal(range(self._max_w + self._max_stride + 1)), \
-            Signal(range(self._max_h + self._max_stride + 1))
-        pix_g, seg_g, g = Signal(g_range), Signal(g_range), Signal(g_range)
+        ix_end = Signal(range(self._max_w + 2 * self._max_stride + 1))
+        iy_end = Signal(range(self._max_h + 2 * self._max_stride + 1))
+        aw = (cap - 1).bit_length()  # ring addresses: values modulo the capacity
+        # the next value to read and the one ``banks`` after it; where the next segment,
+        # pixel and row start
+        g, g_u, seg_g_nx, pix_g_nx, row_g_nx = (
+            Signal(aw, name=n) for n in ("g", "g_u", "seg_g_nx", "pix_g_nx", "row_g_nx"))
         ky = Signal(range(self._max_k))
-        seg_left = Signal.like(kc)
-        pad_left = Signal(range(lanes))
+        flags = ("last_seg", "row_last", "rows_last", "no_pad", "k_is_1", "rem_le_u",
+                 "kc_le_u", "pad_le_u")
+        last_seg, row_last, rows_last, no_pad, k_is_1, rem_le_u, kc_le_u, pad_le_u = (
+            Signal(name=n) for n in flags)
+        rem = Signal.like(kc)  # values left in the run (a segment, or the padding)
         in_pad = Signal()
-        beat_left = Signal(range(lanes + 1))
+        pos = Signal(range(lanes))  # the next value's place in its output beat
         owed = Signal(range(self._fifo_depth + 1))
         room = Signal()
         issue = Signal()
-        rem = Mux(in_pad, pad_left, seg_left)
-        n1 = Mux(rem < u, rem, u)
         n = Signal(range(u + 1))
-        m.d.comb += n.eq(Mux(beat_left < n1, beat_left, n1))
-        completes = issue & (n == beat_left)
+        m.d.comb += n.eq(Mux(rem_le_u, rem, u))
+        beat_end = pos + n >= lanes
+        seg_end = ~in_pad & rem_le_u
+        pix_end = (in_pad & rem_le_u) | (seg_end & last_seg & no_pad)
         out_taken = self.output.valid & self.output.ready
-        m.d.sync += [owed.eq(owed + completes - out_taken),
+        m.d.sync += [owed.eq(owed + (issue & beat_end) - out_taken),
                      room.eq(owed <= self._fifo_depth - 3)]
-        gl = g[:log_u]
-        gh = g[log_u:].as_unsigned()
-        for b, rp in enumerate(reads):
-            m.d.comb += rp.addr.eq(gh + (b < gl))
 
-        # read data and placement, a cycle after the issue
+        # the issued read, registered; the banks' addresses from it
+        i_valid = Signal()
+        i_g = Signal(aw, reset_less=True)
+        i_n = Signal.like(n, reset_less=True)
+        i_pos = Signal.like(pos, reset_less=True)
+        i_pad, i_end = Signal(reset_less=True), Signal(reset_less=True)
+        m.d.sync += [i_valid.eq(issue), i_g.eq(g), i_n.eq(n), i_pos.eq(pos), i_pad.eq(in_pad),
+                     i_end.eq(beat_end)]
+        i_gl = i_g[:log_u]
+        for b, rp in enumerate(reads):
+            m.d.comb += rp.addr.eq(i_g[log_u:] + (b < i_gl))
+
+        # the read's data, a cycle later, into registers of their own (a block RAM's output
+        # is slow); placement in the beat a cycle after that
+        v_x = Signal()
+        pad_x, complete_x = Signal(reset_less=True), Signal(reset_less=True)
+        gl_x = Signal(log_u, reset_less=True)
+        n_x = Signal.like(n, reset_less=True)
+        p_x = Signal(range(lanes), reset_less=True)
+        m.d.sync += [v_x.eq(i_valid), pad_x.eq(i_pad), gl_x.eq(i_gl), n_x.eq(i_n),
+                     p_x.eq(i_pos), complete_x.eq(i_end)]
         v_d, pad_d, complete_d = Signal(), Signal(reset_less=True), Signal(reset_less=True)
         gl_d = Signal(log_u, reset_less=True)
         n_d = Signal.like(n, reset_less=True)
         p_d = Signal(range(lanes), reset_less=True)
-        m.d.sync += [v_d.eq(issue), pad_d.eq(in_pad), gl_d.eq(gl), n_d.eq(n),
-                     p_d.eq(lanes - beat_left), complete_d.eq(n == beat_left)]
-        bank_data = Array(rp.data for rp in reads)
+        m.d.sync += [v_d.eq(v_x), pad_d.eq(pad_x), gl_d.eq(gl_x), n_d.eq(n_x),
+                     p_d.eq(p_x), complete_d.eq(complete_x)]
+        bank_q = [Signal(bits, name=f"bank{b}_q", reset_less=True) for b in range(u)]
+        m.d.sync += [q.eq(rp.data) for q, rp in zip(bank_q, reads, strict=True)]
+        bank_data = Array(bank_q)
         vals = [Mux(pad_d, cfg.z.as_unsigned(), bank_data[(gl_d + j)[:log_u]])
                 for j in range(u)]
-        asm = Signal(beat_bits, reset_less=True)
-        merged = Signal(beat_bits)
+        slots = lanes + u - 1
+        asm = Signal(slots * bits, reset_less=True)
+        merged = Signal(slots * bits)
         m.d.comb += merged.eq(asm)
-        for i in range(lanes):
+        for i in range(slots):
             for j in range(min(u, i + 1)):
-                with m.If((p_d == i - j) & (n_d > j)):
-                    m.d.comb += merged[i * bits:(i + 1) * bits].eq(vals[j])
+                if i - j < lanes:
+                    with m.If((p_d == i - j) & (n_d > j)):
+                        m.d.comb += merged[i * bits:(i + 1) * bits].eq(vals[j])
         ob_valid = Signal()
         ob = Signal(beat_bits, reset_less=True)
         with m.If(v_d):
-            m.d.sync += asm.eq(merged)
-        m.d.sync += [ob_valid.eq(v_d & complete_d), ob.eq(merged)]
+            # a finished beat leaves; what spilled past its end starts the next one
+            m.d.sync += asm.eq(Mux(complete_d, merged[beat_bits:], merged))
+        m.d.sync += [ob_valid.eq(v_d & complete_d), ob.eq(merged[:beat_bits])]
         m.submodules.fifo = fifo = StreamFIFO(beat_bits, self._fifo_depth)
         m.d.comb += [fifo.w.valid.eq(ob_valid), fifo.w.payload.eq(ob)]
         wiring.connect(m, fifo.r, wiring.flipped(self.output))
 
-        with m.If(issue):
-            m.d.sync += beat_left.eq(Mux(n == beat_left, lanes, beat_left - n))
-            seg_end = ~in_pad & (seg_left == n)
-            pix_end = (in_pad & (pad_left == n)) | (seg_end & (ky == cfg.k - 1) &
-                                                    (pad_vals == 0))
-            with m.If(in_pad):
-                m.d.sync += pad_left.eq(pad_left - n)
-            with m.Else():
-                m.d.sync += [g.eq(g + n), seg_left.eq(seg_left - n)]
-            with m.If(seg_end & ~pix_end):
-                with m.If(ky == cfg.k - 1):
-                    m.d.sync += [in_pad.eq(1), pad_left.eq(pad_vals)]
-                with m.Else():
-                    m.d.sync += [ky.eq(ky + 1), seg_g.eq(seg_g + wc), g.eq(seg_g + wc),
-                                 seg_left.eq(kc)]
-            with m.If(pix_end):
-                m.d.sync += [ky.eq(0), seg_left.eq(kc), in_pad.eq(0)]
-                with m.If(ix_end + cfg.stride <= cfg.w):  # the row's next pixel
-                    m.d.sync += [pix_g.eq(pix_g + scin), seg_g.eq(pix_g + scin),
-                                 g.eq(pix_g + scin), ix_end.eq(ix_end + cfg.stride)]
-                with m.Else():  # the next row's first pixel, if any
-                    m.d.sync += [row_lo.eq(row_lo + swc), need.eq(need + swc),
-                                 pix_g.eq(row_lo + swc), seg_g.eq(row_lo + swc),
-                                 g.eq(row_lo + swc), ix_end.eq(cfg.k),
-                                 iy_end.eq(iy_end + cfg.stride)]
+        def start_segment(first):
+            """The next run of values starts at ``first`` (a register), a segment."""
+            return [g.eq(first), g_u.eq(first + u), seg_g_nx.eq(first + wc), rem.eq(kc),
+                    rem_le_u.eq(kc_le_u)]
 
-        drained = ~have & ~v_d & ~ob_valid & (owed == 0)
+        with m.If(issue):
+            m.d.sync += pos.eq(pos + n)
+            with m.If(~rem_le_u):  # within the run
+                m.d.sync += [g.eq(g_u), g_u.eq(g_u + u), rem.eq(rem - u),
+                             rem_le_u.eq(rem <= 2 * u)]
+            with m.If(seg_end & ~pix_end):
+                with m.If(last_seg):
+                    m.d.sync += [in_pad.eq(1), rem.eq(pad_vals), rem_le_u.eq(pad_le_u)]
+                with m.Else():
+                    m.d.sync += start_segment(seg_g_nx)
+                    m.d.sync += [ky.eq(ky + 1), last_seg.eq(ky == cfg.k - 2)]
+            with m.If(pix_end):
+                m.d.sync += [ky.eq(0), last_seg.eq(k_is_1), in_pad.eq(0)]
+                with m.If(~row_last):  # the row's next pixel
+                    m.d.sync += start_segment(pix_g_nx)
+                    m.d.sync += [pix_g_nx.eq(pix_g_nx + scin),
+                                 ix_end.eq(ix_end + cfg.stride),
+                                 row_last.eq(ix_end + 2 * cfg.stride > cfg.w)]
+                with m.Else():  # the next row's first pixel, if any
+                    m.d.sync += start_segment(row_g_nx)
+                    m.d.sync += [pix_g_nx.eq(row_g_nx + scin), row_g_nx.eq(row_g_nx + swc),
+                                 ix_end.eq(cfg.k), row_last.eq(cfg.k + cfg.stride > cfg.w),
+                                 iy_end.eq(iy_end + cfg.stride),
+                                 rows_last.eq(iy_end + 2 * cfg.stride > cfg.h),
+                                 row_lo.eq(row_lo + swc), need.eq(need + swc)]
+
+        drained = ~have & ~i_valid & ~v_x & ~v_d & ~ob_valid & (owed == 0)
         bad = Signal(WindowError)
         m.d.comb += self.busy.eq(~self.cfg.ready)
         sizes = [("wc", cfg.w, cfg.cin, wc), ("kc", cfg.k, cfg.cin, kc),
@@ -284,11 +323,18 @@ class WindowPacker(wiring.Component):
             with m.State("DECIDE"):
                 m.d.sync += self.error.eq(bad)
                 with m.If(bad == WindowError.OK):
+                    m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), reader_done.eq(0), more_in.eq(1),
                                  in_vals.eq(0), written.eq(0), wph.eq(0), waddr.eq(0),
-                                 row_lo.eq(0), need.eq(kwc), pix_g.eq(0), seg_g.eq(0),
-                                 g.eq(0), ky.eq(0), seg_left.eq(kc), in_pad.eq(0),
-                                 beat_left.eq(lanes), ix_end.eq(cfg.k), iy_end.eq(cfg.k)]
+                                 row_lo.eq(0), need.eq(kwc), ky.eq(0), in_pad.eq(0),
+                                 pos.eq(0), ix_end.eq(cfg.k),
+                                 iy_end.eq(cfg.k), pix_g_nx.eq(scin), row_g_nx.eq(swc),
+                                 row_last.eq(cfg.k + cfg.stride > cfg.w),
+                                 rows_last.eq(cfg.k + cfg.stride > cfg.h),
+                                 k_is_1.eq(cfg.k == 1), last_seg.eq(cfg.k == 1),
+                                 no_pad.eq(pad_vals == 0), kc_le_u.eq(kc <= u),
+                                 pad_le_u.eq(pad_vals <= u), rem_le_u.eq(kc <= u)]
+                    m.d.sync += [g.eq(0), g_u.eq(u), seg_g_nx.eq(wc), rem.eq(kc)]
                     m.next = "SETTLE"
                 with m.Else():
                     m.next = "DONE"
@@ -299,10 +345,8 @@ class WindowPacker(wiring.Component):
                     m.next = "READ"
             with m.State("READ"):
                 m.d.comb += issue.eq(room)
-                last_pixel = (in_pad & (pad_left == n)) | (~in_pad & (seg_left == n) &
-                                                           (ky == cfg.k - 1) & (pad_vals == 0))
-                with m.If(room & last_pixel & (ix_end + cfg.stride > cfg.w)):
-                    with m.If(iy_end + cfg.stride <= cfg.h):
+                with m.If(room & pix_end & row_last):
+                    with m.If(~rows_last):
                         m.next = "SETTLE"
                     with m.Else():
                         m.d.sync += reader_done.eq(1)

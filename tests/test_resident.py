@@ -271,3 +271,33 @@ def test_a_unit_refusing_its_sizes_stops_the_program_naming_it(device, op, field
     # and the same unit runs a good program right after
     ok = unit_program(acc, op, mult=1 << 30, shift=31)
     assert acc.run_program(ok)["prog_status"] == SeqError.OK
+
+
+def test_cli_resident_refused_without_memory(capsys):
+    from sw.driver.__main__ import main as driver_main
+    rc = driver_main(["infer", "--mode", "resident", "--size", "64", "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("error: --mode resident:") and "no external memory" in err[-1]
+
+
+def test_cli_bench_resident_reports_every_layer(capsys):
+    """bench --mode resident --check --json on the simulated board with memory: every layer
+    on the device and bit-exact, per-layer cycles, MACs and utilization, the totals, the
+    link bytes one more image costs and the projected frames/s with overlapping uploads."""
+    import json
+
+    from sw.driver.__main__ import main as driver_main
+    rc = driver_main(["bench", "--sim-memory", "--size", "64", "--check", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["mode"] == "resident" and out["all_match"] is True
+    assert out["host_layers"] == [] and len(out["layers"]) == 14
+    for layer in out["layers"]:
+        assert layer["where"] == "device" and layer["match"] is True and layer["cycles"] > 0
+        if layer["name"].startswith(("conv", "fire")):
+            assert layer["macs"] > 0 and 0 < layer["utilization"] <= 1
+    assert out["device_cycles"] == sum(la["cycles"] for la in out["layers"])
+    assert out["link_bytes_down"] > 64 * 64 * 3  # the image, in frames
+    assert out["projected_fps"] == pytest.approx(
+        1 / max(out["device_cycles"] / out["clock_hz"],
+                max(out["link_bytes_down"], out["link_bytes_up"]) * 10 / out["baud"]))

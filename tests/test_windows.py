@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from spec.windows import (pack_window_weights, pack_windows, packed_channels,
-                          window_index)
+from spec.windows import pack_window_weights, pack_windows, packed_channels, window_index
 from sw import ops
 
 

@@ -239,6 +239,7 @@ class ConfigUnit(wiring.Component):
         """``(refused when, error)`` in priority order."""
         p, layer = self._p, self.layer
         h, w, cin, s, e1, e3 = layer.h, layer.w, layer.cin, layer.s, layer.e1, layer.e3
+        conv = layer.conv
         bypass_on = layer.bypass if p.bypass else Const(0)
         return [
             ((h == 0) | (h > p.max_h), ConfigError.H),
@@ -247,9 +248,14 @@ class ConfigUnit(wiring.Component):
             ((s == 0) | (s > p.max_squeeze), ConfigError.SQUEEZE),
             (e1 > p.max_e1, ConfigError.E1),
             (e3 > p.max_e3, ConfigError.E3),
-            ((e1 + e3) == 0, ConfigError.NO_OUTPUT),
+            # a 1x1 convolution is the squeeze alone, its values to the output
+            (conv & ((e1 != 0) | (e3 != 0) | layer.bypass | layer.rescale | ~layer.squeeze),
+             ConfigError.CONV),
+            (~conv & ((e1 + e3) == 0), ConfigError.NO_OUTPUT),
             (v.nw > p.weight_depth, ConfigError.WEIGHT_ROWS),
-            (layer.compute & (v.sq_words > p.squeeze_depth), ConfigError.SQUEEZE_BUFFER),
+            # a convolution keeps no squeeze map: its pixels are h x w whatever the buffer
+            (layer.compute & ~conv & (v.sq_words > p.squeeze_depth),
+             ConfigError.SQUEEZE_BUFFER),
             (layer.bypass & Const(not p.bypass), ConfigError.BYPASS),
             ((bypass_on & (layer.byp_shift == 0))
              | (layer.rescale & ((layer.e1_rs_shift == 0) | (layer.e3_rs_shift == 0))),
@@ -310,7 +316,8 @@ class ConfigUnit(wiring.Component):
         with m.State("START"):
             m.d.comb += self.prepare.eq(1)
             with m.If(layer.squeeze):
-                m.d.sync += [v.map_valid.eq(v.retain), v.map_h.eq(layer.h),
+                # a convolution writes no squeeze map, but the row table is rebuilt
+                m.d.sync += [v.map_valid.eq(v.retain & ~layer.conv), v.map_h.eq(layer.h),
                              v.map_w.eq(layer.w), v.map_s.eq(layer.s)]
             m.next = "INIT"
         with m.State("INIT"):

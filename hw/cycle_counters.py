@@ -18,7 +18,9 @@ Under congestion the requantizer runs at the output's pace, so whether a credit 
 also happen at full rate cannot be seen in the real FIFO: a shadow of the full-rate
 requantizer tells it, ``v_owed``, the channels it would still owe, paying one every cycle
 that counts as compute. A stall where it owes a full FIFO's worth is the engine's own (the
-requantizer is its bottleneck there), and counts. The MAC array issues the same operations
+requantizer is its bottleneck there), and counts; so does a wait for an input pixel then (a
+requantizer-bound convolution, conv1's 64 channels a pixel from 26 issue cycles: a full-rate
+sequencer would be waiting for a credit instead). The MAC array issues the same operations
 either way, so compute never falls below its issue cycles. (docs/engine.md, "Cycle
 counting", has the measurements.)
 """
@@ -106,17 +108,21 @@ class CycleCounters(wiring.Component):
         with m.If(self.out_beat):
             m.d.sync += last_beat.eq(cycles)
 
-        # the shadow owes at most a group FIFO's worth of groups and two more
-        v_owed = Signal(range((self._credits + 2) * oc + 1))
+        # the shadow owes at most a group FIFO's worth more than the real requantizer, which
+        # holds at most a FIFO's worth and the groups in the operand pipeline
+        v_owed = Signal(range(4 * (self._credits + 2) * oc + 1))
         wait_r = Signal()  # registered: off the handshakes' paths
         with m.If(self.go):
             m.d.sync += v_owed.eq(0)
         with m.Else():
             m.d.sync += v_owed.eq(v_owed + self.group_channels - ((v_owed != 0) & ~wait_r))
-        own_stall = self.credit_stall & (v_owed > (self._credits - 3) * oc)
+        # the full-rate requantizer owes a full FIFO's worth: a full-rate sequencer would be
+        # stalled for a credit here, whatever holds the real one up
+        owes = v_owed > (self._credits - 3) * oc
+        own_stall = self.credit_stall & owes
         wait = Signal()
         m.d.comb += wait.eq(self.running & (
-            self.input_wait | self.load_wait
+            (self.input_wait & ~owes) | self.load_wait
             | (self.in_run & ~self.issuing & self.congested & ~own_stall)))
         m.d.sync += wait_r.eq(wait)
         with m.If(self.start):

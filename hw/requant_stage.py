@@ -133,7 +133,10 @@ class RequantStage(wiring.Component):
         out_credit = Signal(range(self._output_credits + 1))
         lane = Signal(range(oc + 1))
         is_sq = head.tag.kind == Kind.SQUEEZE
-        can_rq = r.valid & (is_sq | (out_credit != 0))
+        # a value for the line buffer (a Fire's squeeze), else for the output stage (an
+        # expand, or a convolution's channel), which takes an output credit
+        to_line = is_sq & ~layer.conv
+        can_rq = r.valid & (to_line | (out_credit != 0))
         lane_last = lane + 1 >= head.tag.count
         pop = can_rq & lane_last
         m.d.comb += r.ready.eq(pop)
@@ -155,7 +158,7 @@ class RequantStage(wiring.Component):
         m.d.sync += [
             req.valid.eq(can_rq), q_addr.eq(qbase + channel), req.kind.eq(head.tag.kind),
             req.acc.eq(head.acc[lane] if oc > 1 else head.acc[0]),
-            req.tag.squeeze.eq(is_sq), req.tag.group_end.eq(lane_last),
+            req.tag.squeeze.eq(to_line), req.tag.group_end.eq(lane_last),
             req.tag.expand3.eq(head.tag.kind == Kind.EXPAND3),
             req.tag.row.eq(head.tag.row),
             req.tag.word.eq(head.tag.xoff + (channel >> log_ic)),
@@ -169,7 +172,8 @@ class RequantStage(wiring.Component):
         m.d.comb += [
             rq.i.valid.eq(req3.valid),
             ri.acc.eq(req3.acc), ri.bias.eq(q_data.bias), ri.mult.eq(q_data.mult),
-            ri.shift.eq(q_data.shift), ri.relu.eq(1), ri.tag.eq(req3.tag),
+            ri.shift.eq(q_data.shift), ri.relu.eq(~layer.conv | layer.relu),
+            ri.tag.eq(req3.tag),
             ri.z.eq(Mux(req3.tag.squeeze, layer.z_sq,
                         Mux(layer.rescale, Mux(req3.tag.expand3, layer.z_e3, layer.z_e1),
                             layer.z_out))),
@@ -206,7 +210,7 @@ class RequantStage(wiring.Component):
         # a squeeze group counts as written once its last lane's write has landed
         m.d.sync += self.squeeze_written.eq(rq.o.valid & out_tag.squeeze & out_tag.group_end)
 
-        issue_ex = can_rq & ~is_sq
+        issue_ex = can_rq & ~to_line
         with m.If(self.go):
             m.d.sync += out_credit.eq(self._output_credits)
         with m.Else():

@@ -159,10 +159,12 @@ class Sequencer(wiring.Component):
         g1_m1 = Signal.like(sizes.e1_groups)
         g3_m1 = Signal.like(sizes.e3_groups)
         v.w_m1, v.h_m1 = Signal.like(layer.w), Signal.like(layer.h)
+        # the row step that ends the run: h + 1 (the last expand), or h in a convolution
+        v.t_end = Signal(range(self._p.max_h + 2))
         m.d.sync += [kc_m1.eq(sizes.input_words - 1), ks_m1.eq(sizes.squeeze_words - 1),
                      gs_m1.eq(sizes.squeeze_groups - 1), g1_m1.eq(sizes.e1_groups - 1),
                      g3_m1.eq(sizes.e3_groups - 1), v.w_m1.eq(layer.w - 1),
-                     v.h_m1.eq(layer.h - 1)]
+                     v.h_m1.eq(layer.h - 1), v.t_end.eq(layer.h + ~layer.conv)]
         phase = v.phase
         k_last = v.k == Mux(phase == Kind.SQUEEZE, kc_m1, ks_m1)
         v.tap_last = (phase != Kind.EXPAND3) | ((v.tap_y == 2) & (v.tap_x == 2))
@@ -217,7 +219,7 @@ class Sequencer(wiring.Component):
                 # squeeze row t (if any), then expand row t - 1 (if any)
                 m.d.sync += [v.x.eq(0), v.g.eq(0), v.chan.eq(0), v.k.eq(0), v.tap_y.eq(0),
                              v.tap_x.eq(0), v.xoff.eq(0), v.ey.eq(v.t - 1)]
-                with m.If(v.t > layer.h):
+                with m.If(v.t >= v.t_end):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Elif(layer.squeeze & (v.t < layer.h)):
@@ -267,7 +269,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [v.x.eq(v.x + 1), v.xoff.eq(v.xoff + self.sizes.squeeze_words)]
         with m.Else():
             m.d.sync += [v.x.eq(0), v.xoff.eq(0)]
-            with m.If((v.phase == Kind.SQUEEZE) & (v.t > 0)):
+            with m.If((v.phase == Kind.SQUEEZE) & (v.t > 0) & ~self.layer.conv):
                 m.next = "DRAIN"
             with m.Else():
                 m.d.sync += v.t.eq(v.t + 1)
@@ -284,7 +286,8 @@ class Sequencer(wiring.Component):
         with m.Else():
             take = issuing & v.group_last
             m.d.sync += v.emit_credit.eq(v.emit_credit - take + self.group_freed)
-        sq_issue = issuing & v.group_last & (phase == Kind.SQUEEZE)
+        # a convolution's groups go to the output, not the line buffer: none is pending
+        sq_issue = issuing & v.group_last & (phase == Kind.SQUEEZE) & ~layer.conv
         with m.If(~self.go):
             m.d.sync += v.sq_pending.eq(v.sq_pending + sq_issue - self.squeeze_written)
         m.d.comb += self.idle.eq((v.emit_credit == self._credits) & (v.sq_pending == 0))

@@ -17,9 +17,10 @@ import numpy as np
 from amaranth.back import verilog
 
 from hw.engine import FireEngine
+from spec.layers import ConvLayer
 from spec.params import EngineParams
 from spec.protocol import ENGINE_STREAMS, item_bits
-from spec.tiling import FirePlan, lanes_to_ints
+from spec.tiling import ConvPlan, FirePlan, lanes_to_ints
 from sw.ops import FireLayer
 
 from .verilator import HARNESS, build, pack_beats
@@ -107,4 +108,31 @@ def run_fire(plan: FirePlan, layer: FireLayer, x: np.ndarray, **kw):
         raise RuntimeError(f"engine refused a configuration: error {bad[0]}")
     if len(result.runs) != len(plan.tiles):
         raise RuntimeError(f"{len(result.runs)} runs for {len(plan.tiles)} tiles")
+    return plan.assemble([r.outputs for r in result.runs]), result
+
+
+def conv_streams(plan: ConvPlan, conv: ConvLayer, z_in: int, x: np.ndarray) -> dict:
+    """All runs of a 1x1-convolution plan as stream queues (each channel block's weights
+    loaded by its first run)."""
+    bits = plan.p.bits
+    s = {"cfg": [], "weights": [], "qparams": [], "input": [], "bypass": []}
+    for run in plan.runs:
+        s["cfg"].append(plan.config(run, conv, z_in))
+        if run.load:
+            s["weights"] += lanes_to_ints(plan.weight_rows(run, conv), bits)
+            s["qparams"] += plan.qparams(run, conv)
+        s["input"] += lanes_to_ints(plan.input_words(run, x), bits)
+    return s
+
+
+def run_conv(plan: ConvPlan, conv: ConvLayer, z_in: int, x: np.ndarray, **kw):
+    """Run a whole 1x1 convolution; returns ``(output HWC, HarnessResult)``."""
+    result = run_streams(plan.p, conv_streams(plan, conv, z_in, x), **kw)
+    if result.timeout:
+        raise RuntimeError("engine harness timed out")
+    bad = [r.error for r in result.runs if r.error]
+    if bad:
+        raise RuntimeError(f"engine refused a configuration: error {bad[0]}")
+    if len(result.runs) != len(plan.runs):
+        raise RuntimeError(f"{len(result.runs)} runs for {len(plan.runs)} planned")
     return plan.assemble([r.outputs for r in result.runs]), result

@@ -66,3 +66,14 @@ def random_input(rng, h, w, cin, *, bits=8, fill=None):
     if fill is not None:
         return np.full((h, w, cin), fill, dtype=np.int64)
     return rng.integers(spec.act_min, spec.act_max + 1, (h, w, cin))
+
+
+def random_conv(rng, cout, cin, k=1, *, bits=8, relu=True, extreme=None):
+    """A random convolution (conv1- or conv10-like) and its input zero point: ``(layer,
+    z_in)``; ``relu=False`` as a classifier without ReLU."""
+    spec = QuantSpec(bits)
+    z_in, z_out = (int(v) for v in rng.integers(spec.act_min, spec.act_max // 2, 2))
+    conv = _conv(rng, cout, cin, k, z_out, spec, cin * k * k, extreme)
+    if not relu:
+        conv = dataclasses.replace(conv, rq=dataclasses.replace(conv.rq, relu=False))
+    return conv, z_in

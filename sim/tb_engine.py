@@ -19,10 +19,10 @@ from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 from cocotbext.axi.stream import define_stream
 
 from sim.engine_configs import CONFIGS, fire_shapes
-from sim.engine_harness import fire_streams
-from sim.fire_cases import random_fire, random_input
+from sim.engine_harness import conv_streams, fire_streams
+from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import ConfigError, pack_config
-from spec.tiling import FirePlan, Shape
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape
 from sw import ops
 
 AmaranthBus, AmaranthTransaction, AmaranthSource, AmaranthSink, _ = define_stream(
@@ -105,6 +105,28 @@ class TB:
         counts = [int(np.prod(plan.tile_output_shape(t))) for t in plan.tiles]
         split = np.split(np.array(values), np.cumsum(counts)[:-1])
         return plan.assemble(split), status
+
+    async def check_conv(self, rng, h, w, cin, cout, *, relu=True):
+        """A 1x1 convolution (the engine's conv mode), bit-exact with the golden model."""
+        conv, z_in = random_conv(rng, cout, cin, bits=PARAMS.bits, relu=relu)
+        x = random_input(rng, h, w, cin, bits=PARAMS.bits)
+        plan = ConvPlan(PARAMS, ConvShape(h, w, cin, cout), relu=relu)
+        await self.send(conv_streams(plan, conv, z_in, x))
+        status = await with_timeout(self.wait_runs(len(plan.runs)), 2000, "us")
+        assert all(err == 0 for err, _ in status), f"engine refused a run: {status}"
+        values = []
+        for run in plan.runs:
+            for _ in range(plan.run_outputs(run)):
+                tx = await with_timeout(self.sink.recv(), 100, "us")
+                values.append(signed(tx.payload, PARAMS.bits))
+        await ClockCycles(self.dut.clk, 20)
+        assert self.sink.empty(), "the engine produced more output than the layer has"
+        counts = [plan.run_outputs(r) for r in plan.runs]
+        got = plan.assemble(np.split(np.array(values), np.cumsum(counts)[:-1]))
+        np.testing.assert_array_equal(got, ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq,
+                                                      spec=PARAMS.spec),
+                                      f"convolution {h}x{w}x{cin} -> {cout} relu={relu}")
+        return plan
 
     async def check_layer(self, rng, h, w, cin, s, e1, e3, *, bypass=False, extreme=None,
                           fill=None, rescale=False):
@@ -263,7 +285,10 @@ async def refused_configurations(dut):
         (dict(ok, load=0, squeeze=0, h=3), ConfigError.NO_SQUEEZE_MAP),
         # a second requantization's shift of 0, on either branch
         (dict(ok, rescale=1, e1_rs_shift=0, e3_rs_shift=5), ConfigError.SHIFT),
-        (dict(ok, rescale=1, e1_rs_shift=5, e3_rs_shift=0), ConfigError.SHIFT)]
+        (dict(ok, rescale=1, e1_rs_shift=5, e3_rs_shift=0), ConfigError.SHIFT),
+        # a convolution run with expand channels, or without an input of its own
+        (dict(ok, conv=1), ConfigError.CONV), (dict(ok, conv=1, e1=0), ConfigError.CONV),
+        (dict(ok, conv=1, e1=0, e3=0, squeeze=0), ConfigError.CONV)]
     if not p.bypass:
         cases.append((dict(ok, bypass=1), ConfigError.BYPASS))
     sent = 0
@@ -283,3 +308,22 @@ async def refused_configurations(dut):
     assert sent >= len(at_max) + 4
     cin, s, e1, e3 = fire_shapes(PARAMS)[0]
     await tb.check_layer(rng, 2, 3, cin, s, e1, e3)
+
+
+@cocotb.test()
+async def convolutions(dut):
+    """1x1 convolutions (conv1 packed, conv10): several channel blocks on a map past max_w,
+    with and without ReLU, under gaps and backpressure, between Fire layers, no reset."""
+    tb = TB(dut)
+    await tb.reset()
+    rng = np.random.default_rng(7)
+    random.seed(7)
+    p = PARAMS
+    cin, s, e1, e3 = fire_shapes(p)[0]
+    plan = await tb.check_conv(rng, 2, p.max_w + 2, min(p.max_cin, 40), 2 * p.max_squeeze + 1)
+    assert len(plan.runs) >= 4
+    await tb.check_layer(rng, 2, 3, cin, s, e1, e3)
+    tb.set_idle_generator(lambda: (random.random() < 0.3 for _ in itertools.count()))
+    tb.set_backpressure_generator(lambda: itertools.cycle([1, 1, 0]))
+    await tb.check_conv(rng, 3, 2, min(p.max_cin, 24), min(p.max_squeeze, 7), relu=False)
+    await tb.check_layer(rng, 2, 2, cin, s, e1, e3)

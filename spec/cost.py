@@ -18,12 +18,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .params import GROUP_FIFO_DEPTH, EngineParams, ceil_div
-from .tiling import FirePlan, Shape, Tile
+from .tiling import ConvPlan, ConvRun, ConvShape, FirePlan, Shape, Tile
 
 #: Registers of an issued operand before the MAC array (op to op5).
 OPERAND_STAGES = 5
 #: Registers before the requantizer: its request, the parameter memory, its output.
 REQUEST_STAGES = 3
+#: Cycles a convolution run's end saves on a Fire run's (its last row step and drain).
+CONV_END = 4
 
 
 @dataclass(frozen=True)
@@ -163,3 +165,66 @@ def fire_cost(p: EngineParams, shape: Shape, *, bypass: bool = False, retain: bo
                             squeeze_words=rows_kept * shape.w * plan.ks,
                             cycles=run_cycles(p, shape, tile, latencies)))
     return LayerCost(shape, runs)
+
+
+@dataclass(frozen=True)
+class ConvRunCost:
+    """One run of a 1x1 convolution (a block of channels over a block of pixels)."""
+
+    run: ConvRun
+    weight_rows: int
+    qparam_rows: int
+    beats: dict[str, int]
+    cycles: int  #: configuration to last output beat, at full rate
+
+
+@dataclass(frozen=True)
+class ConvCost:
+    """A 1x1 convolution: its runs, and their sums."""
+
+    shape: ConvShape
+    runs: list[ConvRunCost] = field(default_factory=list)
+
+    @property
+    def cycles(self) -> int:
+        return sum(r.cycles for r in self.runs)
+
+    def beats(self, stream: str) -> int:
+        return sum(r.beats[stream] for r in self.runs)
+
+
+def conv_run_cycles(p: EngineParams, shape: ConvShape, run: ConvRun,
+                    latencies: Latencies = Latencies()) -> int:
+    """Cycles of one convolution run at full rate, configuration beat to last output beat:
+    a Fire run's squeeze alone (``run_cycles``' terms without the expands), its values
+    requantized to the output a channel a cycle."""
+    kc = ceil_div(shape.cin, p.ic_lanes)
+    s = len(run.channels)
+    ks, gs = ceil_div(s, p.ic_lanes), ceil_div(s, p.oc_lanes)
+    config = 2 + 2 * (gs + 3) + (ks + 1) + (min(run.h, 3) + 1) + 2
+    load = max(gs * kc, s) + 2 if run.load else 0
+    start = 2 + run.h
+    sched = _Schedule(latencies)
+    # the first pixel's kc words arrive from START on, while the row table is built (h
+    # cycles): a wide pixel on a short block keeps the sequencer waiting for the rest
+    sched.t = max(0, kc - 2 - run.h)
+    groups = _groups(s, p.oc_lanes, kc)
+    for _ in range(run.h):
+        sched.t += 1  # the row step
+        for _ in range(run.w):
+            for beats, channels in groups:
+                sched.group(beats, channels, False)
+    # a convolution's run ends without the Fire schedule's last row step and expand
+    # (measured against the RTL, tests/test_cost.py)
+    return config + load + start + sched.last_out - CONV_END
+
+
+def conv_cost(p: EngineParams, shape: ConvShape, *, relu: bool = True,
+              latencies: Latencies = Latencies()) -> ConvCost:
+    """The cost of a 1x1 convolution of ``shape`` planned as the driver plans it
+    (:class:`spec.tiling.ConvPlan`)."""
+    plan = ConvPlan(p, shape, relu=relu)
+    runs = [ConvRunCost(run, beats["weights"], beats["qparams"], {"cfg": 1, **beats},
+                        conv_run_cycles(p, shape, run, latencies))
+            for run, beats in zip(plan.runs, plan.stream_counts(), strict=True)]
+    return ConvCost(shape, runs)

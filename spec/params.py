@@ -169,12 +169,13 @@ class ConfigError(enum.IntEnum):
     NO_SQUEEZE_MAP = 11  #: reuse of a squeeze map that is not retained
     SHIFT = 12  #: a requantization shift of 0 (the shift is 1 to 63; a rescale's 1 to 31)
     NO_OUTPUT = 13  #: the layer has no output channels (e1 + e3 = 0)
+    CONV = 14  #: a 1x1-convolution run (conv) with expand channels, bypass, rescale or reuse
 
     @property
     def field(self) -> str:
         return {1: "h", 2: "w", 3: "cin", 4: "s", 5: "e1", 6: "e3", 7: "weights",
                 8: "squeeze buffer", 9: "bypass", 10: "weights", 11: "squeeze map",
-                12: "shift", 13: "e1 + e3"}.get(self.value, "")
+                12: "shift", 13: "e1 + e3", 14: "conv"}.get(self.value, "")
 
     @property
     def message(self) -> str:
@@ -196,6 +197,8 @@ _ERROR_TEXT = {
     ConfigError.NO_SQUEEZE_MAP: "no retained squeeze map of this shape to reuse",
     ConfigError.SHIFT: "a requantization shift is 0 (it must be 1 to 63; a rescale's 1 to 31)",
     ConfigError.NO_OUTPUT: "the layer has no output channels (e1 + e3 = 0)",
+    ConfigError.CONV: "a 1x1-convolution run (conv=1) must have e1 = e3 = 0, no bypass, no "
+                      "rescale, and squeeze its input (squeeze=1)",
 }
 
 
@@ -242,6 +245,12 @@ def config_fields(p: EngineParams) -> list[ConfigField]:
         ConfigField("e1_rs_shift", RESCALE_SHIFT_MAX.bit_length()),
         ConfigField("e3_rs_mult", RESCALE_MULT_BITS),
         ConfigField("e3_rs_shift", RESCALE_SHIFT_MAX.bit_length()),
+        # the run is one 1x1 convolution (conv1 packed, conv10): the squeeze part alone, its
+        # s requantized channels of each pixel to the output stream (zero point z_out), no
+        # line buffer and no expands (docs/engine.md, "1x1 convolutions")
+        ConfigField("conv", 1),
+        # a conv run's ReLU (a Fire layer's convolutions always have one)
+        ConfigField("relu", 1, default=1),
     ]
 
 

@@ -12,6 +12,11 @@ only its channels' weights:
 Tile ``t`` outputs, pixel by pixel, its e1 channels then its e3 channels. The host puts each
 tile's channels back in place (:meth:`FirePlan.assemble`).
 
+A 1x1 convolution (conv10; conv1 with its windows packed into channels, :mod:`spec.windows`)
+runs as :class:`ConvPlan`: the engine's squeeze alone (``conv`` in the configuration), over
+blocks of output channels (at most ``max_squeeze``, weights within ``weight_depth``) and
+blocks of pixels (at most ``max_h * max_w``, each configured as ``h x w`` within the maxima).
+
 Everything here is planned from :class:`spec.params.EngineParams`, which the driver reads
 from the device.
 """
@@ -22,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import FireLayer, Rescale
+from .layers import ConvLayer, FireLayer, Rescale
 from .params import EngineParams, ceil_div, pack_config, pack_fields, qparam_fields, weight_rows
 from .quant import RESCALE_MULT_BITS
+from .windows import pack_window_weights, pack_windows
 
 
 class PlanError(ValueError):
@@ -224,6 +230,198 @@ class FirePlan:
                 "output": sh.h * sh.w * tile.channels,
             })
         return out
+
+
+# -- 1x1 convolutions ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvShape:
+    """A 1x1 convolution on the engine: ``h x w`` pixels of ``cin`` channels -> ``cout``."""
+
+    h: int
+    w: int
+    cin: int
+    cout: int
+
+    @property
+    def pixels(self) -> int:
+        return self.h * self.w
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the 1x1 convolution as the engine runs it (a packed
+        conv1's padding lanes included; its network's own MACs are fewer)."""
+        return self.pixels * self.cin * self.cout
+
+
+@dataclass(frozen=True)
+class ConvRun:
+    """One run of a 1x1 convolution: a block of output channels over a block of pixels."""
+
+    channels: range  #: output channels of this run
+    pixels: range  #: its pixels, as flat indices of the map in raster order
+    h: int  #: the block configured as ``h x w`` (``h * w == len(pixels)``)
+    w: int
+    load: bool  #: loads the channels' weights (the first pixel block of a channel block)
+
+
+class ConvPlan:
+    """The runs of one 1x1 convolution on one engine, and their packed streams.
+
+    The engine takes a convolution run as a Fire run's squeeze alone (``conv=1``, ``e1 =
+    e3 = 0``): ``h x w`` pixels of ``cin`` channels in on ``input``, each pixel's ``s``
+    requantized channels out on ``output`` in channel order, to zero point ``z_out``. Runs:
+
+    * **channel blocks** of at most ``max_squeeze`` output channels whose weight rows
+      (``ceil(s / oc) * ceil(cin / ic)``) fit ``weight_depth``, as many as needed and as even
+      as whole groups of ``oc_lanes`` allow (conv10's 1000: 16 x 60 + 40);
+    * **pixel blocks** over the map flattened in raster order: a map within ``max_h x max_w``
+      is one block; a larger one (conv1's 111 x 111) is cut into blocks of ``max_h * max_w``
+      pixels, each configured as ``max_h`` rows of ``max_w``, the rest as whole rows of
+      ``max_w`` and one shorter row. A convolution has no neighbourhood, so how its pixels
+      are cut into rows does not matter to the engine.
+
+    A channel block's first run loads its weights and parameters; its other pixel blocks are
+    compute-only runs that reuse them.
+    """
+
+    def __init__(self, params: EngineParams, shape: ConvShape, *, relu: bool = True):
+        self.p = p = params
+        self.shape = sh = shape
+        self.relu = relu
+        for name, value in (("h", sh.h), ("w", sh.w), ("cin", sh.cin), ("cout", sh.cout)):
+            if value < 1:
+                raise PlanError(f"{name}={value}: must be at least 1")
+        if sh.cin > p.max_cin:
+            raise PlanError(f"cin={sh.cin} exceeds the engine's maximum {p.max_cin} (max_cin)")
+        self.kc = ceil_div(sh.cin, p.ic_lanes)
+        self.block = self._block_channels()
+        self.runs = self._plan()
+
+    # -- planning -----------------------------------------------------------------------
+    def rows(self, channels: int) -> int:
+        """Weight rows of a run of ``channels`` output channels."""
+        return weight_rows(self.p, cin=self.shape.cin, s=channels, e1=0, e3=0)
+
+    def _block_channels(self) -> int:
+        """Output channels of a full channel block."""
+        p, cout, oc = self.p, self.shape.cout, self.p.oc_lanes
+        most = min(p.max_squeeze, cout)
+        while most > 0 and self.rows(most) > p.weight_depth:
+            most -= 1
+        if most < 1:
+            raise PlanError(f"weight_depth={p.weight_depth} cannot hold one output channel "
+                            f"of {self.shape.cin} inputs")
+        if most >= cout:
+            return cout
+        if most >= oc:
+            most -= most % oc  # whole groups: a short group wastes lanes in every pixel
+        blocks = ceil_div(cout, most)
+        even = ceil_div(ceil_div(cout, blocks), oc) * oc  # as even as whole groups allow
+        return min(most, even)
+
+    def _pixel_blocks(self) -> list[tuple[range, int, int]]:
+        p, sh = self.p, self.shape
+        if sh.h <= p.max_h and sh.w <= p.max_w:
+            return [(range(sh.pixels), sh.h, sh.w)]
+        blocks, full = [], p.max_h * p.max_w
+        for start in range(0, sh.pixels, full):
+            n = min(full, sh.pixels - start)
+            rows, rest = divmod(n, p.max_w)
+            if rows:
+                blocks.append((range(start, start + rows * p.max_w), rows, p.max_w))
+            if rest:
+                blocks.append((range(start + rows * p.max_w, start + n), 1, rest))
+        return blocks
+
+    def _plan(self) -> list[ConvRun]:
+        cout = self.shape.cout
+        runs = []
+        for lo in range(0, cout, self.block):
+            channels = range(lo, min(lo + self.block, cout))
+            for i, (pixels, h, w) in enumerate(self._pixel_blocks()):
+                runs.append(ConvRun(channels, pixels, h, w, load=i == 0))
+        return runs
+
+    # -- streams ------------------------------------------------------------------------
+    def check_layer(self, conv: ConvLayer) -> None:
+        """PlanError for a layer this plan cannot run on the engine."""
+        sh = self.shape
+        if conv.weight.shape != (sh.cout, sh.cin, 1, 1):
+            raise PlanError(f"weights {conv.weight.shape} are not a 1x1 convolution "
+                            f"{sh.cin} -> {sh.cout}")
+        if conv.rq.hi is not None or conv.rq.rescale is not None:
+            raise PlanError("a convolution on the engine takes no ceiling and no second "
+                            "requantization")
+        if bool(conv.rq.relu) != self.relu:
+            raise PlanError(f"the plan is for relu={self.relu}, the layer has "
+                            f"relu={conv.rq.relu}")
+
+    def config(self, run: ConvRun, conv: ConvLayer, z_in: int, *, load: bool | None = None,
+               compute: bool = True) -> int:
+        """The run's configuration word (``load`` defaults to the run's own)."""
+        self.check_layer(conv)
+        load = run.load if load is None else load
+        return pack_config(self.p, h=run.h, w=run.w, cin=self.shape.cin,
+                           s=len(run.channels), e1=0, e3=0, z_in=z_in, z_out=conv.rq.z_out,
+                           load=int(load), compute=int(compute), squeeze=1, conv=1,
+                           relu=int(self.relu))
+
+    def weight_rows(self, run: ConvRun, conv: ConvLayer) -> np.ndarray:
+        """The run's weight rows, ``(rows, oc_lanes * ic_lanes)``, lane ``o * ic + i``."""
+        w = np.asarray(conv.weight)[run.channels.start:run.channels.stop, :, 0, 0]
+        rows = _rows(w[:, None, :], self.p.ic_lanes, self.p.oc_lanes)
+        assert len(rows) == self.rows(len(run.channels))
+        return rows
+
+    def qparams(self, run: ConvRun, conv: ConvLayer) -> list[int]:
+        """Packed ``{bias, mult, shift}`` of the run's channels."""
+        fields = qparam_fields(self.p)
+        return [pack_fields(fields, {"bias": conv.bias[c], "mult": conv.rq.m[c],
+                                     "shift": conv.rq.n[c]}) for c in run.channels]
+
+    def input_words(self, run: ConvRun, x: np.ndarray) -> np.ndarray:
+        """Input beats ``(pixels * kc, ic_lanes)`` of the run's pixels, channels padded."""
+        sh, ic = self.shape, self.p.ic_lanes
+        flat = np.asarray(x, dtype=np.int64).reshape(sh.pixels, sh.cin)
+        padded = np.zeros((len(run.pixels), self.kc * ic), dtype=np.int64)
+        padded[:, :sh.cin] = flat[run.pixels.start:run.pixels.stop]
+        return padded.reshape(-1, ic)
+
+    def run_outputs(self, run: ConvRun) -> int:
+        return len(run.pixels) * len(run.channels)
+
+    def assemble(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """Full ``(H, W, cout)`` output from each run's flat output stream."""
+        sh = self.shape
+        full = np.zeros((sh.pixels, sh.cout), dtype=np.int64)
+        for run, flat in zip(self.runs, outputs, strict=True):
+            full[run.pixels.start:run.pixels.stop, run.channels.start:run.channels.stop] = \
+                np.asarray(flat).reshape(len(run.pixels), len(run.channels))
+        return full.reshape(sh.h, sh.w, sh.cout)
+
+    # -- accounting ---------------------------------------------------------------------
+    def stream_counts(self) -> list[dict]:
+        """Beats each run moves: weight rows, qparams, input words and outputs."""
+        return [{"weights": self.rows(len(r.channels)) if r.load else 0,
+                 "qparams": len(r.channels) if r.load else 0,
+                 "input": len(r.pixels) * self.kc, "bypass": 0,
+                 "output": self.run_outputs(r)} for r in self.runs]
+
+
+def conv_as_1x1(conv: ConvLayer, x: np.ndarray, z_in: int, *, stride: int = 1, pad: int = 0,
+                lanes: int) -> tuple[ConvLayer, np.ndarray]:
+    """A convolution of ``x`` (HWC) as a 1x1 one the engine runs: ``(layer, input)``.
+
+    A 1x1 kernel without padding only takes every ``stride``-th pixel; any other has its
+    windows packed into channels (:mod:`spec.windows`: ``(ky, kx, c)`` order, padded to whole
+    ``lanes`` with the zero point ``z_in``, weights reordered to match).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    kernel = conv.weight.shape[2]
+    if kernel == 1 and pad == 0:
+        return conv, x[::stride, ::stride]
+    packed = ConvLayer(pack_window_weights(conv.weight, lanes), conv.bias, conv.rq)
+    return packed, pack_windows(x, kernel, stride, pad, z_in, lanes)
 
 
 def _rows(w: np.ndarray, ic: int, oc: int) -> np.ndarray:

@@ -11,11 +11,11 @@ from hw.arith import BypassAdder, Requantizer
 from hw.bench import engine_latencies
 from hw.mac_array import MacArray
 from sim.engine_configs import CONFIGS
-from sim.engine_harness import fire_streams, run_streams
-from sim.fire_cases import random_fire, random_input
-from spec.cost import Latencies, fire_cost
+from sim.engine_harness import conv_streams, fire_streams, run_streams
+from sim.fire_cases import random_conv, random_fire, random_input
+from spec.cost import Latencies, conv_cost, fire_cost
 from spec.params import weight_rows
-from spec.tiling import FirePlan, Shape
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape
 from sw.network import ARCHS
 
 #: Every distinct Fire layer of v1.0 and v1.1 at 224x224 (16 layers, a few shapes shared).
@@ -85,3 +85,35 @@ def test_rows_beats_and_words(config):
         rows = shape.h if (tile.retain or not tile.squeeze) else min(shape.h, 3)
         assert run.squeeze_words == rows * shape.w * ks <= p.squeeze_depth
     assert cost.beats("output") == shape.h * shape.w * (shape.e1 + shape.e3)
+
+
+#: The convolutions SqueezeNet runs on the engine at 224x224, as 1x1 convolutions: conv10,
+#: and conv1 with its windows packed into channels (v1.1: 3x3x3 in 32; v1.0: 7x7x3 in 160).
+CONVS = {"conv10": ConvShape(13, 13, 512, 1000), "conv1-v1.1": ConvShape(111, 111, 32, 64),
+         "conv1-v1.0": ConvShape(109, 109, 160, 96), "small": ConvShape(2, 9, 40, 7)}
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_conv_cost_model_predicts_the_rtl_cycles(name):
+    """Each run of a convolution within 2% of the RTL's cycles and the layer within 0.2%, as
+    for the Fire layers: issue-bound (conv10, v1.0's conv1), requantizer-bound (v1.1's conv1:
+    64 channels a pixel from 26 issue cycles), a map cut into pixel blocks down to one short
+    row, and a wide pixel on a short block (its words arrive after the row table is built)."""
+    p = get_board("arty_a7").engine
+    shape = CONVS[name]
+    rng = np.random.default_rng(2)
+    conv, z_in = random_conv(rng, shape.cout, shape.cin)
+    x = random_input(rng, shape.h, shape.w, shape.cin)
+    plan = ConvPlan(p, shape)
+    result = run_streams(p, conv_streams(plan, conv, z_in, x))
+    rtl = [r.cycles for r in result.runs]
+    assert all(r.error == 0 for r in result.runs)
+    model = conv_cost(p, shape)
+    assert len(model.runs) == len(rtl) == len(plan.runs)
+    assert abs(model.cycles - sum(rtl)) <= 0.002 * sum(rtl), (model.cycles, sum(rtl))
+    for run, cycles in zip(model.runs, rtl, strict=True):
+        assert abs(run.cycles - cycles) <= 0.02 * cycles, (run.run, run.cycles, cycles)
+    for run, beats in zip(plan.runs, plan.stream_counts(), strict=True):
+        assert beats["input"] == len(run.pixels) * -(-shape.cin // p.ic_lanes)
+        assert beats["weights"] == (weight_rows(p, cin=shape.cin, s=len(run.channels), e1=0,
+                                                e3=0) if run.load else 0)

@@ -6,10 +6,11 @@ import pytest
 
 from hw.arith import rescaler_latency
 from sim.engine_configs import CONFIGS
-from sim.engine_harness import fire_streams, run_fire, run_streams
-from sim.fire_cases import random_fire, random_input
+from sim.engine_harness import fire_streams, run_conv, run_fire, run_streams
+from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import EngineParams
-from spec.tiling import FirePlan, Shape
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape, conv_as_1x1
+from spec.windows import packed_channels
 from sw import ops
 
 WIDTHS = dict(CONFIGS, int12=EngineParams(bits=12, ic_lanes=4, oc_lanes=3, max_h=8, max_w=8,
@@ -120,3 +121,57 @@ def test_full_size_layers_rounded_twice_cost_only_the_rescaler_latency(shape):
     latency = rescaler_latency(p.spec)
     assert latency == 10
     assert cycles[True] == [c + latency for c in cycles[False]]
+
+
+def check_conv(p, rng, h, w, cin, cout, *, kernel=1, stride=1, pad=0, relu=True, **kw):
+    """A convolution of an ``h x w x cin`` input on the engine (windows packed unless 1x1),
+    bit-exact with the golden model; returns its plan."""
+    conv, z_in = random_conv(rng, cout, cin, kernel, bits=p.bits, relu=relu)
+    x = random_input(rng, h, w, cin, bits=p.bits)
+    layer, x1 = conv_as_1x1(conv, x, z_in, stride=stride, pad=pad, lanes=p.ic_lanes)
+    plan = ConvPlan(p, ConvShape(*x1.shape, cout), relu=relu)
+    got, result = run_conv(plan, layer, z_in, x1, max_cycles=5_000_000, **kw)
+    want = ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq, stride=stride, pad=pad,
+                      spec=p.spec)
+    np.testing.assert_array_equal(got, want, f"{h}x{w}x{cin} -> {cout}, {kernel}x{kernel}/"
+                                             f"{stride} relu={relu}, {len(plan.runs)} runs")
+    if not relu:
+        assert (want < conv.rq.z_out).any()  # the ReLU would have changed these
+    return plan
+
+
+@pytest.mark.parametrize("config", list(WIDTHS))
+def test_convolutions(config):
+    """The engine's 1x1-convolution mode at every width: a 1x1 convolution over several
+    channel blocks on a map past max_h and max_w (cut into pixel blocks), one without ReLU,
+    and a 3x3 stride-2 convolution with its windows packed into channels (conv1's way), under
+    stream gaps and backpressure."""
+    p = WIDTHS[config]
+    rng = np.random.default_rng(sum(map(ord, config)) + 1)
+    cin = min(p.max_cin, 40)
+    cout = 2 * p.max_squeeze + 3
+    big = check_conv(p, rng, p.max_h + 1, p.max_w + 3, cin, cout, gaps=25, backpressure=50,
+                     seed=1)
+    assert len({r.channels for r in big.runs}) >= 3 and len({r.pixels for r in big.runs}) >= 2
+    check_conv(p, rng, 3, 4, cin, min(cout, 12), relu=False, seed=2)
+    c = max(1, min(3, p.max_cin // 9))  # a packed window within max_cin
+    assert packed_channels(3, c, p.ic_lanes) <= p.max_cin
+    check_conv(p, rng, 9, 7, c, p.max_squeeze + 1, kernel=3, stride=2, pad=1,
+               gaps=10, backpressure=30, seed=3)
+
+
+def test_conv10_and_conv1_shaped_convolutions():
+    """On the Arty's engine: conv10's shape smaller (5x4 pixels, 512 -> 70, two channel
+    blocks), conv1 v1.1 packed (3x3 stride 2, 3 -> 64, 27 values in two words) and v1.0's
+    (7x7 stride 2, 3 -> 96, 147 values in ten words) on small images, and a 1x1 convolution of
+    a map wider than max_w (3x70: pixel blocks of 3x56 and 1x42)."""
+    p = CONFIGS["arty_a7"]
+    rng = np.random.default_rng(21)
+    plan = check_conv(p, rng, 5, 4, 512, 70, gaps=20, backpressure=20)
+    assert [len(r.channels) for r in plan.runs] == [35, 35]
+    plan = check_conv(p, rng, 23, 23, 3, 64, kernel=3, stride=2)
+    assert plan.shape == ConvShape(11, 11, 32, 64) and len(plan.runs) == 1
+    plan = check_conv(p, rng, 21, 25, 3, 96, kernel=7, stride=2, relu=False)
+    assert plan.shape.cin == 160 and len(plan.runs) == 2
+    plan = check_conv(p, rng, 3, 70, 96, 24, backpressure=40)
+    assert [(r.h, r.w) for r in plan.runs] == [(3, 56), (1, 42)]

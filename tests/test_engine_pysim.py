@@ -5,9 +5,9 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from hw.engine import FireEngine
-from sim.fire_cases import random_fire, random_input
+from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import ConfigError, EngineParams, pack_config
-from spec.tiling import FirePlan, Shape, lanes_to_ints
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape, lanes_to_ints
 from sw import ops
 
 SMALL = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=6, max_w=5, max_cin=8,
@@ -15,12 +15,50 @@ SMALL = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=6, max_w=5, max_cin=8
                      bypass=True)
 
 
+def fire_runs(params, plan, layer, x) -> list[dict]:
+    """Every tile of a Fire plan as the streams of one run, loading and computing."""
+    runs = []
+    for tile in plan.tiles:
+        runs.append({
+            "cfg": plan.config(tile, layer, load=True, compute=True),
+            "weights": lanes_to_ints(plan.weight_rows(tile, layer), params.bits),
+            "qparams": plan.qparams(tile, layer),
+            "input": plan.input_words(x) if tile.squeeze else [],
+            "bypass": plan.bypass_values(tile, x) if plan.bypass else [],
+            "outputs": int(np.prod(plan.tile_output_shape(tile)))})
+    return runs
+
+
+def conv_runs(params, plan, conv, z_in, x) -> list[dict]:
+    """Every run of a 1x1-convolution plan (a channel block's first run loads)."""
+    return [{"cfg": plan.config(run, conv, z_in),
+             "weights": lanes_to_ints(plan.weight_rows(run, conv), params.bits)
+             if run.load else [],
+             "qparams": plan.qparams(run, conv) if run.load else [],
+             "input": plan.input_words(run, x), "bypass": [],
+             "outputs": plan.run_outputs(run)} for run in plan.runs]
+
+
 def run_engine(params, plan, layer, x, *, gaps=0.0, seed=0, prelude=None):
-    """Run every tile of ``plan``; ``prelude(ctx, dut, put)``, when given, runs first in the
-    same simulation (the engine is not reset between them)."""
+    """Run every tile of a Fire ``plan``; ``prelude(ctx, dut, put)``, when given, runs first
+    in the same simulation (the engine is not reset between them)."""
+    outputs, done = simulate(params, fire_runs(params, plan, layer, x), gaps=gaps, seed=seed,
+                             prelude=prelude)
+    return plan.assemble(outputs), done
+
+
+def run_conv_engine(params, plan, conv, z_in, x, *, gaps=0.0, seed=0, prelude=None):
+    """Run every run of a 1x1-convolution ``plan``, as :func:`run_engine`."""
+    outputs, done = simulate(params, conv_runs(params, plan, conv, z_in, x), gaps=gaps,
+                             seed=seed, prelude=prelude)
+    return plan.assemble(outputs), done
+
+
+def simulate(params, runs, *, gaps=0.0, seed=0, prelude=None):
+    """Each run's streams one after the other; each run's outputs and (error, cycles)."""
     rng = np.random.default_rng(seed)
     dut = FireEngine(params)
-    outputs = [[] for _ in plan.tiles]
+    outputs = [[] for _ in runs]
     done = []
 
     async def put(ctx, stream, payload):
@@ -40,40 +78,39 @@ def run_engine(params, plan, layer, x, *, gaps=0.0, seed=0, prelude=None):
     async def driver(ctx):
         if prelude is not None:
             await prelude(ctx, dut, put)
-        for t, tile in enumerate(plan.tiles):
-            await put(ctx, dut.cfg, plan.config(tile, layer, load=True, compute=True))
-            for row in lanes_to_ints(plan.weight_rows(tile, layer), params.bits):
+        for t, run in enumerate(runs):
+            await put(ctx, dut.cfg, run["cfg"])
+            for row in run["weights"]:
                 await put(ctx, dut.weights, row)
-            for q in plan.qparams(tile, layer):
+            for q in run["qparams"]:
                 await put(ctx, dut.qparams, q)
-            if tile.squeeze:
-                for word in plan.input_words(x):
-                    await put(ctx, dut.input, [int(v) for v in word])
-            if plan.bypass:
-                for v in plan.bypass_values(tile, x):
-                    await put(ctx, dut.bypass, int(v))
-            n = int(np.prod(plan.tile_output_shape(tile)))
-            await wait(ctx, lambda t=t, n=n: len(outputs[t]) >= n, f"tile {t}'s {n} outputs")
+            for word in run["input"]:
+                await put(ctx, dut.input, [int(v) for v in word])
+            for v in run["bypass"]:
+                await put(ctx, dut.bypass, int(v))
+            n = run["outputs"]
+            await wait(ctx, lambda t=t, n=n: len(outputs[t]) >= n, f"run {t}'s {n} outputs")
             await wait(ctx, lambda: not ctx.get(dut.busy), "the end of the run")
             done.append((ctx.get(dut.error), ctx.get(dut.cycles)))
 
     async def sink(ctx):
         t = 0
-        ctx.set(dut.output.ready, 1)
         while True:
-            ctx.set(dut.output.ready, int(rng.random() >= gaps))
-            await ctx.tick()
-            if ctx.get(dut.output.valid) and ctx.get(dut.output.ready):
-                while len(outputs[t]) == int(np.prod(plan.tile_output_shape(plan.tiles[t]))):
+            ready = rng.random() >= gaps
+            ctx.set(dut.output.ready, int(ready))
+            # a beat is taken on the clock edge where valid and ready both hold before it
+            if ready and ctx.get(dut.output.valid):
+                while len(outputs[t]) == runs[t]["outputs"]:
                     t += 1
                 outputs[t].append(ctx.get(dut.output.payload))
+            await ctx.tick()
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(driver)
     sim.add_testbench(sink, background=True)
     sim.run()  # until the driver is done (each of its waits is bounded)
-    return plan.assemble(outputs), done
+    return outputs, done
 
 
 async def wait(ctx, condition, what: str, limit: int = 20_000):
@@ -149,3 +186,59 @@ def test_every_dimension_beyond_its_maximum_is_refused():
     assert len(got) == len(REFUSED) + len(AT_MAXIMUM) + 1
     np.testing.assert_array_equal(out, ops.fire(x, layer))
     assert done[0][0] == 0
+
+
+def test_convolutions_past_the_maximum_size_with_and_without_relu():
+    """The engine's 1x1-convolution mode: a 7x6 map on a 6x5 engine (blocks of 30 pixels
+    configured 6x5, then 2x5 and 1x2), 10 output channels in four channel blocks (only the
+    first run of each loads its weights), with ReLU and without, under stream gaps:
+    bit-exact with the golden model."""
+    for relu in (True, False):
+        rng = np.random.default_rng(3 + relu)
+        conv, z_in = random_conv(rng, 10, 7, relu=relu)
+        x = random_input(rng, 7, 6, 7)
+        plan = ConvPlan(SMALL, ConvShape(7, 6, 7, 10), relu=relu)
+        assert [(r.h, r.w) for r in plan.runs[:3]] == [(6, 5), (2, 5), (1, 2)]
+        assert len(plan.runs) == 12 and sum(r.load for r in plan.runs) == 4
+        want = ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq)
+        if not relu:
+            assert (want < conv.rq.z_out).any()  # the ReLU would have changed these
+        got, done = run_conv_engine(SMALL, plan, conv, z_in, x, gaps=0.2, seed=relu)
+        np.testing.assert_array_equal(got, want, f"relu={relu}")
+        assert all(error == 0 and cycles > 0 for error, cycles in done)
+
+
+def test_a_bad_convolution_configuration_is_refused():
+    """A convolution run (conv=1) with expand channels, a bypass, a second rounding or no
+    input of its own is refused with CONV, answered, the engine ready; then a convolution and
+    a Fire layer run bit-exact in the same simulation."""
+    ok = dict(h=2, w=2, cin=4, s=2, e1=0, e3=0, load=1, compute=1, squeeze=1, conv=1)
+    bad = [dict(ok, e1=1), dict(ok, e3=2), dict(ok, bypass=1, byp_shift=3),
+           dict(ok, rescale=1, e1_rs_shift=3, e3_rs_shift=3), dict(ok, squeeze=0)]
+    seen = []
+
+    async def refusals(ctx, dut, put):
+        for fields in bad:
+            runs = ctx.get(dut.runs)
+            await put(ctx, dut.cfg, pack_config(P, **fields))
+            await wait(ctx, lambda runs=runs: ctx.get(dut.runs) != runs, f"{fields} answered",
+                       2000)
+            assert ctx.get(dut.error) == ConfigError.CONV, (fields, ctx.get(dut.error))
+            assert not ctx.get(dut.busy)
+            seen.append(fields)
+
+    rng = np.random.default_rng(5)
+    conv, z_in = random_conv(rng, 5, 3)
+    x = random_input(rng, 3, 4, 3)
+    cplan = ConvPlan(SMALL, ConvShape(3, 4, 3, 5))
+    layer = random_fire(rng, 5, 3, 4, 5)
+    xf = random_input(rng, 4, 3, 5)
+    fplan = FirePlan(SMALL, Shape(4, 3, 5, 3, 4, 5))
+    runs = conv_runs(SMALL, cplan, conv, z_in, x) + fire_runs(SMALL, fplan, layer, xf)
+    outputs, done = simulate(SMALL, runs, prelude=refusals)
+    assert seen == bad
+    assert all(error == 0 for error, _ in done)
+    n = len(cplan.runs)
+    np.testing.assert_array_equal(cplan.assemble(outputs[:n]),
+                                  ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq))
+    np.testing.assert_array_equal(fplan.assemble(outputs[n:]), ops.fire(xf, layer))

@@ -1,4 +1,5 @@
-"""Fire-engine benchmark: every Fire layer at full size on the generated RTL (Verilator).
+"""Fire-engine benchmark: every Fire layer, conv1 and conv10 at full size on the generated RTL
+(Verilator).
 
     python -m hw.bench [--config arty_a7] [--arch squeezenet1_1|squeezenet1_0|all]
                        [--size 224] [--param NAME=VALUE ...] [--json] [--quiet]
@@ -9,7 +10,10 @@ input activation (one random image through the golden model), with the input str
 stalling; the output is checked bit for bit against the golden model. Cycles are the
 engine's own counter, summed over the layer's runs (configuration, weight loading and
 compute of every output-channel tile). Utilization = MACs / (cycles x lanes), lanes being
-every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3). Compute is
+every multiplier of the MAC array (shared by squeeze, expand1x1 and expand3x3). conv1 and
+conv10 run in the engine's 1x1-convolution mode (conv1 with its windows packed into
+channels, ``spec.windows``), planned by ``spec.tiling.ConvPlan``; their MACs are the
+network's (a packed conv1's padding lanes count as idle). Compute is
 the engine's other counter, its cycles less those spent waiting on a stream: with streams
 that never wait it equals the cycles here, and it is the figure ``sw.driver infer`` and
 ``bench`` report from a device, whose link makes the engine wait. Model is the cost model's
@@ -34,9 +38,9 @@ import numpy as np
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.resources import ToolError
 from spec.cli import ArgumentParser, Progress, add_quiet
-from spec.cost import Latencies, fire_cost
+from spec.cost import Latencies, conv_cost, fire_cost
 from spec.params import EngineParams, ParamError, parse_overrides
-from spec.tiling import FirePlan, Shape
+from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape, conv_as_1x1
 from sw import ops
 from sw.images import random_images
 from sw.network import ARCHS, InputSizeError
@@ -47,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The engine issue's targets.
 TARGET_UTILIZATION = 0.80
 TARGET_V11_CYCLES = 4_000_000
+#: Utilization targets of the convolutions (issue 13).
+TARGET_CONV_UTILIZATION = {"conv1": 0.75, "conv10": 0.85}
 #: Fit limits on the XC7A35T for the engine alone.
 ARTY_LIMITS = {"LUT": int(0.85 * 20800), "DSP48E1": 90, "RAMB36_equiv": 50}
 
@@ -109,10 +115,47 @@ def bench_arch(params: EngineParams, arch: str, clock_hz: int, size: int = 224,
             "model_error": (model - cycles) / cycles, "macs": shape.macs, "lanes": params.lanes,
             "utilization": shape.macs / (cycles * params.lanes),
             "time_ms": 1e3 * cycles / clock_hz, "match": match, "sim_seconds": wall,
+            "kind": "fire",
         })
         bar.update(fire.name)
     bar.close()
+    for name in ("conv1", "conv10"):
+        rows.append(bench_conv(params, net, qnet, inputs, name, arch, clock_hz, latencies))
+        progress.note(f"{arch} {name}: {rows[-1]['cycles']:,} cycles, utilization "
+                      f"{rows[-1]['utilization']:.3f}")
     return rows
+
+
+def bench_conv(params: EngineParams, net, qnet, inputs: dict, name: str, arch: str,
+               clock_hz: int, latencies: Latencies) -> dict:
+    """One convolution (conv1, conv10) of the network on the engine RTL, as the driver runs
+    it: a 1x1 convolution, windows packed into channels for a larger kernel."""
+    from sim.engine_harness import run_conv
+
+    x = inputs[name]
+    q = qnet.layers[name]
+    layer, x1 = conv_as_1x1(q.conv, x, q.z_in, stride=q.stride, pad=q.pad,
+                            lanes=params.ic_lanes)
+    shape = ConvShape(*x1.shape, q.conv.out_channels)
+    relu = bool(q.conv.rq.relu)
+    plan = ConvPlan(params, shape, relu=relu)
+    start = time.perf_counter()
+    out, result = run_conv(plan, layer, q.z_in, x1)
+    wall = time.perf_counter() - start
+    cycles = sum(r.cycles for r in result.runs)
+    cout, cin, k, _ = q.conv.weight.shape
+    macs = out.shape[0] * out.shape[1] * cout * cin * k * k
+    model = conv_cost(params, shape, relu=relu, latencies=latencies).cycles
+    return {
+        "arch": arch, "layer": name, "kind": "conv",
+        "shape": [int(v) for v in out.shape[:2]] + [cin, cout, k, q.stride],
+        "packed_channels": shape.cin, "bypass": False, "tiles": len(plan.runs),
+        "cycles": cycles, "compute_cycles": sum(r.compute for r in result.runs),
+        "model_cycles": model, "model_error": (model - cycles) / cycles, "macs": macs,
+        "lanes": params.lanes, "utilization": macs / (cycles * params.lanes),
+        "time_ms": 1e3 * cycles / clock_hz, "match": bool(np.array_equal(out, q(x))),
+        "sim_seconds": wall, "target": TARGET_CONV_UTILIZATION.get(name),
+    }
 
 
 def format_rows(rows: list[dict], clock_hz: int) -> str:
@@ -120,8 +163,12 @@ def format_rows(rows: list[dict], clock_hz: int) -> str:
              f"{'model':>10} {'MACs':>11} {'lanes':>5} {'util':>6} "
              f"{'ms@' + str(clock_hz // 10**6) + 'MHz':>9} {'exact':>5}"]
     for r in rows:
-        h, w, cin, s, e1, e3 = r["shape"]
-        shape = f"{h}x{w}x{cin}/{s}/{e1}/{e3}"
+        if r.get("kind") == "conv":
+            h, w, cin, cout, k, stride = r["shape"]
+            shape = f"{h}x{w} {k}x{k}/{stride} {cin}->{cout}"
+        else:
+            h, w, cin, s, e1, e3 = r["shape"]
+            shape = f"{h}x{w}x{cin}/{s}/{e1}/{e3}"
         lines.append(f"{r['arch']:<14} {r['layer']:<6} {shape:<22} {r['tiles']:>5} "
                      f"{r['cycles']:>10,} {r['model_cycles']:>10,} {r['macs']:>11,} "
                      f"{r['lanes']:>5} "
@@ -133,16 +180,23 @@ def format_rows(rows: list[dict], clock_hz: int) -> str:
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for arch in sorted({r["arch"] for r in rows}):
-        mine = [r for r in rows if r["arch"] == arch]
+        mine = [r for r in rows if r["arch"] == arch and r.get("kind", "fire") == "fire"]
+        convs = [r for r in rows if r["arch"] == arch and r.get("kind") == "conv"]
         cycles = sum(r["cycles"] for r in mine)
         macs = sum(r["macs"] for r in mine)
         out[arch] = {"fire_cycles": cycles,
                      "fire_compute_cycles": sum(r["compute_cycles"] for r in mine),
                      "fire_model_cycles": sum(r["model_cycles"] for r in mine),
-                     "max_model_error": max(abs(r["model_error"]) for r in mine),
+                     "max_model_error": max(abs(r["model_error"]) for r in mine + convs),
                      "fire_macs": macs, "macs_per_cycle": macs / cycles,
                      "min_utilization": min(r["utilization"] for r in mine),
-                     "all_match": all(r["match"] for r in mine)}
+                     "all_match": all(r["match"] for r in mine + convs)}
+        for r in convs:
+            out[arch].update({f"{r['layer']}_cycles": r["cycles"],
+                              f"{r['layer']}_utilization": r["utilization"],
+                              f"{r['layer']}_target_met": r["utilization"] >= r["target"]})
+        if convs:
+            out[arch]["device_cycles"] = cycles + sum(r["cycles"] for r in convs)
     return out
 
 
@@ -248,9 +302,19 @@ def _bench(args, board, params: EngineParams, archs: list[str], progress: Progre
             ok = v11["fire_cycles"] <= TARGET_V11_CYCLES
             print(f"target: v1.1 Fire cycles <= {TARGET_V11_CYCLES:,}: "
                   f"{'met' if ok else 'MISSED'}")
-        util_ok = all(r["utilization"] >= TARGET_UTILIZATION for r in rows)
-        print(f"target: utilization >= {TARGET_UTILIZATION} on every layer: "
+        util_ok = all(r["utilization"] >= TARGET_UTILIZATION for r in rows
+                      if r.get("kind", "fire") == "fire")
+        print(f"target: utilization >= {TARGET_UTILIZATION} on every Fire layer: "
               f"{'met' if util_ok else 'MISSED'}")
+        for r in rows:
+            if r.get("kind") == "conv":
+                met = r["utilization"] >= r["target"]
+                print(f"target: {r['arch']} {r['layer']} utilization >= {r['target']}: "
+                      f"{r['utilization']:.3f}, {'met' if met else 'MISSED'}")
+        for arch, s in summary.items():
+            if "device_cycles" in s:
+                print(f"{arch}: Fire layers, conv1 and conv10 {s['device_cycles']:,} cycles "
+                      f"({s['device_cycles'] / board.clock_hz * 1e3:.1f} ms)")
         print(f"benchmark took {elapsed:.1f} s")
     return 0 if all(r["match"] for r in rows) else 1
 

@@ -16,6 +16,9 @@ START has the line buffer build its row table and the input buffer empty its slo
 waits for the table, then ``go`` starts the sequencer; RUN lasts until everything issued has
 left the engine (``seq_done`` and ``drained``, registered: ``drained`` is a wide AND).
 
+A convolution run (``conv``) is checked as the squeeze alone: ``CONV`` refuses expands, a
+bypass, a rescale or ``squeeze=0``; neither ``NO_OUTPUT`` nor the squeeze buffer applies.
+
 The unit also remembers what the buffers hold across runs (the loaded weights' shape, the
 retained squeeze map's shape), which a compute-only or a reuse run is checked against.
 """

@@ -18,6 +18,9 @@ the output stage has; so the array, the requantizer and the bypass adder are fix
 pipelines that never stall: backpressure on ``output`` and gaps on ``input``/``bypass`` only
 pause the sequencer.
 
+A run in ``conv`` mode is one 1x1 convolution (conv1 packed, conv10): the squeeze alone, its
+values requantized to the output stage instead of the line buffer.
+
 Where a component boundary cuts a registered path, the register stays on the producing side
 (the issued operation, the read addresses, the credit returns, the sequencer's end), so the
 components add no logic between registers (docs/engine.md, timing).

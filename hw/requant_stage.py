@@ -9,7 +9,9 @@ stage (``expand``): straight from the requantizer, or, in a layer whose expands 
 twice (``rescale``: first to each branch's own zero point ``z_e1``/``z_e3``), through
 ``hw.arith.Rescaler`` to the concat's ``z_out``. The rescaler's latency is then added to every
 expand value of the layer (all of them, so that they keep their order); squeeze values never
-take it.
+take it. In a convolution run (``conv``, docs/engine.md) the squeeze values are the run's
+output: they go to the output stage, at ``z_out``, under output credits, with the run's
+``relu``.
 
 Flow control is by credits, so that the MAC array and the requantizer are fixed-latency
 pipelines with no stall logic (their registers map onto DSP pipeline registers):

@@ -18,6 +18,9 @@ reads the centre and is marked ``pad``), and the group's tag. It issues when
 * a group's last beat only with a credit: a slot reserved in the group FIFO after the MAC
   array. There are ``credits`` (the FIFO's depth); ``group_freed`` returns one, a cycle late.
 
+A convolution run (``conv``) is the squeeze loops alone, rows ``0`` to ``h - 1``: it ends
+after the last squeezed row, without DRAIN or expand, its groups bound for the output.
+
 ``issue`` carries the operation, registered, to the operand fetch (:mod:`hw.operand_fetch`).
 Loop limits minus one are registered at configuration, so the "last" compares need no adder.
 """

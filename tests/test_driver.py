@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sim.board import simulated_accelerator
-from sim.fire_cases import random_fire, random_input
+from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import ConfigError
 from spec.protocol import Command, Frame, FrameDecoder, LinkError, Reply, encode_frame, item_bytes
 from spec.tiling import Shape
@@ -332,3 +332,46 @@ def test_cli_run_fire_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["match"] is True and out["runs"] == 3
     assert 0 < out["compute_cycles"] <= out["device_cycles"]
+
+
+def test_convolutions_on_the_device(acc):
+    """``run_conv`` through the simulated board: conv10's shape smaller (5x4x512 -> 70, two
+    channel blocks), conv1 v1.1 packed (3x3 stride 2 on a 23x23 image), a map wider than the
+    engine's max_w without ReLU (3x70: two pixel blocks); bit-exact, with cycles; a damaged
+    reply is run again, never returned; a Fire layer runs after them (its weights reloaded)."""
+    a, faulty = acc
+    rng = np.random.default_rng(30)
+    cases = [((5, 4, 512), 70, 1, 1, True, 2), ((23, 23, 3), 64, 3, 2, True, 1),
+             ((3, 70, 96), 24, 1, 1, False, 2)]
+    for (h, w, cin), cout, kernel, stride, relu, runs in cases:
+        conv, z_in = random_conv(rng, cout, cin, kernel, relu=relu)
+        x = random_input(rng, h, w, cin)
+        r = a.run_conv(conv, x, z_in=z_in, stride=stride)
+        np.testing.assert_array_equal(
+            r.output, ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq, stride=stride))
+        assert r.runs == runs and 0 < r.compute <= r.cycles
+    faulty.corrupt_reads.update({faulty.reads + 3})
+    np.testing.assert_array_equal(a.run_conv(conv, x, z_in=z_in).output,
+                                  ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq))
+    layer, xf, want = layer_case(31, (3, 4, 64, 16, 64, 64))
+    np.testing.assert_array_equal(a.run_fire(layer, xf).output, want)
+
+
+def test_cli_infer_runs_the_convolutions_on_the_device(capsys):
+    """``infer --check --json``: conv1 (packed, 63x63 at 128x128: past the engine's 56x56),
+    every Fire layer and conv10 on the device, each bit-exact, with compute cycles, MACs and
+    utilization; the pools on the host."""
+    assert driver_main(["infer", "--arch", "squeezenet1_1", "--size", "128", "--calib", "2",
+                        "--check", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    where = {r["name"]: r["where"] for r in out["layers"]}
+    assert [n for n, w in where.items() if w == "host"] == ["maxpool1", "maxpool2", "maxpool3",
+                                                            "avgpool"]
+    device = [r for r in out["layers"] if r["where"] == "device"]
+    assert [r["name"] for r in device][::len(device) - 1] == ["conv1", "conv10"]
+    assert out["all_match"] is True and all(r["match"] is True for r in device)
+    for r in device:
+        assert 0 < r["compute_cycles"] <= r["cycles"]
+        assert 0 < r["utilization"] <= 1 and r["macs"] > 0
+    conv1 = device[0]
+    assert conv1["shape"] == [63, 63, 64] and conv1["macs"] == 63 * 63 * 64 * 27

@@ -9,9 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.fire_cases import random_fire, random_input
+from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import EngineParams, config_fields, qparam_fields
-from spec.tiling import FirePlan, PlanError, Shape, lanes_to_ints
+from spec.tiling import (
+    ConvPlan,
+    ConvShape,
+    FirePlan,
+    PlanError,
+    Shape,
+    conv_as_1x1,
+    lanes_to_ints,
+)
 
 P = EngineParams(bits=8, ic_lanes=2, oc_lanes=3, max_h=8, max_w=8, max_cin=16, max_squeeze=8,
                  max_e1=16, max_e3=16, weight_depth=64, squeeze_depth=96, bypass=True)
@@ -398,3 +406,134 @@ def test_a_tile_may_fill_the_whole_buffer():
     check_plan(p, shape, plan)
     assert [tile_rows(p, shape, t) for t in plan.tiles] == [144, 144, 36]
     assert [(len(t.e1), len(t.e3)) for t in plan.tiles] == [(142, 0), (0, 16), (0, 4)]
+
+
+# -- 1x1 convolutions (ConvPlan) ------------------------------------------------------------
+@settings(max_examples=150)
+@given(base=st.sampled_from([P, FINE, ARTY]), h=st.integers(1, 130), w=st.integers(1, 130),
+       cin=st.integers(1, 512), cout=st.integers(1, 1100), depth=st.integers(0, 400))
+def test_random_conv_plans_are_valid(base, h, w, cin, cout, depth):
+    """Every run within the engine's maxima and weight buffer; the runs cover every (pixel,
+    output channel) exactly once; a channel block's first run loads, the others do not; as
+    few channel blocks as the buffers allow, of whole groups (no short group but the
+    layer's last)."""
+    p = base.replace(weight_depth=base.weight_depth + depth)
+    cin = min(cin, p.max_cin)
+    plan = ConvPlan(p, ConvShape(h, w, cin, cout))
+    seen = np.zeros((h * w, cout), dtype=int)
+    blocks = {}
+    for run in plan.runs:
+        assert 1 <= run.h <= p.max_h and 1 <= run.w <= p.max_w
+        assert run.h * run.w == len(run.pixels)
+        s = len(run.channels)
+        assert 1 <= s <= p.max_squeeze
+        assert ceil_div(s, p.oc_lanes) * ceil_div(cin, p.ic_lanes) <= p.weight_depth
+        seen[run.pixels.start:run.pixels.stop, run.channels.start:run.channels.stop] += 1
+        blocks.setdefault(run.channels, []).append(run.load)
+    assert (seen == 1).all()
+    assert all(loads == [True] + [False] * (len(loads) - 1) for loads in blocks.values())
+    # blocks of whole groups, all alike but the last: no group is short but the layer's last
+    sizes = [len(c) for c in sorted(blocks, key=lambda c: c.start)]
+    assert all(n == sizes[0] for n in sizes[:-1]) and sizes[-1] <= sizes[0]
+    assert sum(ceil_div(n, p.oc_lanes) for n in sizes) == ceil_div(cout, p.oc_lanes)
+    # as few blocks as the largest block of whole groups allows (a larger block with a short
+    # group saves a run but costs lanes in every pixel: conv10 in 16 x 64 would take 208
+    # groups a pixel instead of 200)
+    most = min(p.max_squeeze, cout)
+    while ceil_div(most, p.oc_lanes) * ceil_div(cin, p.ic_lanes) > p.weight_depth:
+        most -= 1
+    if most < cout and most >= p.oc_lanes:
+        most -= most % p.oc_lanes
+    assert len(sizes) == ceil_div(cout, most)
+
+
+def test_conv_plans_of_squeezenet_on_the_arty():
+    """conv10: 17 channel blocks of 60 (and one of 40), one pixel block; v1.1's conv1 (111 x
+    111 packed pixels): one channel block, pixel blocks 56x56 three times, 52x56, 1x1."""
+    plan = ConvPlan(ARTY, ConvShape(13, 13, 512, 1000))
+    assert [len(r.channels) for r in plan.runs] == [60] * 16 + [40]
+    assert all((r.h, r.w) == (13, 13) and r.load for r in plan.runs)
+    plan = ConvPlan(ARTY, ConvShape(111, 111, 32, 64))
+    assert [(r.h, r.w, r.load) for r in plan.runs] == [(56, 56, True), (56, 56, False),
+                                                       (56, 56, False), (52, 56, False),
+                                                       (1, 1, False)]
+    assert [len(c) for c in {r.channels for r in ConvPlan(
+        ARTY, ConvShape(109, 109, 160, 96)).runs}] == [50, 46]
+
+
+def test_conv_streams_against_loops():
+    """Weight rows (lane o * ic + i, (group, word) order), parameters, input words and the
+    configuration of each run, and assembly, against loops written here."""
+    rng = np.random.default_rng(3)
+    conv, z_in = random_conv(rng, 7, 5, relu=False)
+    x = random_input(rng, 9, 10, 5)
+    plan = ConvPlan(P, ConvShape(9, 10, 5, 7), relu=False)
+    ic, oc = P.ic_lanes, P.oc_lanes
+    fields = [f.name for f in config_fields(P)]
+    for run in plan.runs:
+        rows = plan.weight_rows(run, conv)
+        want = []
+        n = len(run.channels)
+        for g in range(ceil_div(n, oc)):
+            for k in range(ceil_div(5, ic)):
+                row = [0] * (ic * oc)
+                for o in range(oc):
+                    for i in range(ic):
+                        c, j = run.channels.start + g * oc + o, k * ic + i
+                        if g * oc + o < n and j < 5:
+                            row[o * ic + i] = int(conv.weight[c, j, 0, 0])
+                want.append(row)
+        np.testing.assert_array_equal(rows, want)
+        assert len(plan.qparams(run, conv)) == n
+        words = plan.input_words(run, x)
+        flat = [[int(x[q // 10, q % 10, j]) if j < 5 else 0 for j in range(6)]
+                for q in run.pixels]
+        np.testing.assert_array_equal(words.reshape(len(run.pixels), -1), flat)
+        word = plan.config(run, conv, z_in)
+        got, offset = {}, 0
+        for f in config_fields(P):
+            got[f.name] = (word >> offset) & ((1 << f.width) - 1)
+            offset += f.width
+        assert (got["conv"], got["relu"], got["e1"], got["e3"], got["squeeze"]) == (1, 0, 0,
+                                                                                     0, 1)
+        assert (got["h"], got["w"], got["s"], got["load"]) == (run.h, run.w, n, run.load)
+        assert "conv" in fields
+    outs = [np.arange(len(r.pixels) * len(r.channels)) + 1000 * i
+            for i, r in enumerate(plan.runs)]
+    full = plan.assemble(outs).reshape(90, 7)
+    for i, r in enumerate(plan.runs):
+        for a, q in enumerate(r.pixels):
+            for b, c in enumerate(r.channels):
+                assert full[q, c] == 1000 * i + a * len(r.channels) + b
+
+
+def test_conv_plan_refuses_what_the_engine_cannot_run():
+    with pytest.raises(PlanError, match="cin=17 exceeds"):
+        ConvPlan(P, ConvShape(2, 2, 17, 3))
+    with pytest.raises(PlanError, match="h=0"):
+        ConvPlan(P, ConvShape(0, 2, 4, 3))
+    rng = np.random.default_rng(4)
+    conv, _ = random_conv(rng, 3, 4)
+    plan = ConvPlan(P, ConvShape(2, 2, 4, 3))
+    for bad in (dataclasses.replace(conv, rq=dataclasses.replace(conv.rq, hi=5)),
+                dataclasses.replace(conv, rq=dataclasses.replace(conv.rq, relu=False))):
+        with pytest.raises(PlanError):
+            plan.check_layer(bad)
+    with pytest.raises(PlanError, match="not a 1x1"):
+        ConvPlan(P, ConvShape(2, 2, 5, 3)).check_layer(conv)
+
+
+def test_conv_as_1x1_takes_strided_pixels_or_packs_windows():
+    rng = np.random.default_rng(5)
+    conv, z_in = random_conv(rng, 4, 6)
+    x = random_input(rng, 7, 5, 6)
+    same, xs = conv_as_1x1(conv, x, z_in, stride=2, lanes=4)
+    assert same is conv
+    np.testing.assert_array_equal(xs, x[::2, ::2])
+    conv3, z3 = random_conv(rng, 4, 3, 3)
+    packed, xp = conv_as_1x1(conv3, x[:, :, :3], z3, stride=2, pad=1, lanes=4)
+    assert packed.weight.shape == (4, 28, 1, 1) and xp.shape == (4, 3, 28)
+    from sw import ops
+    np.testing.assert_array_equal(
+        ops.conv2d(xp, packed.weight, packed.bias, z3, packed.rq),
+        ops.conv2d(x[:, :, :3], conv3.weight, conv3.bias, z3, conv3.rq, stride=2, pad=1))

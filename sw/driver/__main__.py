@@ -600,7 +600,7 @@ def cmd_infer(args) -> int:
         mark = "" if r.match is None else ("  yes" if r.match else "  NO")
         lines.append(f"{r.name:<10} {r.where:<7} {comp:>12} {wait:>11} "
                      f"{r.seconds * 1e3:>9.1f}{mark}")
-    lines.append(f"Fire layers on the device: {cycle_summary(compute, cycles, clock)}; "
+    lines.append(f"layers on the device: {cycle_summary(compute, cycles, clock)}; "
                  f"the engine alone would run them {clock / compute:.1f} times a second")
     lines.append(f"whole inference {result.seconds:.1f} s host wall time ("
                  + ", ".join(r.name for r in result.layers if r.where == "host")
@@ -609,7 +609,7 @@ def cmd_infer(args) -> int:
                                        if resident else "the device's link waits")
                  + " included)")
     if args.check:
-        lines.append("every Fire layer bit-exact with the golden model: "
+        lines.append("every device layer bit-exact with the golden model: "
                      + ("yes" if result.all_match else "NO"))
     emit(args, out, "\n".join(lines))
     return 0 if (not args.check or result.all_match) else 1
@@ -651,7 +651,7 @@ def cmd_bench(args) -> int:
            "host_seconds": result.seconds}
     out["link_wait_cycles"] = out["device_cycles"] - out["compute_cycles"]
     out["compute_fps"] = ident.clock_hz / out["compute_cycles"]
-    lines = [f"{net.name}: Fire layers over the link at {baud:,} baud, device at "
+    lines = [f"{net.name}: device layers over the link at {baud:,} baud, device at "
              f"{ident.clock_hz / 1e6:g} MHz",
              f"{'layer':<7} {'compute cyc':>11} {'compute ms':>10} {'down B':>10} {'up B':>10} "
              f"{'wire ms down':>13} {'up':>8}"]
@@ -661,7 +661,7 @@ def cmd_bench(args) -> int:
                      f"{r['wire_ms_up']:>8.1f}")
     lines.append(f"device: {cycle_summary(out['compute_cycles'], out['device_cycles'], clock)}")
     lines.append(f"protocol overhead (wire bytes / payload bytes): {overhead:.4f}")
-    lines.append(f"projected Fire-only offload on the board: {fps:.2f} frames/s "
+    lines.append(f"projected streaming offload on the board: {fps:.2f} frames/s "
                  f"(the UART's limit, payload alone, {out['uart_limit_fps']:.2f} frames/s; the "
                  "engine's compute alone "
                  f"{out['compute_fps']:.1f} frames/s)")
@@ -796,7 +796,8 @@ def cmd_evaluate(args) -> int:
 COMMANDS = {
     "info": (cmd_info, "the device's identity (engine parameters) and counters"),
     "run-fire": (cmd_run_fire, "run one Fire layer of a network on the device"),
-    "infer": (cmd_infer, "whole-network inference, Fire layers on the device"),
+    "infer": (cmd_infer, "whole-network inference, Fire layers and convolutions on the "
+                         "device"),
     "bench": (cmd_bench, "per-layer device cycles, link bytes and wire time; projected fps"),
     "compare-onnx": (cmd_compare_onnx, "a QDQ ONNX model here against onnxruntime: Fire "
                                        "outputs, logits SQNR, top-1 agreement"),

@@ -4,6 +4,7 @@
     with sim.board.simulated_accelerator() as acc:                    # the simulated board
         acc.identify()                 # engine parameters, read from the device
         out = acc.run_fire(layer, x)   # one Fire layer, tiled as the device needs
+        out = acc.run_conv(conv, x, z_in=z, stride=2)  # a convolution (conv1, conv10)
         acc.counters()
 
 Tiles are planned from the parameters the device reports (``spec.tiling``), never from
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spec.frames import decode_values, tile_frames
+from spec.frames import decode_values, item_frames, tile_frames
+from spec.layers import ConvLayer
 from spec.params import ConfigError, EngineParams
 from spec.program import SeqError
 from spec.protocol import (
@@ -27,11 +29,20 @@ from spec.protocol import (
     Identity,
     IdentityError,
     Reply,
+    item_bytes,
     unpack_fields,
     unpack_identity,
     value_bytes,
 )
-from spec.tiling import FirePlan, Shape
+from spec.tiling import (
+    ConvPlan,
+    ConvShape,
+    FirePlan,
+    PlanError,
+    Shape,
+    conv_as_1x1,
+    lanes_to_ints,
+)
 from sw.ops import FireLayer
 
 from .errors import DeviceError, DriverError, LinkTimeout, OutputLost, PortError, ProtocolError
@@ -250,6 +261,31 @@ class Accelerator:
                 self.reset()
         raise AssertionError("unreachable")
 
+    # -- convolutions (conv1, conv10) --------------------------------------------------
+    def run_conv(self, conv: ConvLayer, x: np.ndarray, *, z_in: int, stride: int = 1,
+                 pad: int = 0) -> ConvResult:
+        """Run one convolution (conv1, conv10) on ``x`` (H, W, Cin) int with input zero
+        point ``z_in``; returns its (H', W', Cout) output.
+
+        It runs in the engine's 1x1-convolution mode (:class:`spec.tiling.ConvPlan`: blocks
+        of output channels and of pixels), a kernel larger than 1x1 with its windows packed
+        into channels (:mod:`spec.windows`). A run whose output came back incomplete or
+        corrupted is run again after a device reset, as in :meth:`run_fire`.
+        """
+        try:
+            plan, layer, x1 = conv_plan(self.params, conv, x, z_in=z_in, stride=stride,
+                                        pad=pad)
+        except PlanError as exc:
+            raise DriverError(f"the device cannot run this convolution: {exc}") from None
+        for attempt in range(self.run_retries + 1):
+            try:
+                return self._guard(lambda: _conv_runs(self, plan, layer, z_in, x1))
+            except OutputLost:
+                if attempt == self.run_retries:
+                    raise
+                self.reset()
+        raise AssertionError("unreachable")
+
     def _run_plan(self, plan: FirePlan, layer: FireLayer, x, progress) -> FireResult:
         stats0 = _snapshot(self.link.stats)
         start = time.perf_counter()
@@ -319,6 +355,72 @@ class Accelerator:
             except DriverError:
                 pass
             raise
+
+
+@dataclass
+class ConvResult(FireResult):
+    """A convolution run on the device: ``output`` (H', W', cout) int, and the figures of a
+    Fire layer's result, ``runs`` being the engine's runs (channel blocks x pixel blocks)."""
+
+
+def conv_plan(params: EngineParams, conv: ConvLayer, x, *, z_in: int, stride: int = 1,
+              pad: int = 0) -> tuple[ConvPlan, ConvLayer, np.ndarray]:
+    """How a convolution of ``x`` runs on an engine with ``params``: ``(plan, 1x1 layer, its
+    input)``, the windows packed into channels unless the kernel is 1x1
+    (:func:`spec.tiling.conv_as_1x1`); :class:`spec.tiling.PlanError` if it cannot."""
+    x = np.asarray(x, dtype=np.int64)
+    if x.ndim != 3 or x.shape[2] != conv.weight.shape[1]:
+        raise PlanError(f"input {x.shape} does not have the layer's {conv.weight.shape[1]} "
+                        f"channels")
+    try:
+        layer, x1 = conv_as_1x1(conv, x, z_in, stride=stride, pad=pad, lanes=params.ic_lanes)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    plan = ConvPlan(params, ConvShape(*x1.shape, conv.out_channels), relu=bool(conv.rq.relu))
+    plan.check_layer(layer)
+    return plan, layer, x1
+
+
+def _conv_runs(acc: Accelerator, plan: ConvPlan, layer: ConvLayer, z_in: int,
+               x1) -> ConvResult:
+    p = plan.p
+    sizes = item_bytes(p)
+    stats0 = _snapshot(acc.link.stats)
+    start = time.perf_counter()
+    acc._loaded = None  # the convolution's weights replace any Fire layer's
+    outputs, dones = [], []
+    for run in plan.runs:
+        word = plan.config(run, layer, z_in)
+        frames = [(Command.CONFIGURE, word.to_bytes(sizes[Command.CONFIGURE], "little"))]
+        if run.load:
+            frames += item_frames(Command.LOAD_WEIGHTS,
+                                  lanes_to_ints(plan.weight_rows(run, layer), p.bits),
+                                  sizes[Command.LOAD_WEIGHTS])
+            frames += item_frames(Command.LOAD_QPARAMS, plan.qparams(run, layer),
+                                  sizes[Command.LOAD_QPARAMS])
+        frames += item_frames(Command.RUN_INPUT,
+                              lanes_to_ints(plan.input_words(run, x1), p.bits),
+                              sizes[Command.RUN_INPUT])
+        expected = plan.run_outputs(run) * value_bytes(p)
+        collect = Collected()
+        acc.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
+        done = collect.done[-1]
+        if done.error:
+            raise DeviceError(f"the device failed the run: error {done.error}",
+                              code=done.error)
+        if len(collect.output) != expected:
+            raise OutputLost(f"expected {expected} output bytes, got {len(collect.output)}")
+        try:
+            outputs.append(decode_values(bytes(collect.output), p.bits))
+        except ValueError as e:
+            raise ProtocolError(f"the device's output is malformed: {e}") from None
+        dones.append(done)
+    stats = _snapshot(acc.link.stats)
+    delta = {k: stats[k] - stats0[k] for k in stats}
+    return ConvResult(plan.assemble(outputs), sum(d.cycles for d in dones),
+                      sum(d.compute for d in dones), len(plan.runs),
+                      time.perf_counter() - start, delta["bytes_down"], delta["bytes_up"],
+                      delta["payload_down"], delta["payload_up"])
 
 
 def _snapshot(stats) -> dict:

@@ -438,8 +438,7 @@ class ResidentNetwork:
                 records.append(LayerRecord(
                     lname, "device", time.perf_counter() - t0, cycles,
                     sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
-                    list(out.shape), macs=macs,
-                    utilization=macs / (cycles * lanes) if cycles and macs else None))
+                    list(out.shape), macs=macs or None, lanes=lanes))
                 t0 = time.perf_counter()
                 i += 1
         link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],
@@ -466,8 +465,7 @@ class ResidentNetwork:
             records.append(LayerRecord(
                 lname, "device", seconds / len(seg.layers), cycles,
                 sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), None,
-                list(seg.outputs[lname].shape), macs=macs,
-                utilization=macs / (cycles * lanes) if cycles and macs else None))
+                list(seg.outputs[lname].shape), macs=macs or None, lanes=lanes))
         return records
 
     def stream(self, images, *, on_image=None):
@@ -531,10 +529,8 @@ class ResidentNetwork:
                 if rec.where == "device":
                     total.cycles += rec.cycles
                     total.compute += rec.compute
-                    total.macs += rec.macs
-                    if total.macs:
-                        total.utilization = total.macs / (total.cycles
-                                                          * self.acc.params.lanes)
+                    if rec.macs:
+                        total.macs += rec.macs
                     total.match = (total.match and rec.match) if check else None
         return outs, totals
 

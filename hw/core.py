@@ -303,7 +303,7 @@ class AcceleratorCore(wiring.Component):
                     "words": cfg.words}
         m.submodules.dma_reader = reader = DMAReader(**geometry)
         m.submodules.dma_writer = writer = DMAWriter(**geometry)
-        chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk)
+        chunk = StreamFIFO(cfg.port_bits, bridge.copy_chunk, buffered=True)  # block RAM
         m.submodules.copy_fifo = ResetInserter({"sync": bridge.flush})(chunk)
         wiring.connect(m, reader.port, wiring.flipped(self.dram_rd))
         seq_active = seq.active if seq is not None else Const(0)

@@ -12,12 +12,16 @@ from amaranth.lib.wiring import In, Out
 class StreamFIFO(wiring.Component):
     """``depth`` payloads of ``shape`` (any shape-castable: a layout, an int width).
 
-    ``w``: the stream in; ``r``: the stream out; ``level``: payloads held.
+    ``w``: the stream in; ``r``: the stream out; ``level``: payloads held. ``buffered``: the
+    storage is read synchronously (``lib.fifo.SyncFIFOBuffered``), so that a deep FIFO maps
+    to block RAM rather than LUT RAM (a 1024 x 128-bit FIFO is 3.6 k LUTs of LUT RAM on the
+    Arty, 4 RAMB36 as block RAM).
     """
 
-    def __init__(self, shape, depth: int):
+    def __init__(self, shape, depth: int, *, buffered: bool = False):
         self._shape = shape
         self._depth = depth
+        self._buffered = buffered
         super().__init__({"w": In(stream.Signature(shape)), "r": Out(stream.Signature(shape)),
                           "level": Out(range(depth + 1))})
 
@@ -27,8 +31,8 @@ class StreamFIFO(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = buf = fifo.SyncFIFO(width=Shape.cast(self._shape).width,
-                                                depth=self._depth)
+        kind = fifo.SyncFIFOBuffered if self._buffered else fifo.SyncFIFO
+        m.submodules.fifo = buf = kind(width=Shape.cast(self._shape).width, depth=self._depth)
         m.d.comb += [
             buf.w_stream.valid.eq(self.w.valid), buf.w_stream.payload.eq(self.w.payload),
             self.w.ready.eq(buf.w_stream.ready),

@@ -234,8 +234,10 @@ def test_network_resident_matches_the_golden_model(acc):
     assert len(streamed) == 3
     for image, (y, records) in zip(images[1:], streamed, strict=True):
         np.testing.assert_array_equal(y, qnet.forward(qnet.quantize_input(image)))
-        assert [r.cycles for r in records] == pytest.approx(
-            [r.cycles for r in result.layers], rel=0.05)
+        # the stats are this image's: every layer ran, the whole within a few refreshes
+        assert [r.name for r in records] == [r.name for r in result.layers]
+        assert all(r.cycles > 0 for r in records)
+        assert sum(r.cycles for r in records) == pytest.approx(result.device_cycles, rel=0.02)
     # the twin program reads the other slot: two different images, two different outputs
     assert not np.array_equal(streamed[0][0], streamed[1][0])
 

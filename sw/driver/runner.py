@@ -56,6 +56,10 @@ class NetworkResult:
     logits: np.ndarray  #: dequantized, float
     layers: list[LayerRecord]
     seconds: float
+    #: (resident) bytes over the link for this image: ``bytes_down``, ``bytes_up``
+    link: dict | None = None
+    #: (resident) the network's integer output, before dequantization
+    output: np.ndarray | None = None
 
     @property
     def all_match(self) -> bool:

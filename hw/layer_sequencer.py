@@ -164,15 +164,14 @@ class LayerSequencer(wiring.Component):
 
     def _make_units(self, m) -> dict:
         """The pools and the window packer (``hw.pool``, ``hw.window``), sized for
-        SqueezeNet at inputs up to 256 x 256. The average pool takes a channel a cycle and the
-        packer two values a cycle: their wider forms (4 and 4) cost 880 LUTs more on the
-        Arty for about 130 k cycles less a frame (the average pool's; the packer keeps ahead
-        of the engine either way)."""
+        SqueezeNet at inputs up to 256 x 256. The packer reads two values a cycle (four cost
+        310 LUTs more on the Arty; two keep it ahead of the engine); the average pool sums
+        four channels a cycle (one would save 570 LUTs but cost 159 k cycles a frame)."""
         p = self._p
         m.submodules.maxpool = mp = MaxPool(bits=p.bits, lanes=p.ic_lanes, max_h=128,
                                             max_w=128, max_cw=32, row_words=512)
         m.submodules.avgpool = ap = GlobalAvgPool(bits=p.bits, lanes=p.ic_lanes, max_h=16,
-                                                  max_w=16, max_cw=64, group=1)
+                                                  max_w=16, max_cw=64)
         m.submodules.window = wp = WindowPacker(bits=p.bits, lanes=p.ic_lanes, max_h=256,
                                                 max_w=256, max_cin=4, max_k=7, banks=2)
         return {"maxpool": mp, "avgpool": ap, "window": wp}

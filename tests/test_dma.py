@@ -13,7 +13,7 @@ import pytest
 from amaranth.sim import Simulator
 from streams import randomly, stream_get, stream_put
 
-from hw.dma import DMAReader, DMAWriter
+from hw.dma import CHECK_LATENCY, DMAReader, DMAWriter
 
 WORDS, BITS = 64, 32
 
@@ -61,8 +61,8 @@ def memory_model(dut, mem, rng, log):
 
 
 async def request(ctx, dut, addr: int, words: int) -> bool:
-    """Offer a request until taken; whether it was refused (``error`` pulses the cycle after
-    it is taken, when it is checked)."""
+    """Offer a request until taken; whether it was refused (``error`` pulses
+    ``CHECK_LATENCY`` cycles after it is taken, when it has been checked)."""
     ctx.set(dut.request.payload.addr, addr)
     ctx.set(dut.request.payload.words, words)
     ctx.set(dut.request.valid, 1)
@@ -70,6 +70,9 @@ async def request(ctx, dut, addr: int, words: int) -> bool:
         await ctx.tick()
     await ctx.tick()
     ctx.set(dut.request.valid, 0)
+    for _ in range(CHECK_LATENCY - 1):
+        assert not ctx.get(dut.error)
+        await ctx.tick()
     return bool(ctx.get(dut.error))
 
 

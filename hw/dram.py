@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from amaranth import ClockSignal, Instance, Module
-from amaranth.lib import wiring
+from amaranth import ClockSignal, Instance, Module, Signal
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from boards import BOARDS
@@ -284,6 +284,56 @@ def _pad_connections(memtype: str, pads) -> dict:
     return conns
 
 
+class CommandSlice(wiring.Component):
+    """A register slice (skid buffer) on a native port's command stream, between the
+    design (``i``) and the controller (``o``): ``o``'s valid and payload come from
+    registers and so does ``i.ready``, which cuts the combinational loop through LiteDRAM's
+    crossbar (its ``cmd.ready`` depends on the port's ``cmd.valid`` and address) into two
+    register-to-register paths. Full throughput (a command a cycle), one cycle of latency.
+
+    ``enable``: the controller's user ports are open (``init_done`` and not
+    ``init_error``). While they are blocked the slice takes nothing, so a command the
+    controller would not take is not taken here either (the bridge's timeout sees it as
+    before, and no stale command waits in the slice for the controller to come up).
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
+                          "enable": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        skid = Signal.like(i.payload)
+        skid_valid = Signal()
+        m.d.comb += i.ready.eq(~skid_valid & self.enable)
+        take = i.valid & i.ready
+        with m.If(~o.valid | o.ready):  # the output register is free this cycle
+            with m.If(skid_valid):
+                m.d.sync += [o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
+        with m.Elif(take):
+            m.d.sync += [skid.eq(i.payload), skid_valid.eq(1)]
+        return m
+
+
+class ReadDataRegister(wiring.Component):
+    """A register on a native port's read data, from the controller (``i``) to the design
+    (``o``). LiteDRAM's crossbar pushes read data whether or not the port is ready (it
+    never looks at ``rdata.ready``), so this is a plain pipeline register: one cycle of
+    latency; the design must take every word it asked for, as without it."""
+
+    def __init__(self, bits: int):
+        super().__init__({"i": In(stream.Signature(bits)), "o": Out(stream.Signature(bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(self.o.ready)
+        m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        return m
+
+
 class LiteDRAM(wiring.Component):
     """The generated ``litedram_core`` as an Amaranth component (an ``Instance``; the Verilog
     goes into the build beside the design's). ``port_NAME``: its native user ports
@@ -323,8 +373,26 @@ class LiteDRAM(wiring.Component):
         m = Module()
         b = self.bus
         ports = {}
+        c = self.core.config
         for name in USER_PORTS:
-            p, u = getattr(self, f"port_{name}"), f"user_port_{name}_"
+            # each port through a register slice on its commands and on its read data
+            # (CommandSlice, ReadDataRegister); its write data goes straight to the
+            # controller, which takes a word when it asks for it without looking at valid
+            outer = getattr(self, f"port_{name}")
+            p = native_port_signature(c.addr_bits, c.port_bits).flip().create(
+                path=(f"{name}_inner",))
+            m.submodules[f"{name}_cmd_slice"] = cmd_slice = CommandSlice(
+                outer.cmd.payload.shape())
+            m.submodules[f"{name}_rdata_reg"] = rdata_reg = ReadDataRegister(c.port_bits)
+            wiring.connect(m, wiring.flipped(outer.cmd), cmd_slice.i)
+            m.d.comb += [p.cmd.valid.eq(cmd_slice.o.valid),
+                         p.cmd.payload.eq(cmd_slice.o.payload),
+                         cmd_slice.o.ready.eq(p.cmd.ready),
+                         cmd_slice.enable.eq(self.init_done & ~self.init_error)]
+            wiring.connect(m, wiring.flipped(outer.wdata), p.wdata)
+            wiring.connect(m, p.rdata, rdata_reg.i)
+            wiring.connect(m, rdata_reg.o, wiring.flipped(outer.rdata))
+            u = f"user_port_{name}_"
             ports.update({
                 f"i_{u}cmd_valid": p.cmd.valid, f"o_{u}cmd_ready": p.cmd.ready,
                 f"i_{u}cmd_we": p.cmd.payload.we, f"i_{u}cmd_addr": p.cmd.payload.addr,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from amaranth import ClockSignal, Instance, Module, Signal
+from amaranth import ClockSignal, Instance, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +42,7 @@ from spec.dram import (
     variant_name,
 )
 
-from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I001
+from .memory_bridge import WISHBONE_SIGNATURE, StreamSlice, native_port_signature  # noqa: I001
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
@@ -284,40 +284,6 @@ def _pad_connections(memtype: str, pads) -> dict:
     return conns
 
 
-class CommandSlice(wiring.Component):
-    """A register slice (skid buffer) on a native port's command stream, between the
-    design (``i``) and the controller (``o``): ``o``'s valid and payload come from
-    registers and so does ``i.ready``, which cuts the combinational loop through LiteDRAM's
-    crossbar (its ``cmd.ready`` depends on the port's ``cmd.valid`` and address) into two
-    register-to-register paths. Full throughput (a command a cycle), one cycle of latency.
-
-    ``enable``: the controller's user ports are open (``init_done`` and not
-    ``init_error``). While they are blocked the slice takes nothing, so a command the
-    controller would not take is not taken here either (the bridge's timeout sees it as
-    before, and no stale command waits in the slice for the controller to come up).
-    """
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
-                          "enable": In(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        skid = Signal.like(i.payload)
-        skid_valid = Signal()
-        m.d.comb += i.ready.eq(~skid_valid & self.enable)
-        take = i.valid & i.ready
-        with m.If(~o.valid | o.ready):  # the output register is free this cycle
-            with m.If(skid_valid):
-                m.d.sync += [o.payload.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
-        with m.Elif(take):
-            m.d.sync += [skid.eq(i.payload), skid_valid.eq(1)]
-        return m
-
-
 class ReadDataRegister(wiring.Component):
     """A register on a native port's read data, from the controller (``i``) to the design
     (``o``). LiteDRAM's crossbar pushes read data whether or not the port is ready (it
@@ -375,14 +341,19 @@ class LiteDRAM(wiring.Component):
         ports = {}
         c = self.core.config
         for name in USER_PORTS:
-            # each port through a register slice on its commands and on its read data
-            # (CommandSlice, ReadDataRegister); its write data goes straight to the
-            # controller, which takes a word when it asks for it without looking at valid
+            # each port through a register slice on its commands and a register on its read
+            # data. The command slice (``hw.memory_bridge.StreamSlice``) cuts the
+            # combinational loop through LiteDRAM's crossbar (its ``cmd.ready`` depends on
+            # the port's ``cmd.valid`` and address) into register-to-register paths, and
+            # takes nothing while the controller blocks its ports (``init_done`` and not
+            # ``init_error``): a command the controller would not take is not taken here
+            # either, so no stale command waits in the slice for the controller to come up.
+            # The write data goes straight to the controller, which takes a word when it
+            # asks for it without looking at valid.
             outer = getattr(self, f"port_{name}")
             p = native_port_signature(c.addr_bits, c.port_bits).flip().create(
                 path=(f"{name}_inner",))
-            m.submodules[f"{name}_cmd_slice"] = cmd_slice = CommandSlice(
-                outer.cmd.payload.shape())
+            m.submodules[f"{name}_cmd_slice"] = cmd_slice = StreamSlice(outer.cmd.payload.shape())
             m.submodules[f"{name}_rdata_reg"] = rdata_reg = ReadDataRegister(c.port_bits)
             wiring.connect(m, wiring.flipped(outer.cmd), cmd_slice.i)
             m.d.comb += [p.cmd.valid.eq(cmd_slice.o.valid),

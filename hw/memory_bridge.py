@@ -40,6 +40,37 @@ def native_port_signature(addr_bits: int, data_bits: int) -> wiring.Signature:
     })
 
 
+class StreamSlice(wiring.Component):
+    """A register slice (skid buffer) on a stream: ``o``'s valid and payload come from
+    registers and so does ``i.ready``, so no combinational path crosses it either way. Full
+    throughput (a payload a cycle), one cycle of latency. ``enable`` low: nothing is taken.
+
+    Between the design and LiteDRAM's native ports (``hw.dram``) and between the link's
+    executor and the bridge (``hw.core``): on the ULX3S, paths that ran from one through
+    the other were the critical ones of the build with the controller.
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
+                          "enable": In(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        skid = Signal.like(i.payload)
+        skid_valid = Signal()
+        m.d.comb += i.ready.eq(~skid_valid & self.enable)
+        take = i.valid & i.ready
+        with m.If(~o.valid | o.ready):  # the output register is free this cycle
+            with m.If(skid_valid):
+                m.d.sync += [o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
+        with m.Elif(take):
+            m.d.sync += [skid.eq(i.payload), skid_valid.eq(1)]
+        return m
+
+
 #: LiteDRAM's control bus (``wb_ctrl``): Wishbone classic, 32-bit, word addresses.
 WISHBONE_SIGNATURE = wiring.Signature({
     "adr": Out(30), "dat_w": Out(32), "dat_r": In(32), "sel": Out(4), "cyc": Out(1),

@@ -3,7 +3,8 @@ memory behind a native port that takes commands and gives read data after random
 (LiteDRAM's own controller is behind them on the simulated board: tests/test_memory.py).
 What they catch here: words out of order or lost under backpressure, more words in flight
 than the reader can hold, a request past the end of the memory that moves anything; and
-the register slice on a port's commands (``hw.dram``) losing, reordering or slowing them."""
+the register slice on a port's commands (``hw.memory_bridge.StreamSlice``) losing,
+reordering or slowing them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from amaranth.sim import Simulator
 from streams import randomly, stream_get, stream_put
 
 from hw.dma import CHECK_LATENCY, DMAReader, DMAWriter
+from hw.memory_bridge import StreamSlice
 
 WORDS, BITS = 64, 32
 
@@ -141,14 +143,13 @@ def test_writer_writes_the_words_where_asked(seed):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_command_slice_keeps_order_and_throughput_and_waits_for_enable(seed):
-    """The register slice between a native port and the controller (``hw.dram``): every
+def test_stream_slice_keeps_order_and_throughput_and_waits_for_enable(seed):
+    """The register slice between a native port and the controller (``hw.dram``) and between
+    the executor and the memory bridge (``hw.core``): every
     command through, in order, under random gaps and backpressure; a command a cycle when
     neither side stalls; nothing taken while the controller's ports are blocked."""
-    from hw.dram import CommandSlice
-
     rng = np.random.default_rng(seed)
-    dut = CommandSlice(16)
+    dut = StreamSlice(16)
     words = [int(v) for v in rng.integers(0, 1 << 16, 200)]
     got, streak = [], []
 

@@ -235,34 +235,17 @@ class AcceleratorCore(wiring.Component):
         # left owed data; the DMA likewise finishes its chunk, and the copy FIFO is emptied
         m.submodules.memory_bridge = bridge = MemoryBridge(size=cfg.size,
                                                            port_bits=cfg.port_bits)
-        # Registers between the executor and the bridge, every way (the job's start, its
-        # payload's bytes through a register slice, the answer through another): the bridge
-        # sits by the controller, the executor by the engine, and on the ULX3S the paths
-        # from the engine's stream ready through the executor to the reply's value (the
-        # bridge's answer) crossed the chip. The slices are emptied by a RESET, which drops
-        # the job on both sides.
-        from .memory_bridge import MemAnswer, StreamSlice
-
-        data_slice = ResetInserter({"sync": soft_reset})(StreamSlice(8))
-        answer_slice = ResetInserter({"sync": soft_reset})(StreamSlice(MemAnswer))
-        m.submodules.mem_data_slice = data_slice
-        m.submodules.mem_answer_slice = answer_slice
-        start = Signal()
-        m.d.comb += [bridge.abort.eq(soft_reset), bridge.start.eq(start),
-                     executor.mem_ready.eq(bridge.ready & ~start)]
-        m.d.sync += start.eq(executor.mem_start & ~soft_reset)
-        with m.If(executor.mem_start):
-            m.d.sync += [bridge.command.eq(executor.mem_command),
-                         bridge.length.eq(executor.mem_length)]
+        m.d.comb += [bridge.abort.eq(soft_reset), executor.mem_ready.eq(bridge.ready)]
+        m.d.comb += [bridge.start.eq(executor.mem_start),
+                     bridge.command.eq(executor.mem_command),
+                     bridge.length.eq(executor.mem_length)]
         streams = [executor.stream_for(cmd) for cmd in MEM_COMMANDS]
-        m.d.comb += data_slice.i.valid.eq(Cat(s.valid for s in streams).any())
+        m.d.comb += bridge.data.valid.eq(Cat(s.valid for s in streams).any())
         for s in streams:  # one of them at a time offers the payload's bytes
             with m.If(s.valid):
-                m.d.comb += data_slice.i.payload.eq(s.payload)
-            m.d.comb += s.ready.eq(data_slice.i.ready)
-        wiring.connect(m, data_slice.o, bridge.data)
-        wiring.connect(m, bridge.answer, answer_slice.i)
-        wiring.connect(m, answer_slice.o, executor.mem_answer)
+                m.d.comb += bridge.data.payload.eq(s.payload)
+            m.d.comb += s.ready.eq(bridge.data.ready)
+        wiring.connect(m, bridge.answer, executor.mem_answer)
         wiring.connect(m, bridge.port, wiring.flipped(self.dram_bridge))
         wiring.connect(m, bridge.bus, wiring.flipped(self.dram_bus))
         # COPY_MEM: the DMA reader fills a FIFO of a chunk, then the writer drains it

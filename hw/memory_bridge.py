@@ -45,9 +45,10 @@ class StreamSlice(wiring.Component):
     registers and so does ``i.ready``, so no combinational path crosses it either way. Full
     throughput (a payload a cycle), one cycle of latency. ``enable`` low: nothing is taken.
 
-    Between the design and LiteDRAM's native ports (``hw.dram``) and between the link's
-    executor and the bridge (``hw.core``): on the ULX3S, paths that ran from one through
-    the other were the critical ones of the build with the controller.
+    Between the design and LiteDRAM's native ports (``hw.dram``), whose crossbar makes a
+    port's ``cmd.ready`` from its ``cmd.valid`` and address: on the ULX3S, paths that ran
+    from our logic through the crossbar and back were among the critical ones of the build
+    with the controller.
     """
 
     def __init__(self, shape):

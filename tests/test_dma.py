@@ -144,8 +144,7 @@ def test_writer_writes_the_words_where_asked(seed):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_stream_slice_keeps_order_and_throughput_and_waits_for_enable(seed):
-    """The register slice between a native port and the controller (``hw.dram``) and between
-    the executor and the memory bridge (``hw.core``): every
+    """The register slice between a native port and the controller (``hw.dram``): every
     command through, in order, under random gaps and backpressure; a command a cycle when
     neither side stalls; nothing taken while the controller's ports are blocked."""
     rng = np.random.default_rng(seed)

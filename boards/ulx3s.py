@@ -25,7 +25,7 @@ ULX3S = Board(
     # LiteX's ULX3S target's choice for its full-rate SDR PHY: 2.5 ns at 100 MHz, the setup
     # the SDRAM sees on the controller's registered outputs (docs/memory.md, "Clocking")
     dram_clock_phase=90.0,
-    # with the SDR controller the build reaches 79 MHz, not 100 (docs/memory.md): the default
+    # with the SDR controller the build reaches 90 MHz, not 100 (docs/memory.md): the default
     # bitstream leaves it out until it does; `python -m hw.build --board ulx3s --memory`
     dram_in_bitstream=False,
     capacity={"LUT": 83640, "FF": 83640, "MULT18X18D": 156, "EBR": 208},

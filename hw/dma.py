@@ -4,8 +4,8 @@
 stream; ``DMAWriter`` writes its ``data`` stream's words to ``words`` consecutive words from
 ``addr``. Both issue a command every cycle the controller takes one (sequential addresses:
 the controller keeps the row open and pipelines the bursts), and both refuse a request
-that would run past the end of the memory (``error`` pulses the cycle after the request is
-taken, nothing moves). These are what
+that would run past the end of the memory (``error`` pulses ``CHECK_LATENCY`` cycles after
+the request is taken, nothing moves). These are what
 the layer sequencer drives; the link's COPY_MEM drives them to measure the memory.
 """
 
@@ -119,18 +119,26 @@ class DMAWriter(wiring.Component):
         return m
 
 
+#: Cycles from a request being taken to ``error`` (or the start of the transfer).
+CHECK_LATENCY = 2
+
+
 def _take_request(m: Module, request, busy, words: int, error):
-    """A request, registered: taken when idle, checked the cycle after against the memory's
-    ``words``: refused there (``error`` pulses) or started (``start``, with the request in
-    ``r``). The bounds check's adder and compare then start from registers: from the
-    requester's logic through them to the counters was the critical path of the ULX3S
-    build with its controller (65 MHz). Returns ``(r, pending, start)``."""
+    """A request, registered: taken when idle, its end computed and compared against the
+    memory's ``words`` the cycle after (registered), and decided the cycle after that
+    (``CHECK_LATENCY``): refused (``error`` pulses) or started (``start``, with the request
+    in ``r``). The bounds check's adder and compare start from registers and end in one:
+    from the requester's logic through them to the counters was the critical path of the
+    ULX3S build with its controller. Returns ``(r, pending, start)``."""
     r = Signal.like(request.payload)
-    pending = Signal()
+    taken = Signal()  # r holds a request: its bounds are being checked
+    checked = Signal()  # ... and ``beyond`` is its outcome
+    beyond = Signal()
+    pending = taken | checked
     m.d.comb += request.ready.eq(~busy & ~pending)
-    m.d.sync += pending.eq(request.valid & request.ready)
+    m.d.sync += [taken.eq(request.valid & request.ready), checked.eq(taken),
+                 beyond.eq(r.addr + r.words > words)]
     with m.If(request.valid & request.ready):
         m.d.sync += r.eq(request.payload)
-    beyond = r.addr + r.words > words
-    m.d.comb += error.eq(pending & beyond)
-    return r, pending, pending & ~beyond
+    m.d.comb += error.eq(checked & beyond)
+    return r, pending, checked & ~beyond

@@ -26,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from amaranth import ClockSignal, Instance, Module
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from boards import BOARDS
@@ -42,7 +42,7 @@ from spec.dram import (
     variant_name,
 )
 
-from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I001
+from .memory_bridge import WISHBONE_SIGNATURE, StreamSlice, native_port_signature  # noqa: I001
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
@@ -284,6 +284,22 @@ def _pad_connections(memtype: str, pads) -> dict:
     return conns
 
 
+class ReadDataRegister(wiring.Component):
+    """A register on a native port's read data, from the controller (``i``) to the design
+    (``o``). LiteDRAM's crossbar pushes read data whether or not the port is ready (it
+    never looks at ``rdata.ready``), so this is a plain pipeline register: one cycle of
+    latency; the design must take every word it asked for, as without it."""
+
+    def __init__(self, bits: int):
+        super().__init__({"i": In(stream.Signature(bits)), "o": Out(stream.Signature(bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(self.o.ready)
+        m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        return m
+
+
 class LiteDRAM(wiring.Component):
     """The generated ``litedram_core`` as an Amaranth component (an ``Instance``; the Verilog
     goes into the build beside the design's). ``port_NAME``: its native user ports
@@ -323,8 +339,31 @@ class LiteDRAM(wiring.Component):
         m = Module()
         b = self.bus
         ports = {}
+        c = self.core.config
         for name in USER_PORTS:
-            p, u = getattr(self, f"port_{name}"), f"user_port_{name}_"
+            # each port through a register slice on its commands and a register on its read
+            # data. The command slice (``hw.memory_bridge.StreamSlice``) cuts the
+            # combinational loop through LiteDRAM's crossbar (its ``cmd.ready`` depends on
+            # the port's ``cmd.valid`` and address) into register-to-register paths, and
+            # takes nothing while the controller blocks its ports (``init_done`` and not
+            # ``init_error``): a command the controller would not take is not taken here
+            # either, so no stale command waits in the slice for the controller to come up.
+            # The write data goes straight to the controller, which takes a word when it
+            # asks for it without looking at valid.
+            outer = getattr(self, f"port_{name}")
+            p = native_port_signature(c.addr_bits, c.port_bits).flip().create(
+                path=(f"{name}_inner",))
+            m.submodules[f"{name}_cmd_slice"] = cmd_slice = StreamSlice(outer.cmd.payload.shape())
+            m.submodules[f"{name}_rdata_reg"] = rdata_reg = ReadDataRegister(c.port_bits)
+            wiring.connect(m, wiring.flipped(outer.cmd), cmd_slice.i)
+            m.d.comb += [p.cmd.valid.eq(cmd_slice.o.valid),
+                         p.cmd.payload.eq(cmd_slice.o.payload),
+                         cmd_slice.o.ready.eq(p.cmd.ready),
+                         cmd_slice.enable.eq(self.init_done & ~self.init_error)]
+            wiring.connect(m, wiring.flipped(outer.wdata), p.wdata)
+            wiring.connect(m, p.rdata, rdata_reg.i)
+            wiring.connect(m, rdata_reg.o, wiring.flipped(outer.rdata))
+            u = f"user_port_{name}_"
             ports.update({
                 f"i_{u}cmd_valid": p.cmd.valid, f"o_{u}cmd_ready": p.cmd.ready,
                 f"i_{u}cmd_we": p.cmd.payload.we, f"i_{u}cmd_addr": p.cmd.payload.addr,

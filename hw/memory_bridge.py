@@ -40,6 +40,38 @@ def native_port_signature(addr_bits: int, data_bits: int) -> wiring.Signature:
     })
 
 
+class StreamSlice(wiring.Component):
+    """A register slice (skid buffer) on a stream: ``o``'s valid and payload come from
+    registers and so does ``i.ready``, so no combinational path crosses it either way. Full
+    throughput (a payload a cycle), one cycle of latency. ``enable`` low: nothing is taken.
+
+    Between the design and LiteDRAM's native ports (``hw.dram``), whose crossbar makes a
+    port's ``cmd.ready`` from its ``cmd.valid`` and address: on the ULX3S, paths that ran
+    from our logic through the crossbar and back were among the critical ones of the build
+    with the controller.
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
+                          "enable": In(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        skid = Signal.like(i.payload)
+        skid_valid = Signal()
+        m.d.comb += i.ready.eq(~skid_valid & self.enable)
+        take = i.valid & i.ready
+        with m.If(~o.valid | o.ready):  # the output register is free this cycle
+            with m.If(skid_valid):
+                m.d.sync += [o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
+        with m.Elif(take):
+            m.d.sync += [skid.eq(i.payload), skid_valid.eq(1)]
+        return m
+
+
 #: LiteDRAM's control bus (``wb_ctrl``): Wishbone classic, 32-bit, word addresses.
 WISHBONE_SIGNATURE = wiring.Signature({
     "adr": Out(30), "dat_w": Out(32), "dat_r": In(32), "sel": Out(4), "cyc": Out(1),
@@ -150,13 +182,16 @@ class MemoryBridge(wiring.Component):
 
         headers = {Command.WRITE_MEM: 4, Command.READ_MEM: 8, Command.WRITE_CSR: 8,
                    Command.READ_CSR: 4, Command.COPY_MEM: 12}
+        # The header's checks, registered a state at a time (on the ULX3S the adders and
+        # compares in one cycle with the decision were the critical path): CHECK registers
+        # the fields, CHECK_SUM the ends of the source and destination, CHECK_FLAGS every
+        # check's outcome, and CHECK2 decides from those flags alone.
         end = Signal(33)
         dst_end = Signal(33)
-        m.d.comb += [end.eq(addr + count), dst_end.eq(dst + count)]
-        unaligned = Signal()
-        m.d.comb += unaligned.eq((addr[:max(1, (pb - 1).bit_length())] != 0)
-                                 | (count[:max(1, (pb - 1).bit_length())] != 0)
-                                 if pb > 1 else 0)
+        low = max(1, (pb - 1).bit_length())  # the byte-in-word bits of an address
+        unaligned = Signal()  # the source (and a copy's destination) or the count
+        beyond = Signal()  # past the end of the memory (the source or the destination)
+        too_long = Signal()  # READ_MEM: more than a frame carries, or nothing
         port = self.port
         m.d.comb += [port.cmd.payload.addr.eq(waddr), port.wdata.payload.data.eq(word),
                      port.wdata.payload.we.eq((1 << pb) - 1),
@@ -199,6 +234,18 @@ class MemoryBridge(wiring.Component):
                                      count.eq(head[64:96])]
                     with m.Default():
                         m.d.sync += [addr.eq(head[32:64]), count.eq(head[64:96])]
+                m.next = "CHECK_SUM"
+            with m.State("CHECK_SUM"):
+                m.d.sync += [end.eq(addr + count), dst_end.eq(dst + count)]
+                m.next = "CHECK_FLAGS"
+            with m.State("CHECK_FLAGS"):
+                is_copy = command == Command.COPY_MEM
+                m.d.sync += [
+                    unaligned.eq(((addr[:low] != 0) | (count[:low] != 0)
+                                  | (is_copy & (dst[:low] != 0))) if pb > 1 else 0),
+                    beyond.eq((end > self._size) | (is_copy & (dst_end > self._size))),
+                    too_long.eq((count > MAX_PAYLOAD) | (count == 0)),
+                ]
                 m.next = "CHECK2"
             with m.State("CHECK2"):
                 m.d.sync += [waddr.eq(addr // pb if pb > 1 else addr),
@@ -207,12 +254,11 @@ class MemoryBridge(wiring.Component):
                     with m.Case(Command.WRITE_MEM, Command.READ_MEM):
                         with m.If((command == Command.READ_MEM) & (length != 0)):
                             fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)
-                        with m.Elif((command == Command.READ_MEM)
-                                    & ((count > MAX_PAYLOAD) | (count == 0))):
+                        with m.Elif((command == Command.READ_MEM) & too_long):
                             fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)
                         with m.Elif(unaligned):
                             fail(LinkError.MEM_RANGE, MemFault.UNALIGNED)
-                        with m.Elif(end > self._size):
+                        with m.Elif(beyond):
                             fail(LinkError.MEM_RANGE, MemFault.BEYOND_END)
                         with m.Elif(command == Command.WRITE_MEM):
                             m.next = "WR_FILL"
@@ -221,10 +267,9 @@ class MemoryBridge(wiring.Component):
                     with m.Case(Command.COPY_MEM):
                         with m.If(length != 0):
                             fail(LinkError.MEM_RANGE, MemFault.TOO_LONG)
-                        with m.Elif(unaligned | (dst[:max(1, (pb - 1).bit_length())] != 0
-                                                 if pb > 1 else 0)):
+                        with m.Elif(unaligned):
                             fail(LinkError.MEM_RANGE, MemFault.UNALIGNED)
-                        with m.Elif((end > self._size) | (dst_end > self._size)):
+                        with m.Elif(beyond):
                             fail(LinkError.MEM_RANGE, MemFault.BEYOND_END)
                         with m.Else():
                             m.d.sync += dst.eq(dst // pb if pb > 1 else dst)

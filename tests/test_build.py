@@ -146,7 +146,7 @@ def test_ulx3s_open_flow_to_bitstream(tmp_path, capsys):
     assert report["fmax_mhz"] >= 100, report["fmax_by_clock"]
     assert all(f >= 100 for f in report["fmax_by_clock"].values()), report["fmax_by_clock"]
     # the default ULX3S bitstream leaves the SDRAM controller out: with it the build does not
-    # meet 100 MHz yet (79 MHz; docs/memory.md); `--memory` puts it in
+    # meet 100 MHz yet (90 MHz; docs/memory.md); `--memory` puts it in
     assert report["memory"] is None and not get_board("ulx3s").dram_in_bitstream
 
 

@@ -295,3 +295,28 @@ def test_quantized_ten_class_model_without_labels_prints_class_numbers(made, tmp
     first = out.splitlines()[1]
     assert first.startswith(f"{tmp_path / 'x.npy'}[0]: ") and " class " in first
 
+
+
+def test_cli_runs_a_real_export_resident_with_the_stream_modes_logits(made, tmp_path, capsys):
+    """`infer --model qdq.onnx --input batch.npy` on the simulated board with its memory runs
+    resident (the whole network one program, each input's upload overlapping the one
+    before's compute) and gives exactly the logits streaming mode gives; with --check every
+    layer is compared on the device."""
+    batch = np.stack([im.transpose(2, 0, 1) for im in random_images(3, tm.SIZE, seed=5)])
+    np.save(tmp_path / "x.npy", batch.astype(np.float32))
+    qdq = made("squeezenet1_1", "random", "dynamo", "uint8", False)
+    args = ["infer", "--model", qdq, "--input", str(tmp_path / "x.npy"), "--json", "--quiet",
+            "--sim-memory"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    resident = json.loads(out)
+    code, out, err = run_cli(args + ["--mode", "stream"], capsys)
+    assert code == 0, err
+    stream = json.loads(out)
+    assert resident["mode"] == "resident" and stream["mode"] == "stream"
+    assert [e["logits"] for e in resident["inputs"]] == [e["logits"] for e in stream["inputs"]]
+    assert all(la["where"] == "device" for la in resident["layers"])
+    code, out, err = run_cli(args + ["--check"], capsys)
+    assert code == 0, err
+    checked = json.loads(out)
+    assert checked["all_match"] is True and all(la["match"] for la in checked["layers"])

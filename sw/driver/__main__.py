@@ -596,23 +596,38 @@ def cmd_infer(args) -> int:
                          if resident else "streaming (weights and maps over the link)"),
              "top-5:"]
     lines += [f"  {t['prob'] * 100:6.2f}%  {t['class']:4d} {t['name']}" for t in best]
-    wait = "mem wait" if resident else "link wait"
-    lines.append(f"{'layer':<10} {'on':<7} {'compute cyc':>12} {wait:>11} {'host ms':>9}"
-                 + ("  bit-exact" if args.check else ""))
-    for r in result.layers:
-        comp = f"{r.compute:,}" if r.compute is not None else "-"
-        wait = f"{r.cycles - r.compute:,}" if r.cycles is not None else "-"
-        mark = "" if r.match is None else ("  yes" if r.match else "  NO")
-        lines.append(f"{r.name:<10} {r.where:<7} {comp:>12} {wait:>11} "
-                     f"{r.seconds * 1e3:>9.1f}{mark}")
-    lines.append(f"layers on the device: {cycle_summary(compute, cycles, clock)}; "
-                 f"the engine alone would run them {clock / compute:.1f} times a second")
-    lines.append(f"whole inference {result.seconds:.1f} s host wall time ("
-                 + ", ".join(r.name for r in result.layers if r.where == "host")
-                 + " on the host; " + ("the device's memory waits and the maps between "
-                                       "the host's and the device's layers over the link"
-                                       if resident else "the device's link waits")
-                 + " included)")
+    host = [r.name for r in result.layers if r.where == "host"]
+    if resident:
+        # a pool's cycles are its work, not waiting: show each layer's cycles as they are
+        lines.append(f"{'layer':<10} {'on':<7} {'cycles':>12} {'engine cyc':>11} "
+                     f"{'host ms':>9}" + ("  bit-exact" if args.check else ""))
+        for r in result.layers:
+            cyc = f"{r.cycles:,}" if r.cycles is not None else "-"
+            comp = f"{r.compute:,}" if r.compute else "-"
+            mark = "" if r.match is None else ("  yes" if r.match else "  NO")
+            lines.append(f"{r.name:<10} {r.where:<7} {cyc:>12} {comp:>11} "
+                         f"{r.seconds * 1e3:>9.1f}{mark}")
+        lines.append(f"layers on the device: {cycles:,} cycles with their memory waits "
+                     f"({cycles / clock * 1e3:.1f} ms at {clock / 1e6:g} MHz, "
+                     f"{clock / cycles:.1f} frames/s), {compute:,} of them the engine's "
+                     "compute")
+        lines.append(f"whole inference {result.seconds:.1f} s host wall time (the image "
+                     "written and the outputs read back over the link included"
+                     + (f"; {', '.join(host)} on the host" if host else "") + ")")
+    else:
+        lines.append(f"{'layer':<10} {'on':<7} {'compute cyc':>12} {'link wait':>11} "
+                     f"{'host ms':>9}" + ("  bit-exact" if args.check else ""))
+        for r in result.layers:
+            comp = f"{r.compute:,}" if r.compute is not None else "-"
+            wait = f"{r.cycles - r.compute:,}" if r.cycles is not None else "-"
+            mark = "" if r.match is None else ("  yes" if r.match else "  NO")
+            lines.append(f"{r.name:<10} {r.where:<7} {comp:>12} {wait:>11} "
+                         f"{r.seconds * 1e3:>9.1f}{mark}")
+        lines.append(f"layers on the device: {cycle_summary(compute, cycles, clock)}; "
+                     f"the engine alone would run them {clock / compute:.1f} times a second")
+        lines.append(f"whole inference {result.seconds:.1f} s host wall time ("
+                     + (f"{', '.join(host)} on the host; " if host else "")
+                     + "the device's link waits included)")
     if args.check:
         lines.append("every device layer bit-exact with the golden model: "
                      + ("yes" if result.all_match else "NO"))

@@ -327,10 +327,18 @@ class Accelerator:
         p = plan.p
         frames = tile_frames(plan, tile, layer, x, load=load)
         self._loaded = None
-        expected = int(np.prod(plan.tile_output_shape(tile))) * value_bytes(p)
-        collect = Collected()
         if progress is not None:
             progress(0, len(frames))
+        result = self._run_frames(frames, int(np.prod(plan.tile_output_shape(tile))), p)
+        if progress is not None:
+            progress(len(frames), len(frames))
+        return result
+
+    def _run_frames(self, frames: list, values: int, p: EngineParams):
+        """Send one run's frames and collect its output until its DONE: ``(values, done)``;
+        a failed run, an output short of ``values`` or a malformed one is an error."""
+        expected = values * value_bytes(p)
+        collect = Collected()
         self.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
         done = collect.done[-1]
         if done.error:
@@ -338,8 +346,6 @@ class Accelerator:
                               code=done.error)
         if len(collect.output) != expected:
             raise OutputLost(f"expected {expected} output bytes, got {len(collect.output)}")
-        if progress is not None:
-            progress(len(frames), len(frames))
         try:
             return decode_values(bytes(collect.output), p.bits), done
         except ValueError as e:
@@ -401,19 +407,8 @@ def _conv_runs(acc: Accelerator, plan: ConvPlan, layer: ConvLayer, z_in: int,
         frames += item_frames(Command.RUN_INPUT,
                               lanes_to_ints(plan.input_words(run, x1), p.bits),
                               sizes[Command.RUN_INPUT])
-        expected = plan.run_outputs(run) * value_bytes(p)
-        collect = Collected()
-        acc.link.transact(frames, collect=collect, until=lambda c: bool(c.done))
-        done = collect.done[-1]
-        if done.error:
-            raise DeviceError(f"the device failed the run: error {done.error}",
-                              code=done.error)
-        if len(collect.output) != expected:
-            raise OutputLost(f"expected {expected} output bytes, got {len(collect.output)}")
-        try:
-            outputs.append(decode_values(bytes(collect.output), p.bits))
-        except ValueError as e:
-            raise ProtocolError(f"the device's output is malformed: {e}") from None
+        values, done = acc._run_frames(frames, plan.run_outputs(run), p)
+        outputs.append(values)
         dones.append(done)
     stats = _snapshot(acc.link.stats)
     delta = {k: stats[k] - stats0[k] for k in stats}

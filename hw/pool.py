@@ -44,6 +44,16 @@ def beat_layout(bits: int, lanes: int) -> data.ArrayLayout:
     return data.ArrayLayout(signed(bits), lanes)
 
 
+def unit_members(cfg_layout, beat, error) -> dict:
+    """The ports the layer sequencer's units share (:class:`MaxPool`, :class:`GlobalAvgPool`,
+    ``hw.window.WindowPacker``): a ``cfg`` stream taken when idle, beats in and out, the
+    last configuration's ``error`` (an enum naming the refused field), ``busy``, and the
+    ``accepted`` / ``done`` pulses."""
+    return {"cfg": In(stream.Signature(cfg_layout)), "input": In(stream.Signature(beat)),
+            "output": Out(stream.Signature(beat)), "error": Out(error), "busy": Out(1),
+            "accepted": Out(1), "done": Out(1)}
+
+
 def _lane_max(a, b, bits: int, lanes: int):
     """Per-lane signed maximum of two beats (raw bits)."""
     return Cat(*(Mux(a[i * bits:(i + 1) * bits].as_signed() > b[i * bits:(i + 1) * bits]
@@ -124,15 +134,7 @@ class MaxPool(wiring.Component):
         self._max_h, self._max_w, self._max_cw = max_h, max_w, max_cw
         self._row_words, self._fifo_depth = row_words, fifo_depth
         beat = beat_layout(bits, lanes)
-        super().__init__({
-            "cfg": In(stream.Signature(self.cfg_layout)),
-            "input": In(stream.Signature(beat)),
-            "output": Out(stream.Signature(beat)),
-            "error": Out(MaxPoolError),
-            "busy": Out(1),
-            "accepted": Out(1),
-            "done": Out(1),
-        })
+        super().__init__(unit_members(self.cfg_layout, beat, MaxPoolError))
 
     @property
     def cfg_layout(self) -> data.StructLayout:
@@ -406,15 +408,7 @@ class GlobalAvgPool(wiring.Component):
         #: width of an exact-mode output value
         self.exact_bits = per_value * bits
         beat = beat_layout(bits, lanes)
-        super().__init__({
-            "cfg": In(stream.Signature(self.cfg_layout)),
-            "input": In(stream.Signature(beat)),
-            "output": Out(stream.Signature(beat)),
-            "error": Out(GlobalAvgPoolError),
-            "busy": Out(1),
-            "accepted": Out(1),
-            "done": Out(1),
-        })
+        super().__init__(unit_members(self.cfg_layout, beat, GlobalAvgPoolError))
 
     @property
     def cfg_layout(self) -> data.StructLayout:

@@ -27,13 +27,12 @@ holds ``k`` rows plus at least two beats (``ROW`` refuses a wider image).
 from __future__ import annotations
 
 from amaranth import Array, Module, Mux, Signal, signed
-from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, enum, wiring
 
 from spec.quant import QuantSpec
 from spec.windows import packed_channels
 
-from .pool import beat_layout, serial_product
+from .pool import beat_layout, serial_product, unit_members
 from .ram import RegisteredRead, ram
 from .stream_fifo import StreamFIFO
 
@@ -87,15 +86,7 @@ class WindowPacker(wiring.Component):
         self._max_k, self._max_stride = max_k, max_stride
         self._capacity, self._fifo_depth = capacity, fifo_depth
         beat = beat_layout(bits, lanes)
-        super().__init__({
-            "cfg": In(stream.Signature(self.cfg_layout)),
-            "input": In(stream.Signature(beat)),
-            "output": Out(stream.Signature(beat)),
-            "error": Out(WindowError),
-            "busy": Out(1),
-            "accepted": Out(1),
-            "done": Out(1),
-        })
+        super().__init__(unit_members(self.cfg_layout, beat, WindowError))
 
     @property
     def cfg_layout(self) -> data.StructLayout:

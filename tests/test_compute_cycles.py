@@ -17,6 +17,18 @@ from sw import ops
 CONDITIONS = [(0, 0), (98, 0), (0, 90), (70, 70), (20, 80)]
 
 
+def figures_under_conditions(run, want) -> list[tuple[int, int]]:
+    """``(cycles, compute)`` of ``run(gaps=, backpressure=, seed=)`` under each of the
+    CONDITIONS, its output bit-exact with ``want`` under every one."""
+    figures = []
+    for seed, (gaps, back) in enumerate(CONDITIONS):
+        got, result = run(gaps=gaps, backpressure=back, seed=seed)
+        np.testing.assert_array_equal(got, want, f"gaps {gaps}%, backpressure {back}%")
+        figures.append((sum(r.cycles for r in result.runs),
+                        sum(r.compute for r in result.runs)))
+    return figures
+
+
 @pytest.mark.parametrize("shape", [(13, 13, 256, 48, 192, 192), (14, 14, 128, 32, 128, 128)],
                          ids=["fire6", "fire4-channels"])
 def test_compute_does_not_depend_on_the_streams(shape):
@@ -27,12 +39,8 @@ def test_compute_does_not_depend_on_the_streams(shape):
     x = random_input(rng, h, w, cin)
     want = ops.fire(x, layer)
     plan = FirePlan(p, Shape(*shape))
-    figures = []
-    for seed, (gaps, back) in enumerate(CONDITIONS):
-        got, result = run_fire(plan, layer, x, gaps=gaps, backpressure=back, seed=seed)
-        np.testing.assert_array_equal(got, want, f"gaps {gaps}%, backpressure {back}%")
-        figures.append((sum(r.cycles for r in result.runs),
-                        sum(r.compute for r in result.runs)))
+    figures = figures_under_conditions(
+        lambda **kw: run_fire(plan, layer, x, **kw), want)
     (full_cycles, full_compute), *held = figures
     # at full rate nothing waits: compute is every cycle but the first pixel's arrival
     assert 0 <= full_cycles - full_compute <= 40, figures[0]
@@ -56,12 +64,8 @@ def test_convolution_compute_does_not_depend_on_the_streams(shape):
     x = random_input(rng, h, w, cin)
     want = ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq)
     plan = ConvPlan(p, ConvShape(*shape))
-    figures = []
-    for seed, (gaps, back) in enumerate(CONDITIONS):
-        got, result = run_conv(plan, conv, z_in, x, gaps=gaps, backpressure=back, seed=seed)
-        np.testing.assert_array_equal(got, want, f"gaps {gaps}%, backpressure {back}%")
-        figures.append((sum(r.cycles for r in result.runs),
-                        sum(r.compute for r in result.runs)))
+    figures = figures_under_conditions(
+        lambda **kw: run_conv(plan, conv, z_in, x, **kw), want)
     (full_cycles, full_compute), *held = figures
     assert 0 <= full_cycles - full_compute <= 40, figures[0]
     for (gaps, back), (cycles, compute) in zip(CONDITIONS[1:], held, strict=True):

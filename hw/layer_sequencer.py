@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -377,8 +377,7 @@ class LayerSequencer(wiring.Component):
         # the units' configurations, from the descriptor (a size too wide for a unit's field
         # goes in as 0, which the unit refuses naming that field)
         def fit(value, shape):
-            width = shape.width if hasattr(shape, "width") else len(Signal(shape))
-            return Mux(value >> width != 0, 0, value)
+            return Mux(value >> Shape.cast(shape).width != 0, 0, value)
 
         bits = self._p.bits
         unit_done = Signal()  # the selected unit's done pulse, seen

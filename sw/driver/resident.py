@@ -424,24 +424,15 @@ class ResidentNetwork:
                                     f"compiled for {seg.input.shape}")
             self.mem.write(seg.input.addr, seg.input.pack(x))
             self.acc.run_program(seg.program)
-            stats = {r.stats_addr: unpack_stats(self.mem.read(r.stats_addr, STATS_BYTES))
-                     for r in seg.runs}
-            for lname in seg.layers:
-                out = seg.outputs[lname]
-                match = None
-                if check or lname == seg.layers[-1]:
+            for rec in self._records(seg):
+                out = seg.outputs[rec.name]
+                if check or rec.name == seg.layers[-1]:
                     y = out.unpack(self.mem.read(out.addr, out.nbytes))
                     if check:
-                        match = bool(np.array_equal(y, qnet.run_layer(lname, x)))
+                        rec.match = bool(np.array_equal(y, qnet.run_layer(rec.name, x)))
                     x = y
-                runs = [r for r in seg.runs if r.layer == lname]
-                cycles = sum(stats[r.stats_addr]["cycles"] for r in runs)
-                macs = sum(r.macs for r in runs)
-                lanes = self.acc.params.lanes
-                records.append(LayerRecord(
-                    lname, "device", time.perf_counter() - t0, cycles,
-                    sum(stats[r.stats_addr]["compute"] for r in runs), len(runs), match,
-                    list(out.shape), macs=macs or None, lanes=lanes))
+                rec.seconds = time.perf_counter() - t0
+                records.append(rec)
                 t0 = time.perf_counter()
                 i += 1
         link = {"bytes_down": self.acc.link.stats.bytes_down - link0[0],
@@ -455,8 +446,9 @@ class ResidentNetwork:
         segs = self.image.segments
         return len(segs) == 1 and segs[0].layers == [la.name for la in self.qnet.net.layers]
 
-    def _records(self, seg: Segment, seconds: float) -> list[LayerRecord]:
-        """Per-layer records of the segment's last run, from the sequencer's stats."""
+    def _records(self, seg: Segment, seconds: float = 0.0) -> list[LayerRecord]:
+        """Per-layer records of the segment's last run, from the sequencer's stats (the
+        segment's ``seconds`` shared among its layers)."""
         stats = {r.stats_addr: unpack_stats(self.mem.read(r.stats_addr, STATS_BYTES))
                  for r in seg.runs}
         lanes = self.acc.params.lanes

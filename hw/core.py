@@ -21,7 +21,7 @@ from spec.protocol import (
     RX_SLOTS,
     Command,
     Reply,
-    item_bits,
+    beat_bits,
     item_bytes,
     pack_identity,
     rx_idle_cycles,
@@ -34,6 +34,7 @@ from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Tr
 from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
 from .ram import RegisteredRead, ram
 from .stream_fifo import StreamFIFO
+from .weight_buffers import RowAssembler
 
 #: Cycles without any engine progress, while a frame waits for the engine, before that frame
 #: is dropped (11 ms at 96 MHz). Frames arrive in the order the engine takes them, and a
@@ -126,7 +127,7 @@ class AcceleratorCore(wiring.Component):
         else:
             m.d.sync += engine_reset.eq(rx.reset | seq.engine_reset)
         seq_active = seq.active if seq is not None else Const(0)
-        widths = item_bits(p)
+        widths = beat_bits(p)
         executor = resettable("executor", Executor(widths, self._stall,
                                                    memory=self._memory is not None))
         wiring.connect(m, commits.r, executor.job)
@@ -136,6 +137,12 @@ class AcceleratorCore(wiring.Component):
             executor.error.eq(engine.error),
         ]
         targets = {cmd: getattr(engine, ENGINE_STREAMS[cmd]) for cmd in widths}
+        # weights arrive a beat at a time from either source (``beat_bits``): rows are put
+        # together in front of the engine, and reset with it
+        m.submodules.row_assembler = rows = ResetInserter({"sync": engine_reset})(
+            RowAssembler(p))
+        wiring.connect(m, rows.rows, engine.weights)
+        targets[Command.LOAD_WEIGHTS] = rows.beats
         progress = engine.output.valid & engine.output.ready
         for cmd, target in targets.items():
             source = executor.stream_for(cmd)

@@ -148,7 +148,7 @@ class LayerSequencer(wiring.Component):
             "active": Out(1),
             "engine_reset": Out(1),
             "cfg": Out(stream.Signature(config_bits(p))),
-            "weights": Out(stream.Signature(p.weight_row_bits)),
+            "weights": Out(stream.Signature(p.weight_beat_bits)),  # a row in oc_lanes beats
             "qparams": Out(stream.Signature(qparam_bits(p))),
             "input": Out(stream.Signature(p.ic_lanes * p.bits)),
             "output": In(stream.Signature(signed(p.bits))),
@@ -346,14 +346,18 @@ class LayerSequencer(wiring.Component):
                          wr_item.we.eq(cur_we), cur_valid.eq(0), cur_we.eq(0)]
             m.d.comb += out.ready.eq(0)
 
-        # stats: STATS_BYTES written a word at a time from a shift register
+        # stats: STATS_BYTES written a word at a time, the word chosen by its index (a
+        # register loaded whole: shifting it would put a multiplexer before every bit)
         stats_bits = 8 * STATS_BYTES
+        stats_words = STATS_BYTES // pbytes
         stats = Signal(stats_bits)
-        stats_left = Signal(range(STATS_BYTES // pbytes + 1))
+        stats_left = Signal(range(stats_words + 1))
         stats_addr = Signal(ADDR_BITS - shift)
+        stats_word = stats.word_select((stats_words - stats_left)[:max(1, (stats_words - 1)
+                                                                        .bit_length())], pb)
         with m.If(stats_go & wr_free & (stats_left != 0)):
-            m.d.sync += [wr_valid.eq(1), wr_item.addr.eq(stats_addr), wr_item.data.eq(stats[:pb]),
-                         wr_item.we.eq((1 << pbytes) - 1), stats.eq(stats[pb:]),
+            m.d.sync += [wr_valid.eq(1), wr_item.addr.eq(stats_addr), wr_item.data.eq(stats_word),
+                         wr_item.we.eq((1 << pbytes) - 1),
                          stats_addr.eq(stats_addr + 1), stats_left.eq(stats_left - 1)]
 
         # pool outputs: whole beats, written a port word at a time from out_addr on
@@ -547,7 +551,8 @@ class LayerSequencer(wiring.Component):
             with state("VERDICT"):
                 with m.If(self.accepted):
                     with m.If(desc.w_rows != 0):
-                        begin_read("weights", desc.w_addr, desc.w_rows, it.weights)
+                        w_beats = times(m, desc.w_rows, self._p.oc_lanes, "w_beats")
+                        begin_read("weights", desc.w_addr, w_beats, it.weights)
                         m.next = "WEIGHTS_REQ"
                     with m.Else():
                         m.next = "QPARAMS_START"
@@ -594,7 +599,7 @@ class LayerSequencer(wiring.Component):
                     m.d.sync += [stats.eq(Cat(d_cycles, Mux(engine, self.cycles, 0),
                                               Mux(engine, self.compute, 0), d_read,
                                               d_written)),
-                                 stats_left.eq(Mux(desc.stats, STATS_BYTES // pbytes, 0)),
+                                 stats_left.eq(Mux(desc.stats, stats_words, 0)),
                                  stats_addr.eq(desc.stats_addr[shift:])]
                     m.next = "STATS"
             with state("STATS"):

@@ -531,7 +531,10 @@ class Transmitter(wiring.Component):
     """Sends reply frames and the framer's jobs, computing both CRCs on the fly.
 
     Replies (small, from ``replies``) go first. Payloads: ERROR ``[code, detail]``; IDENTITY
-    the ``identity`` bytes; COUNTERS the ``counters`` value, latched when the frame starts;
+    the ``identity`` bytes (a constant: each byte chosen by its offset, no register); COUNTERS
+    the ``counters`` value, latched when the frame starts (a register loaded whole, read a
+    byte at a time by offset: a shift register's per-bit load-or-shift multiplexer would cost
+    a LUT a bit);
     DONE ``DONE_FIELDS``; OUTPUT from the output buffer half, which is returned
     on ``release`` once sent; CSR_VALUE the reply's word; MEM_DATA the reply's length of
     bytes from the memory bridge's read buffer (``mem_rd_*``), handed back on ``mem_release``
@@ -566,16 +569,20 @@ class Transmitter(wiring.Component):
         code = Signal(8)
         detail = Signal(8)
         value = Signal(32)
-        # payloads other than OUTPUT, as one little-endian value
-        small = Signal(max(8 * fields_size(DONE_FIELDS), self._counters_bits,
-                           8 * len(self._identity)),
+        # ERROR, CSR_VALUE and DONE payloads, as one little-endian value, shifted out
+        small = Signal(max(8 * fields_size(DONE_FIELDS), 8 * fields_size(ERROR_FIELDS), 32),
                        reset_less=True)  # data, loaded before it is sent
-        assert len(small) <= 8 * 128
+        # COUNTERS: the snapshot, and the payload bytes prepared so far (its byte offset)
+        snap = Signal(self._counters_bits, reset_less=True)
+        pbyte = Signal(range(max(self._counters_bits // 8, len(self._identity)) + 1))
         index = Signal(LEN_BITS + 4)  # byte of the frame being sent
         m.submodules.crc = crc_unit = crc16()
         crc = crc_unit.crc
         out = Signal(8)
         identity = Const(int.from_bytes(self._identity, "little"), 8 * len(self._identity))
+        # a byte beyond either (never sent: the lengths stop short of it) reads as 0
+        id_byte = Mux(pbyte < len(self._identity), identity.word_select(pbyte, 8), 0)
+        snap_byte = Mux(pbyte < len(snap) // 8, snap.word_select(pbyte, 8), 0)
         n_counters = self._counters_bits // 8
         lengths = {Reply.ACK: 0, Reply.ERROR: fields_size(ERROR_FIELDS),
                    Reply.IDENTITY: len(self._identity),
@@ -593,13 +600,14 @@ class Transmitter(wiring.Component):
         shift_small = Signal()
         m.d.sync += [load_small.eq(0), shift_small.eq(0)]
         with m.If(load_small):
-            m.d.sync += small.eq(Mux(kind == Reply.COUNTERS, self.counters,
-                                 Mux(kind == Reply.CSR_VALUE, value,
-                                     Mux(kind == Reply.IDENTITY, identity,
-                                         Mux(is_job, Cat(*(job[name] for name, _ in DONE_FIELDS)),
-                                             Cat(code, detail))))))
+            m.d.sync += [small.eq(Mux(kind == Reply.CSR_VALUE, value,
+                                      Mux(is_job, Cat(*(job[name] for name, _ in DONE_FIELDS)),
+                                          Cat(code, detail)))),
+                         pbyte.eq(0)]
+            with m.If(kind == Reply.COUNTERS):
+                m.d.sync += snap.eq(self.counters)
         with m.Elif(shift_small):
-            m.d.sync += small.eq(small >> 8)
+            m.d.sync += [small.eq(small >> 8), pbyte.eq(pbyte + 1)]
         payload = (index >= HEADER_BYTES) & (index < end)
         crc_add = Signal()  # flags of the byte in ``out``, for SEND
         crc_clear = Signal()
@@ -650,6 +658,10 @@ class Transmitter(wiring.Component):
                     with m.Default():
                         with m.If(payload & (is_output | is_mem)):
                             m.d.sync += out.eq(rd_q)
+                        with m.Elif(payload & (kind == Reply.COUNTERS)):
+                            m.d.sync += out.eq(snap_byte)
+                        with m.Elif(payload & (kind == Reply.IDENTITY)):
+                            m.d.sync += out.eq(id_byte)
                         with m.Elif(payload):
                             m.d.sync += out.eq(small[:8])
                         with m.Elif(index == end):

@@ -10,7 +10,8 @@ last output beat has left. The references are ``sw.ops.maxpool`` and
 ``sw.quantize.QAvgPool``; ``tests/test_pool.py`` holds them to it bit for bit.
 
 :class:`MaxPool` takes a beat a cycle: a horizontal max over each window's three columns
-(the same beat of the two pixels before, from a delay line in LUT RAM), then a vertical max
+(the running max of the window's columns so far, a word of LUT RAM per beat of
+a pixel), then a vertical max
 over three rows (the open output row's partial maxima in a block RAM of ``row_words``). Pooled
 beats wait in a FIFO whose room is reserved when the input beat that finishes them is taken,
 so the pipeline never stalls and a slow output only holds the input back.
@@ -18,8 +19,8 @@ so the pipeline never stalls and a slow output only holds the input back.
 :class:`GlobalAvgPool` accumulates ``x - z_in`` per channel, ``group`` channels a cycle in
 a block RAM (a beat in ``lanes / group`` cycles), then requantizes every channel with one
 multiplier for the whole tensor (``s_in / (N s_out)``): the product ``acc * m`` by shift
-and add (31 cycles, ``group`` channels at once; no DSP block), then the engine's own
-rounding and clamp (:func:`hw.arith.round_shift_clamp`).
+and add from the multiplier's top bit (31 cycles, ``group`` channels at once; no DSP
+block), then the engine's own rounding and clamp (:func:`hw.arith.round_shift_clamp`).
 
 Timing (the ECP5 at 100 MHz, as the engine): every block RAM's output goes into a register
 of its own before any logic, and the decisions (which beat closes a window, whether there is
@@ -121,7 +122,7 @@ class MaxPool(wiring.Component):
     at least 4 beats (``w * cw >= 4``; a partial maximum's write must land before its next
     read). ``fifo_depth``
     output beats may be reserved at once: 16 (the default) keeps the input at a beat a cycle
-    through the pipeline's 9 stages.
+    through the pipeline's 7 stages.
     """
 
     def __init__(self, *, bits: int = 8, lanes: int = 16, max_h: int = 128, max_w: int = 128,
@@ -196,69 +197,55 @@ class MaxPool(wiring.Component):
             with m.If(c_last & x_last):
                 m.d.sync += vaddr.eq(0)
 
-        # stage A: the beat and where it goes; the same beat of the two pixels before it
-        # is read from a delay line (LUT RAM, asynchronous reads, the write pointer and the
-        # two read pointers counters of their own)
-        depth = 1 << (2 * max(1, self._max_cw) - 1).bit_length()
-        ptr, rp1, rp2 = (Signal(range(depth), name=n) for n in ("ptr", "rp1", "rp2"))
+        # stage A: the beat and where it goes. The horizontal max runs through one LUT-RAM
+        # word per beat of a pixel (``pair[c]``): an even column writes its beat there, the
+        # odd column after it the max of the two, so a window's last column (even, or the
+        # far odd one of an even width) finds the max of the columns before it in
+        # ``pair[c]``. Read (asynchronously) in stage A, written in stage A2; a beat one
+        # cycle behind the same word (``cw = 1``) takes the value being written instead.
+        depth = 1 << (max(1, self._max_cw) - 1).bit_length()
         a_valid = Signal()
         a_beat = Signal(beat_bits, reset_less=True)
-        a_ptr, a_rp1, a_rp2 = (Signal.like(ptr, reset_less=True, name=f"a_{s.name}")
-                               for s in (ptr, rp1, rp2))
-        a_use2, a_hfinal, a_vstart, a_vfinal = (Signal(reset_less=True, name=f"a_{n}")
-                                                for n in ("use2", "hfinal", "vstart",
+        a_c = Signal(range(depth), reset_less=True)
+        a_even, a_hfinal, a_vstart, a_vfinal = (Signal(reset_less=True, name=f"a_{n}")
+                                                for n in ("even", "hfinal", "vstart",
                                                           "vfinal"))
         a_vaddr = Signal.like(vaddr, reset_less=True)
         m.d.sync += a_valid.eq(take)
         with m.If(take):
-            m.d.sync += [a_beat.eq(self.input.payload.as_value()), a_ptr.eq(ptr),
-                         a_rp1.eq(rp1), a_rp2.eq(rp2), ptr.eq(ptr + 1), rp1.eq(rp1 + 1),
-                         rp2.eq(rp2 + 1), a_use2.eq(~x[0]), a_hfinal.eq(h_final),
-                         a_vstart.eq(~r[0]), a_vfinal.eq(v_final), a_vaddr.eq(vaddr)]
-        m.submodules.cols = cols = memory.Memory(shape=beat_bits, depth=depth, init=[])
-        cols_w = cols.write_port()
-        cols_r1 = cols.read_port(domain="comb")
-        cols_r2 = cols.read_port(domain="comb")
-        m.d.comb += [cols_w.addr.eq(a_ptr), cols_w.en.eq(a_valid), cols_w.data.eq(a_beat),
-                     cols_r1.addr.eq(a_rp1), cols_r2.addr.eq(a_rp2)]
+            m.d.sync += [a_beat.eq(self.input.payload.as_value()), a_c.eq(c),
+                         a_even.eq(~x[0]), a_hfinal.eq(h_final), a_vstart.eq(~r[0]),
+                         a_vfinal.eq(v_final), a_vaddr.eq(vaddr)]
+        m.submodules.pair = pair = memory.Memory(shape=beat_bits, depth=depth, init=[])
+        pair_w = pair.write_port()
+        pair_r = pair.read_port(domain="comb")
+        m.d.comb += pair_r.addr.eq(a_c)
 
-        # stages A2, A3: a window's three (or, clipped, two) columns, registered twice (yosys
-        # may map the delay line to block RAM on the ECP5, the first register then being the
-        # block RAM's own)
+        # stage A2: the max of the columns so far; written back (an even column: its beat)
         a2_valid = Signal()
-        a2_beat, a2_p1, a2_p2 = (Signal(beat_bits, reset_less=True, name=n)
-                                 for n in ("a2_beat", "a2_p1", "a2_p2"))
-        a2_use2, a2_vstart, a2_vfinal = (Signal(reset_less=True, name=f"a2_{n}")
-                                         for n in ("use2", "vstart", "vfinal"))
+        a2_beat = Signal(beat_bits, reset_less=True)
+        a2_prev = Signal(beat_bits, reset_less=True)
+        a2_c = Signal.like(a_c, reset_less=True)
+        a2_even, a2_hfinal, a2_vstart, a2_vfinal = (
+            Signal(reset_less=True, name=f"a2_{n}")
+            for n in ("even", "hfinal", "vstart", "vfinal"))
         a2_vaddr = Signal.like(vaddr, reset_less=True)
-        m.d.sync += [a2_valid.eq(a_valid & a_hfinal), a2_beat.eq(a_beat),
-                     a2_p1.eq(cols_r1.data), a2_p2.eq(cols_r2.data), a2_use2.eq(a_use2),
-                     a2_vstart.eq(a_vstart), a2_vfinal.eq(a_vfinal), a2_vaddr.eq(a_vaddr)]
-        a3 = [a2_valid, a2_beat, a2_p1, a2_p2, a2_use2, a2_vstart, a2_vfinal, a2_vaddr]
-        a3 = [Signal.like(s, name=s.name.replace("a2_", "a3_"), reset_less=k > 0)
-              for k, s in enumerate(a3)]
-        m.d.sync += [s.eq(prev) for s, prev in zip(a3, [a2_valid, a2_beat, a2_p1, a2_p2,
-                                                         a2_use2, a2_vstart, a2_vfinal,
-                                                         a2_vaddr], strict=True)]
-        a3_valid, a3_beat, a3_p1, a3_p2, a3_use2, a3_vstart, a3_vfinal, a3_vaddr = a3
-        # stage A4: the max of two columns, and the third (or the second again); a compare
-        # a stage
-        a4_valid = Signal()
-        a4_m, a4_third = Signal(beat_bits, reset_less=True), Signal(beat_bits, reset_less=True)
-        a4_vstart, a4_vfinal = Signal(reset_less=True), Signal(reset_less=True)
-        a4_vaddr = Signal.like(vaddr, reset_less=True)
-        m.d.sync += [a4_valid.eq(a3_valid), a4_m.eq(_lane_max(a3_beat, a3_p1, bits, lanes)),
-                     a4_third.eq(Mux(a3_use2, a3_p2, a3_beat)), a4_vstart.eq(a3_vstart),
-                     a4_vfinal.eq(a3_vfinal), a4_vaddr.eq(a3_vaddr)]
-        hmax = _lane_max(a4_m, a4_third, bits, lanes)
+        a2_max = _lane_max(a2_prev, a2_beat, bits, lanes)
+        a2_word = Mux(a2_even, a2_beat, a2_max)
+        forward = a2_valid & (a2_c == a_c)
+        m.d.comb += [pair_w.addr.eq(a2_c), pair_w.en.eq(a2_valid), pair_w.data.eq(a2_word)]
+        m.d.sync += [a2_valid.eq(a_valid), a2_beat.eq(a_beat),
+                     a2_prev.eq(Mux(forward, a2_word, pair_r.data)), a2_c.eq(a_c),
+                     a2_even.eq(a_even), a2_hfinal.eq(a_hfinal), a2_vstart.eq(a_vstart),
+                     a2_vfinal.eq(a_vfinal), a2_vaddr.eq(a_vaddr)]
 
         # stage B: a window's horizontal max; its row word is read
         b_valid = Signal()
         b_h = Signal(beat_bits, reset_less=True)
         b_vstart, b_vfinal = Signal(reset_less=True), Signal(reset_less=True)
         b_vaddr = Signal.like(vaddr, reset_less=True)
-        m.d.sync += [b_valid.eq(a4_valid), b_h.eq(hmax), b_vstart.eq(a4_vstart),
-                     b_vfinal.eq(a4_vfinal), b_vaddr.eq(a4_vaddr)]
+        m.d.sync += [b_valid.eq(a2_valid & a2_hfinal), b_h.eq(a2_max), b_vstart.eq(a2_vstart),
+                     b_vfinal.eq(a2_vfinal), b_vaddr.eq(a2_vaddr)]
         # The open output row's partial maxima, read in stage B and written after stage D
         # (registered). The block RAM's output goes into a register of its own (stage C)
         # before any logic (an ECP5 EBR takes ~6 ns from clock to output). A word is read
@@ -297,8 +284,7 @@ class MaxPool(wiring.Component):
         e_beat = Signal(beat_bits, reset_less=True)
         m.d.sync += [e_valid.eq(d_valid & d_vfinal), e_beat.eq(vmax)]
         m.d.comb += [fifo.w.valid.eq(e_valid), fifo.w.payload.eq(e_beat)]
-        stages = [a_valid, a2_valid, a3_valid, a4_valid, b_valid, c_valid, d_valid, e_valid,
-                  e_write]
+        stages = [a_valid, a2_valid, b_valid, c_valid, d_valid, e_valid, e_write]
         drained = ~Cat(*stages).any() & (owed == 0)
 
         bad = Signal(MaxPoolError)
@@ -331,8 +317,7 @@ class MaxPool(wiring.Component):
                 with m.If(bad == MaxPoolError.OK):
                     m.d.comb += self.accepted.eq(1)
                     m.d.sync += [running.eq(1), more.eq(1), c.eq(0), x.eq(0), r.eq(0),
-                                 vaddr.eq(0), ptr.eq(0), rp1.eq(-cfg.cw),
-                                 rp2.eq(-(cfg.cw << 1))]
+                                 vaddr.eq(0)]
                     m.next = "RUN"
                 with m.Else():
                     m.next = "DONE"
@@ -494,14 +479,22 @@ class GlobalAvgPool(wiring.Component):
         m.d.comb += rd.addr.eq(Mux(running & accumulating, a, o_addr))
         p_bits = acc_bits + MULT_BITS
         mb = Signal(MULT_BITS - 1)
-        multiplicand = [Signal(signed(p_bits), name=f"mcand{k}") for k in range(group)]
+        m_left = Signal(range(MULT_BITS))  # multiplier bits still to go
+        multiplicand = [Signal(signed(acc_bits), name=f"mcand{k}") for k in range(group)]
         product = [Signal(signed(p_bits), name=f"prod{k}") for k in range(group)]
-        y, _ = round_shift_clamp(m, product[0], cfg.shift, cfg.z_out, Const(spec.act_min, bits),
+        q = Signal(range(group + ROUND_LATENCY + 1))
+        # the products go into the rounding one a cycle, chosen by ``q``
+        feed = Signal(signed(p_bits))
+        m.d.comb += feed.eq(product[0])
+        with m.Switch(q):
+            for k in range(1, group):
+                with m.Case(k):
+                    m.d.comb += feed.eq(product[k])
+        y, _ = round_shift_clamp(m, feed, cfg.shift, cfg.z_out, Const(spec.act_min, bits),
                                  spec, "gap")
         v_bits = max(exact_bits, bits)
         vals = [Signal(v_bits, name=f"val{k}") for k in range(group)]
         v_left = Signal(range(group + 1))
-        q = Signal(range(group + ROUND_LATENCY + 1))
         beat = Signal(beat_bits)
         in_beat = Signal(range(lanes + 1))
         per_beat_m1 = Mux(cfg.exact, lanes // self._per_value - 1, lanes - 1)
@@ -547,23 +540,23 @@ class GlobalAvgPool(wiring.Component):
                     sum_k = rd.data[k * acc_bits:(k + 1) * acc_bits].as_signed()
                     m.d.sync += [multiplicand[k].eq(sum_k), product[k].eq(0),
                                  vals[k].eq(sum_k)]
-                m.d.sync += [mb.eq(cfg.mult), v_left.eq(group), q.eq(0)]
+                m.d.sync += [mb.eq(cfg.mult), m_left.eq(MULT_BITS - 1), v_left.eq(group),
+                             q.eq(0)]
                 with m.If(cfg.exact):
                     m.next = "PUT"
                 with m.Else():
                     m.next = "MULTIPLY"
-            with m.State("MULTIPLY"):  # shift and add, a bit of the multiplier a cycle
-                with m.If(mb != 0):
-                    m.d.sync += mb.eq(mb >> 1)
+            with m.State("MULTIPLY"):  # shift and add, a bit of the multiplier a cycle,
+                # from its top (the product shifts, the multiplicand stays: one adder a bit)
+                with m.If(m_left != 0):
+                    m.d.sync += [mb.eq(mb << 1), m_left.eq(m_left - 1)]
                     for k in range(group):
-                        m.d.sync += multiplicand[k].eq(multiplicand[k] << 1)
-                        with m.If(mb[0]):
-                            m.d.sync += product[k].eq(product[k] + multiplicand[k])
+                        m.d.sync += product[k].eq((product[k] << 1)
+                                                  + Mux(mb[-1], multiplicand[k], 0))
                 with m.Else():
                     m.next = "ROUND"
             with m.State("ROUND"):  # a product a cycle into the rounding, results after it
                 m.d.sync += q.eq(q + 1)
-                m.d.sync += [product[k].eq(product[k + 1]) for k in range(group - 1)]
                 with m.If(q >= ROUND_LATENCY):
                     m.d.sync += [vals[k].eq(vals[k + 1]) for k in range(group - 1)]
                     m.d.sync += vals[-1].eq(y.as_unsigned())

@@ -13,7 +13,7 @@ chip. Reads leave the block RAM straight into a register (``hw.ram.RegisteredRea
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -99,4 +99,40 @@ class WeightBuffers(wiring.Component):
             self.done.eq(~w_room & ~q_room & ~w_wr.en & ~q_wr.en),
             self.waiting.eq(self.loading & (w_room | q_room) & ~w_take & ~q_take),
         ]
+        return m
+
+
+class RowAssembler(wiring.Component):
+    """Weight beats (``weight_beat_bits``, the lowest beat of a row first) -> the engine's
+    weight rows (``oc_lanes`` beats each).
+
+    The link's executor and the layer sequencer both hand weights over a beat at a time, so
+    the switch between them in front of the engine is a beat wide, not a row. A row waiting
+    for the engine does not stop the next beat: it is taken in the cycle the row leaves.
+    Reset with the engine (a row cut short by a RESET is dropped).
+    """
+
+    def __init__(self, params: EngineParams):
+        self._p = p = params
+        super().__init__({
+            "beats": In(stream.Signature(unsigned(p.weight_beat_bits))),
+            "rows": Out(stream.Signature(unsigned(p.weight_row_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        n = p.oc_lanes
+        row = Signal(p.weight_row_bits, reset_less=True)
+        have = Signal(range(n + 1))
+        full = have == n
+        row_taken = self.rows.valid & self.rows.ready
+        take = self.beats.valid & self.beats.ready
+        m.d.comb += [self.rows.valid.eq(full), self.rows.payload.eq(row),
+                     self.beats.ready.eq(~full | self.rows.ready)]
+        with m.If(take):
+            m.d.sync += [row.eq(Cat(row[p.weight_beat_bits:], self.beats.payload)),
+                         have.eq(Mux(row_taken, 1, have + 1))]
+        with m.Elif(row_taken):
+            m.d.sync += have.eq(0)
         return m

@@ -94,6 +94,14 @@ class EngineParams:
     def weight_row_bits(self) -> int:
         return self.lanes * self.bits
 
+    @property
+    def weight_beat_bits(self) -> int:
+        """A weight row as the link's executor and the layer sequencer carry it, a beat at a
+        time: one output lane's ``ic_lanes`` weights (``oc_lanes`` beats a row, the lowest
+        bits first), put together into the engine's row in front of it
+        (``hw.weight_buffers.RowAssembler``): a narrow switch between the two sources."""
+        return self.ic_lanes * self.bits
+
     def validate(self) -> None:
         def bad(name, why):
             raise ParamError(f"{name}={getattr(self, name)}: {why}")

@@ -8,7 +8,8 @@ parameters, into the memory once (``sw.driver.resident``); RUN_PROGRAM then star
 sequencer at a program's address. docs/resident.md has the whole picture.
 
 Per ``ENGINE`` descriptor the sequencer reads the configuration item at ``cfg_addr`` into
-the engine, then (when the descriptor has any) ``w_rows`` weight rows from ``w_addr`` and
+the engine, then (when the descriptor has any) ``w_rows`` weight rows (each ``oc_lanes``
+beats: ``EngineParams.weight_beat_bits``) from ``w_addr`` and
 ``q_count`` parameter entries from ``q_addr``, then the input (:class:`InMode`) while it
 writes the engine's output values: for each of ``out_pixels`` pixels, ``len0`` values from
 byte ``out_addr + pixel * out_stride + off0`` and ``len1`` values from ``... + off1`` (a
@@ -18,7 +19,7 @@ their beats from ``out_addr``. With ``stats`` set the sequencer then writes the 
 :data:`STATS_FIELDS` at ``stats_addr``.
 
 Memory layout (what the host writes and the sequencer reads): every stream item (a
-configuration word, a weight row, a channel's parameters, an input beat) takes a whole
+configuration word, a beat of a weight row, a channel's parameters, an input beat) takes a whole
 number of the native port's words (:func:`item_words`), little-endian, the item's bits from
 the lowest; a feature map is HWC, each pixel's channels padded to whole input beats
 (``ic_lanes`` values), each value ``value_bytes`` little-endian bytes (sign-extended); the
@@ -162,7 +163,8 @@ def item_words(bits: int, port_bits: int) -> int:
 @dataclass(frozen=True)
 class Items:
     """Port words per item of each stream the sequencer reads, for one engine and port
-    (``input``: a beat of ``ic_lanes`` values, also the pools' and the window packer's)."""
+    (``weights``: a beat of a weight row, ``EngineParams.weight_beat_bits``; ``input``: a
+    beat of ``ic_lanes`` values, also the pools' and the window packer's)."""
 
     desc: int
     cfg: int
@@ -174,7 +176,7 @@ class Items:
     def of(cls, p: EngineParams, port_bits: int) -> Items:
         return cls(desc=item_words(DESC_BITS, port_bits),
                    cfg=item_words(config_bits(p), port_bits),
-                   weights=item_words(p.weight_row_bits, port_bits),
+                   weights=item_words(p.weight_beat_bits, port_bits),
                    qparams=item_words(qparam_bits(p), port_bits),
                    input=item_words(p.ic_lanes * p.bits, port_bits))
 
@@ -188,3 +190,11 @@ def pack_items(values, bits: int, port_bits: int) -> bytes:
     size = item_words(bits, port_bits) * port_bits // 8
     mask = (1 << bits) - 1
     return b"".join((int(v) & mask).to_bytes(size, "little") for v in values)
+
+
+def pack_weight_rows(rows, p: EngineParams, port_bits: int) -> bytes:
+    """Weight rows (unsigned ints of ``weight_row_bits``) as memory: each row's
+    ``oc_lanes`` beats (the lowest first) as stream items."""
+    beat, mask = p.weight_beat_bits, (1 << p.weight_beat_bits) - 1
+    return pack_items([int(r) >> (k * beat) & mask for r in rows for k in range(p.oc_lanes)],
+                      beat, port_bits)

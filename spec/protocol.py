@@ -245,6 +245,15 @@ def item_bits(params: EngineParams) -> dict[int, int]:
     return bits
 
 
+def beat_bits(params: EngineParams) -> dict[int, int]:
+    """Bits the device's executor hands on a cycle for each data command: an item
+    (:func:`item_bits`), except a weight row, which goes in ``oc_lanes`` beats of
+    ``weight_beat_bits`` (put together again in front of the engine)."""
+    bits = item_bits(params)
+    bits[Command.LOAD_WEIGHTS] = params.weight_beat_bits
+    return bits
+
+
 def item_bytes(params: EngineParams) -> dict[int, int]:
     """Bytes of one item of each data command (payloads hold whole items, little-endian)."""
     sizes = {cmd: -(-bits // 8) for cmd, bits in item_bits(params).items()}

@@ -95,7 +95,8 @@ def test_program_runs_fire_layers_bit_exact(device):
     it = Items.of(acc.params, mem.config.port_bits)
     for d, run in zip(descs, [r for _, _, runs in steps for r in runs], strict=True):
         st = unpack_stats(mem.read(run.stats_addr, STATS_BYTES))
-        words = (it.desc + it.cfg + it.weights * d["w_rows"] + it.qparams * d["q_count"]
+        words = (it.desc + it.cfg + it.weights * acc.params.oc_lanes * d["w_rows"]
+                 + it.qparams * d["q_count"]
                  + it.input * d["in_beats"])
         assert st["words_read"] == words
         assert st["cycles"] >= st["engine_cycles"] >= st["compute"] > 0

@@ -29,6 +29,7 @@ from spec.program import (
     Op,
     pack_descriptor,
     pack_items,
+    pack_weight_rows,
     unpack_stats,
     value_bytes,
 )
@@ -183,8 +184,8 @@ class Layout:
         d = dict(op=Op.ENGINE, stats=1, stats_addr=self.alloc(STATS_BYTES),
                  cfg_addr=self.put(pack_items([cfg], config_bits(p), self.port_bits)))
         if len(rows):
-            d.update(w_addr=self.put(pack_items(lanes_to_ints(rows, p.bits),
-                                                p.weight_row_bits, self.port_bits)),
+            d.update(w_addr=self.put(pack_weight_rows(lanes_to_ints(rows, p.bits), p,
+                                                      self.port_bits)),
                      w_rows=len(rows),
                      q_addr=self.put(pack_items(qp, qparam_bits(p), self.port_bits)),
                      q_count=len(qp))
@@ -283,8 +284,7 @@ class Layout:
             cfg = self.put(pack_items([plan.config(tile, q, load=True, compute=True)],
                                       config_bits(p), self.port_bits))
             rows = plan.weight_rows(tile, q)
-            w_addr = self.put(pack_items(lanes_to_ints(rows, p.bits), p.weight_row_bits,
-                                         self.port_bits))
+            w_addr = self.put(pack_weight_rows(lanes_to_ints(rows, p.bits), p, self.port_bits))
             qp = plan.qparams(tile, q)
             q_addr = self.put(pack_items(qp, qparam_bits(p), self.port_bits))
             stats = self.alloc(STATS_BYTES)

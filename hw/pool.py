@@ -483,14 +483,7 @@ class GlobalAvgPool(wiring.Component):
         multiplicand = [Signal(signed(acc_bits), name=f"mcand{k}") for k in range(group)]
         product = [Signal(signed(p_bits), name=f"prod{k}") for k in range(group)]
         q = Signal(range(group + ROUND_LATENCY + 1))
-        # the products go into the rounding one a cycle, chosen by ``q``
-        feed = Signal(signed(p_bits))
-        m.d.comb += feed.eq(product[0])
-        with m.Switch(q):
-            for k in range(1, group):
-                with m.Case(k):
-                    m.d.comb += feed.eq(product[k])
-        y, _ = round_shift_clamp(m, feed, cfg.shift, cfg.z_out, Const(spec.act_min, bits),
+        y, _ = round_shift_clamp(m, product[0], cfg.shift, cfg.z_out, Const(spec.act_min, bits),
                                  spec, "gap")
         v_bits = max(exact_bits, bits)
         vals = [Signal(v_bits, name=f"val{k}") for k in range(group)]
@@ -557,6 +550,7 @@ class GlobalAvgPool(wiring.Component):
                     m.next = "ROUND"
             with m.State("ROUND"):  # a product a cycle into the rounding, results after it
                 m.d.sync += q.eq(q + 1)
+                m.d.sync += [product[k].eq(product[k + 1]) for k in range(group - 1)]
                 with m.If(q >= ROUND_LATENCY):
                     m.d.sync += [vals[k].eq(vals[k + 1]) for k in range(group - 1)]
                     m.d.sync += vals[-1].eq(y.as_unsigned())

@@ -22,10 +22,6 @@ ARTY_A7 = Board(
     # DSP48E1; weights 1024 rows x 80 bytes, squeeze map 3072 x 16 bytes.
     engine=EngineParams(),
     dram=ARTY_DDR3,
-    # the layer sequencer with the pools and the window packer take the yosys estimate to
-    # 22.3 k LUTs, past the 35T's 20.8 k (docs/resident.md): streaming and memtest until
-    # they are made smaller; the simulated board and the A7-100T have them
-    resident_in_bitstream=False,
     capacity={"LUT": 20800, "FF": 41600, "DSP48E1": 90, "RAMB36": 50, "RAMB18": 100},
 )
 

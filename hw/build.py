@@ -252,9 +252,8 @@ def main(argv=None) -> int:
                     help="flash the bitstream with openFPGALoader when it is installed")
     ap.add_argument("--resident", action=argparse.BooleanOptionalAction,
                     help="with the memory, put resident mode's layer sequencer, pools and "
-                         "window packer in the bitstream, or leave them out (default: the "
-                         "board's: out for the Arty A7-35T, where they do not fit yet; in "
-                         "for the A7-100T and the ULX3S)")
+                         "window packer in the bitstream, or leave them out (default: in, "
+                         "wherever the memory is)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction,
                     help="put the board's DRAM controller (LiteDRAM) in the bitstream, or "
                          "leave it out (default: the board's: in for the Arty A7, out for the "

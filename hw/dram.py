@@ -52,9 +52,10 @@ GENERATOR_REVISION = 4
 #: the DMA reader and the DMA writer.
 USER_PORTS = ("bridge", "dma_rd", "dma_wr")
 #: Bumped when what this module asks of the generator for the board variants alone changes
-#: (their clocking and pin cells): part of their cache key only, so that the simulated
-#: board's controllers, and the Verilator builds made of them, stay cached.
-BOARD_GENERATOR_REVISION = 1
+#: (their clocking, pin cells, the ULX3S PHY's register): part of their cache key only, so
+#: that the simulated board's controllers, and the Verilator builds made of them, stay
+#: cached.
+BOARD_GENERATOR_REVISION = 2
 
 
 def variant_clock(config: DramConfig) -> int:
@@ -148,16 +149,20 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
     cfg = _core_config(config, clock_hz)
     build_kw = {}
     crg = gen.LiteDRAMS7DDRPHYCRG
+    sdr_phy = gen.litedram_phys.GENSDRPHY
     if sim:
         platform = SimPlatform("", io=[])
         platform.toolchain = _VerilogOnly()
     elif config.phy == "GENSDRPHY":
         from migen.fhdl.specials import Tristate
 
-        from .litedram_crg import TrellisTristate
+        from .litedram_crg import RegisteredGENSDRPHY, TrellisTristate
 
         platform = LatticePlatform(cfg["device"], io=[], toolchain="trellis")
         build_kw["special_overrides"] = {Tristate: TrellisTristate}
+        # the PHY behind a register (100 MHz on the ECP5): LiteDRAMCore picks its code
+        # path by the PHY's class, so it is handed over under GENSDRPHY's name
+        sdr_phy = cfg["sdram_phy"] = RegisteredGENSDRPHY
     else:
         from .litedram_crg import ArtyCascadeCRG
 
@@ -165,6 +170,7 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
         crg = ArtyCascadeCRG
     # LiteDRAMCore picks its CRG by PHY from this module-level name: ours for the Arty
     saved, gen.LiteDRAMS7DDRPHYCRG = gen.LiteDRAMS7DDRPHYCRG, crg
+    saved_phy, gen.litedram_phys.GENSDRPHY = gen.litedram_phys.GENSDRPHY, sdr_phy
     try:
         soc = gen.LiteDRAMCore(platform, cfg)
         builder = Builder(soc, output_dir=str(out), compile_gateware=False,
@@ -172,6 +178,7 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
         builder.build(build_name="litedram_core", regular_comb=False, **build_kw)
     finally:
         gen.LiteDRAMS7DDRPHYCRG = saved
+        gen.litedram_phys.GENSDRPHY = saved_phy
     xdc = out / "gateware" / "litedram_core.xdc"
     if xdc.exists():
         # the generated XDC places the core's ports on pin "X" (the generator has no board);

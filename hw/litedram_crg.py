@@ -83,3 +83,35 @@ class TrellisTristate:
     @staticmethod
     def lower(dr):
         return _TrellisTristateImpl(dr.target, dr.o, dr.oe, dr.i)
+
+
+class RegisteredGENSDRPHY(Module):
+    """LiteDRAM's ``GENSDRPHY`` behind a register on every DFI signal into it, for the ULX3S.
+
+    The PHY puts the DFI command straight into its output registers; in front of them is
+    LiteDRAM's DFI injector (the multiplexer between the controller and the host's bring-up
+    commands), and that path did not meet 100 MHz on the ECP5. The register delays the
+    commands, the write data and the read enables alike, so writes keep their timing and
+    reads take one cycle more (``read_latency`` + 1, which the controller reads from these
+    settings). The registered command outputs start as a NOP (the active-low ones high).
+    """
+
+    def __init__(self, pads, sys_clk_freq=100e6, cl=None):
+        from litedram.phy.dfi import Interface
+        from litedram.phy.gensdrphy import GENSDRPHY
+
+        self.submodules.phy = phy = GENSDRPHY(pads, sys_clk_freq, cl)
+        self.settings = phy.settings
+        self.settings.read_latency = phy.settings.read_latency + 1
+        inner = phy.dfi.p0
+        self.dfi = dfi = Interface(len(inner.address), len(inner.bank), len(inner.cs_n),
+                                   len(inner.wrdata))
+        outer = dfi.p0
+        for name in ("address", "bank", "cs_n", "cas_n", "ras_n", "we_n", "cke", "odt",
+                     "reset_n", "wrdata", "wrdata_en", "wrdata_mask", "rddata_en"):
+            src = getattr(outer, name)
+            reg = Signal(len(src), name=f"dfi_{name}",
+                         reset=(1 << len(src)) - 1 if name.endswith("_n") else 0)
+            self.sync += reg.eq(src)
+            self.comb += getattr(inner, name).eq(reg)
+        self.comb += [outer.rddata.eq(inner.rddata), outer.rddata_valid.eq(inner.rddata_valid)]

@@ -23,6 +23,8 @@ is: the core's Verilog then declares ``inout`` ports, as the board top wires the
 
 from __future__ import annotations
 
+import copy
+
 from litex.gen import LiteXModule
 from litex.soc.cores.clock import S7IDELAYCTRL, S7MMCM, S7PLL
 from migen import ClockDomain, Instance, Module, Signal
@@ -101,7 +103,7 @@ class RegisteredGENSDRPHY(Module):
         from litedram.phy.gensdrphy import GENSDRPHY
 
         self.submodules.phy = phy = GENSDRPHY(pads, sys_clk_freq, cl)
-        self.settings = phy.settings
+        self.settings = copy.copy(phy.settings)
         self.settings.read_latency = phy.settings.read_latency + 1
         inner = phy.dfi.p0
         self.dfi = dfi = Interface(len(inner.address), len(inner.bank), len(inner.cs_n),

@@ -74,6 +74,15 @@ def test_ulx3s_controller_declares_its_data_pins_inout():
     assert text.count("TRELLIS_IO #(") == 16 and "input  wire   [15:0] sdram_dq" not in text
 
 
+def test_ulx3s_phy_commands_are_registered_and_start_as_a_nop():
+    """The ULX3S's PHY takes the DFI through a register (100 MHz on the ECP5), its
+    active-low commands high until the first cycle: no command at power-up."""
+    text = generate_variant("ulx3s_sdr").verilog_text()
+    for name in ("cs_n", "ras_n", "cas_n", "we_n"):
+        assert re.search(rf"reg\s+\w*_dfi_{name} = 1'd1;", text), name
+    assert re.search(r"reg\s+\w*_dfi_rddata_en = 1'd0;", text)
+
+
 @pytest.fixture(scope="module")
 def board():
     with SimulatedBoard("arty_a7", memory=True) as sim:

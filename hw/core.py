@@ -166,7 +166,11 @@ class AcceleratorCore(wiring.Component):
                              executor.program_active.eq(seq.active)]
                 for name in ("accepted", "refused", "error", "runs", "cycles", "compute"):
                     m.d.comb += getattr(seq, name).eq(getattr(engine, name))
-        m.d.comb += executor.progress.eq(progress)
+        # registered: the streams' handshakes reach only this flip-flop, not the executor's
+        # stall count (a cycle late is nothing against its limit)
+        progress_r = Signal()
+        m.d.sync += progress_r.eq(progress)
+        m.d.comb += executor.progress.eq(progress_r)
         slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
         taken = Signal(RX_SLOTS)
         with m.If(rx.commit.valid):

@@ -142,6 +142,12 @@ class LayerSequencer(wiring.Component):
         if self._port_bytes < self._vb or self._vb not in (1, 2) or p.bits not in (8, 16):
             raise ValueError(f"the layer sequencer stores {p.bits}-bit values in a "
                              f"{port_bits}-bit memory word: only 8- and 16-bit engines")
+        #: the average pool's channels a cycle: four, or fewer on a narrow engine (a beat
+        #: must take it four cycles or more: ``GlobalAvgPool``)
+        self._avg_group = min(4, p.ic_lanes // 4)
+        if units and self._avg_group < 1:
+            raise ValueError(f"ic_lanes={p.ic_lanes}: resident mode's average pool needs "
+                             "ic_lanes >= 4 (build without it: --no-resident)")
         super().__init__({
             "start": In(stream.Signature(ADDR_BITS)),
             "abort": In(1),
@@ -171,7 +177,7 @@ class LayerSequencer(wiring.Component):
         m.submodules.maxpool = mp = MaxPool(bits=p.bits, lanes=p.ic_lanes, max_h=128,
                                             max_w=128, max_cw=32, row_words=512)
         m.submodules.avgpool = ap = GlobalAvgPool(bits=p.bits, lanes=p.ic_lanes, max_h=16,
-                                                  max_w=16, max_cw=64)
+                                                  max_w=16, max_cw=64, group=self._avg_group)
         m.submodules.window = wp = WindowPacker(bits=p.bits, lanes=p.ic_lanes, max_h=256,
                                                 max_w=256, max_cin=4, max_k=7, banks=2)
         return {"maxpool": mp, "avgpool": ap, "window": wp}

@@ -362,9 +362,15 @@ class Executor(wiring.Component):
             m.d.sync += sel.eq(job.kind == cmd)
         m.d.comb += self.rd_addr.eq(Cat(index[:PAYLOAD_ADDR_BITS], job.slot))
 
-        # the stream of the current job offers the assembled item
+        # the stream of the current job offers the assembled item. The executor acts on a
+        # taken item a cycle later (``taken_r``), not offering it meanwhile: the sinks'
+        # ``ready`` (the engine's, through the core's switch) then reaches only that
+        # register, not the executor's decisions (a critical path on the ECP5). Bytes come
+        # far slower than the cycle this costs an item.
         offering = Signal()
         taken = Signal()
+        taken_r = Signal()
+        m.d.sync += taken_r.eq(taken)
         for cmd, width in self._streams.items():
             s = self.stream_for(cmd)
             low = self._item_bits - 8 * -(-width // 8)
@@ -422,8 +428,8 @@ class Executor(wiring.Component):
                     m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), fill.eq(fill + 1),
                                  full.eq(fill + 1 == item_bytes)]
                 with m.If(full):
-                    m.d.comb += offering.eq(1)
-                    with m.If(taken):
+                    m.d.comb += offering.eq(~taken_r)
+                    with m.If(taken_r):
                         m.d.sync += [fill.eq(0), full.eq(0), stall.eq(0)]
                         with m.If(job.kind == Command.CONFIGURE):
                             m.next = "VERDICT"

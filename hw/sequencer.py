@@ -146,6 +146,7 @@ class Sequencer(wiring.Component):
         v.ey = Signal(range(p.max_h + 1))  # the row being expanded: t - 1
         v.emit_credit = Signal(range(self._credits + 1))
         v.sq_pending = Signal(range(self._pending + 1))  # squeeze groups not yet written
+        v.sq_none = Signal()  # and none issued last cycle
         v.step_active = Signal()  # issuing squeeze or expand of the current row step
         v.op_row = Signal(range(p.max_h + 1))  # the operation being issued this cycle
         v.op_word = Signal(range(p.squeeze_depth + 1))
@@ -234,7 +235,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += v.t.eq(v.t + 1)
             with m.State("DRAIN"):
                 # the expand reads the squeeze rows just written: wait for the requantizer
-                with m.If(v.sq_pending == 0):
+                with m.If(v.sq_none):
                     m.d.sync += [v.phase.eq(first_expand), v.wrow.eq(squeeze_rows),
                                  v.x.eq(0), v.g.eq(0), v.chan.eq(0), v.k.eq(0),
                                  v.xoff.eq(0)]
@@ -289,11 +290,16 @@ class Sequencer(wiring.Component):
         with m.Else():
             take = issuing & v.group_last
             m.d.sync += v.emit_credit.eq(v.emit_credit - take + self.group_freed)
-        # a convolution's groups go to the output, not the line buffer: none is pending
+        # a convolution's groups go to the output, not the line buffer: none is pending.
+        # The count takes an issued group a cycle late (``sq_issued``, registered: the issue
+        # decision reaches no adder), so whoever asks whether none is pending asks that too.
         sq_issue = issuing & v.group_last & (phase == Kind.SQUEEZE) & ~layer.conv
+        sq_issued = Signal()
+        m.d.sync += sq_issued.eq(sq_issue & ~self.go)
         with m.If(~self.go):
-            m.d.sync += v.sq_pending.eq(v.sq_pending + sq_issue - self.squeeze_written)
-        m.d.comb += self.idle.eq((v.emit_credit == self._credits) & (v.sq_pending == 0))
+            m.d.sync += v.sq_pending.eq(v.sq_pending + sq_issued - self.squeeze_written)
+        m.d.comb += v.sq_none.eq((v.sq_pending == 0) & ~sq_issued)
+        m.d.comb += self.idle.eq((v.emit_credit == self._credits) & v.sq_none)
 
         op = self.issue.payload
         # channels left in this phase: registered here, clipped to a group one stage later

@@ -281,24 +281,17 @@ class Layout:
         out = self.slot((h, w, e1 + e3))
         descs, runs = [], []
         for t, tile in enumerate(plan.tiles):
-            cfg = self.put(pack_items([plan.config(tile, q, load=True, compute=True)],
-                                      config_bits(p), self.port_bits))
-            rows = plan.weight_rows(tile, q)
-            w_addr = self.put(pack_weight_rows(lanes_to_ints(rows, p.bits), p, self.port_bits))
-            qp = plan.qparams(tile, q)
-            q_addr = self.put(pack_items(qp, qparam_bits(p), self.port_bits))
-            stats = self.alloc(STATS_BYTES)
-            descs.append(dict(
-                op=Op.ENGINE, stats=1, cfg_addr=cfg, w_addr=w_addr, w_rows=len(rows),
-                q_addr=q_addr, q_count=len(qp),
-                in_addr=src.addr if tile.squeeze else 0,
-                in_beats=h * w * plan.kc if tile.squeeze else 0,
-                out_addr=out.addr, out_pixels=h * w, out_stride=out.c_pad * vb,
-                off0=tile.e1.start * vb, len0=len(tile.e1),
-                off1=(e1 + tile.e3.start) * vb, len1=len(tile.e3), stats_addr=stats))
+            d = self._engine_run(plan.config(tile, q, load=True, compute=True),
+                                 plan.weight_rows(tile, q), plan.qparams(tile, q))
+            d.update(in_addr=src.addr if tile.squeeze else 0,
+                     in_beats=h * w * plan.kc if tile.squeeze else 0,
+                     out_addr=out.addr, out_pixels=h * w, out_stride=out.c_pad * vb,
+                     off0=tile.e1.start * vb, len0=len(tile.e1),
+                     off1=(e1 + tile.e3.start) * vb, len1=len(tile.e3))
+            descs.append(d)
             macs = h * w * ((cin * s if tile.squeeze else 0) + s * len(tile.e1)
                             + 9 * s * len(tile.e3))
-            runs.append(RunInfo(name, t, stats, macs))
+            runs.append(RunInfo(name, t, d["stats_addr"], macs))
         return descs, out, runs
 
     def program(self, descs: list[dict]) -> int:

@@ -26,6 +26,9 @@ class Board:
     #: SDR SDRAM: how many degrees of the system clock the memory's clock pin lags it
     #: (the top's PLL makes the shifted copy; docs/memory.md, "Clocking")
     dram_clock_phase: float = 0.0
+    #: the memory controller's clock where it is not ``clock_hz`` (None: the same clock): a
+    #: domain of its own, its ports crossing into the design's (``hw.dram_cdc``)
+    dram_clock_hz: int | None = None
     #: whether ``python -m hw.build`` puts the memory's controller in the bitstream unless
     #: told (``--memory`` / ``--no-memory``): off where the design does not meet its clock
     #: with it yet

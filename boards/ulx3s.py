@@ -25,9 +25,13 @@ ULX3S = Board(
     # LiteX's ULX3S target's choice for its full-rate SDR PHY: 2.5 ns at 100 MHz, the setup
     # the SDRAM sees on the controller's registered outputs (docs/memory.md, "Clocking")
     dram_clock_phase=90.0,
-    # with the SDR controller the build reaches 90 MHz, not 100 (docs/memory.md): the default
-    # bitstream leaves it out until it does; `python -m hw.build --board ulx3s --memory`
-    dram_in_bitstream=False,
+    # the SDR controller on a clock of its own, LiteX's ULX3S target's 50 MHz: its bank
+    # machines' paths do not fit 10 ns on this device (docs/memory.md, "Clocking")
+    dram_clock_hz=50_000_000,
+    # the bitstream has the SDR controller (every clock met: docs/memory.md), not resident
+    # mode's layer sequencer, pools and window packer, with which the design's clock was
+    # 80.7 MHz (`--resident` builds them)
+    resident_in_bitstream=False,
     capacity={"LUT": 83640, "FF": 83640, "MULT18X18D": 156, "EBR": 208},
     # yosys leaves the MULT18X18D's registers unused: instantiated with them (hw.dsp)
     multipliers="mult18x18d",

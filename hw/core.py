@@ -33,7 +33,7 @@ from .layer_sequencer import LayerSequencer
 from .link import Executor, FrameMeta, FrameReceiver, OutputFramer, ReplyReq, Transmitter, TxJob
 from .memory_bridge import WISHBONE_SIGNATURE, MemoryBridge, native_port_signature
 from .ram import RegisteredRead, ram
-from .stream_fifo import StreamFIFO
+from .stream_fifo import StreamFIFO, StreamRegister
 from .weight_buffers import RowAssembler
 
 #: Cycles without any engine progress, while a frame waits for the engine, before that frame
@@ -120,7 +120,7 @@ class AcceleratorCore(wiring.Component):
         # program, in the executor's place (it resets the engine after a failed program)
         engine_reset = Signal()
         m.submodules.engine = engine = ResetInserter({"sync": engine_reset})(
-            FireEngine(p, multipliers=self._multipliers))
+            FireEngine(p, multipliers=self._multipliers, wide=self._resident))
         seq = self._layer_sequencer(m)
         if seq is None:
             m.d.comb += engine_reset.eq(soft_reset)
@@ -131,11 +131,12 @@ class AcceleratorCore(wiring.Component):
         executor = resettable("executor", Executor(widths, self._stall,
                                                    memory=self._memory is not None))
         wiring.connect(m, commits.r, executor.job)
-        m.d.comb += [
-            slot_rd.addr.eq(executor.rd_addr), executor.rd_data.eq(slot_rd.data),
-            executor.accepted.eq(engine.accepted), executor.refused.eq(engine.refused),
-            executor.error.eq(engine.error),
-        ]
+        m.d.comb += [slot_rd.addr.eq(executor.rd_addr), executor.rd_data.eq(slot_rd.data)]
+        # the engine's verdict on a configuration reaches the executor a cycle late
+        # (registered: the configuration checks' logic then ends at a register, not in the
+        # executor's state; on the ULX3S that path was critical), all three alike
+        m.d.sync += [executor.accepted.eq(engine.accepted), executor.refused.eq(engine.refused),
+                     executor.error.eq(engine.error)]
         targets = {cmd: getattr(engine, ENGINE_STREAMS[cmd]) for cmd in widths}
         # weights arrive a beat at a time from either source (``beat_bits``): rows are put
         # together in front of the engine, and reset with it
@@ -143,9 +144,34 @@ class AcceleratorCore(wiring.Component):
             RowAssembler(p))
         wiring.connect(m, rows.rows, engine.weights)
         targets[Command.LOAD_WEIGHTS] = rows.beats
-        progress = engine.output.valid & engine.output.ready
+        # any handshake on the engine's streams is progress: each registered where it
+        # happens, then ORed (registered again below), so that no handshake's logic is
+        # shared with a far-off OR (on the ULX3S the weight stream's handshake was placed
+        # with it, away from the row assembler it enables)
+        took = []
+
+        def progress_of(s):
+            t = Signal(name=f"took_{len(took)}")
+            m.d.sync += t.eq(s.valid & s.ready)
+            took.append(t)
+
+        progress_of(engine.output)
+        progress_of(engine.output_wide)
+        # the executor's items cross to the engine through a register each (a place-and-route
+        # boundary: the two handshakes meet only at it; the executor offers an item every
+        # other cycle at most). A frame is answered once its last item has left the register;
+        # a frame dropped as stalled empties them (a cycle later: registered, as the
+        # registers sit beside the engine; the executor is back in IDLE by then)
+        held = []
+        flush = Signal()
+        m.d.sync += flush.eq(executor.stalled)
         for cmd, target in targets.items():
-            source = executor.stream_for(cmd)
+            item = executor.stream_for(cmd)
+            staged = resettable(f"stage{int(cmd)}", StreamRegister(item.payload.shape()))
+            wiring.connect(m, item, staged.w)
+            m.d.comb += staged.flush.eq(flush)
+            held.append(staged.r.valid)
+            source = staged.r
             own = getattr(seq, ENGINE_STREAMS[cmd], None) if seq is not None else None
             with m.If(seq_active):
                 if own is not None:
@@ -154,10 +180,15 @@ class AcceleratorCore(wiring.Component):
             with m.Else():
                 m.d.comb += [target.valid.eq(source.valid), source.ready.eq(target.ready),
                              target.payload.eq(source.payload)]
-            progress = progress | (target.valid & target.ready)
+            progress_of(target)
+        m.d.comb += executor.drained.eq(~Cat(held).any())
+        # the link takes a value a beat (``output``): a configuration from it never asks for
+        # the wide output, which only the layer sequencer reads
+        with m.If(~seq_active):
+            m.d.comb += engine.cfg.payload.wide.eq(0)
         mem = self._memory_bridge(m, executor, soft_reset, seq)
         if mem is not None:
-            progress = progress | mem.busy
+            took.append(mem.busy)
             m.d.comb += executor.engine_busy.eq(engine.busy)
             if seq is not None:  # (without it the receiver refuses RUN_PROGRAM as unknown)
                 start = executor.stream_for(Command.RUN_PROGRAM)
@@ -166,10 +197,10 @@ class AcceleratorCore(wiring.Component):
                              executor.program_active.eq(seq.active)]
                 for name in ("accepted", "refused", "error", "runs", "cycles", "compute"):
                     m.d.comb += getattr(seq, name).eq(getattr(engine, name))
-        # registered: the streams' handshakes reach only this flip-flop, not the executor's
-        # stall count (a cycle late is nothing against its limit)
+        # registered twice: the streams' handshakes reach only their own flip-flops, not the
+        # executor's stall count (two cycles late are nothing against its limit)
         progress_r = Signal()
-        m.d.sync += progress_r.eq(progress)
+        m.d.sync += progress_r.eq(Cat(took).any())
         m.d.comb += executor.progress.eq(progress_r)
         slot_free = Signal(RX_SLOTS, init=(1 << RX_SLOTS) - 1)
         taken = Signal(RX_SLOTS)
@@ -219,7 +250,7 @@ class AcceleratorCore(wiring.Component):
             wiring.connect(m, engine.output, framer.values)
         else:
             with m.If(seq_active):
-                wiring.connect(m, engine.output, seq.output)
+                wiring.connect(m, engine.output_wide, seq.output)
             with m.Else():
                 wiring.connect(m, engine.output, framer.values)
         m.d.comb += [
@@ -297,7 +328,11 @@ class AcceleratorCore(wiring.Component):
         m.submodules.memory_bridge = bridge = MemoryBridge(size=cfg.size,
                                                            port_bits=cfg.port_bits)
         m.d.comb += [bridge.abort.eq(soft_reset), executor.mem_ready.eq(bridge.ready)]
-        m.d.comb += [bridge.start.eq(executor.mem_start),
+        # a job starts the bridge a cycle after the executor dispatches it (registered: the
+        # executor's decode then ends at these registers, not in the bridge's loads; on the
+        # ULX3S that path was critical). The executor has moved on to stream the payload,
+        # which the bridge takes once started; a RESET meanwhile cancels the start.
+        m.d.sync += [bridge.start.eq(executor.mem_start & ~soft_reset),
                      bridge.command.eq(executor.mem_command),
                      bridge.length.eq(executor.mem_length)]
         streams = [executor.stream_for(cmd) for cmd in MEM_COMMANDS]
@@ -329,7 +364,10 @@ class AcceleratorCore(wiring.Component):
             wiring.connect(m, reader.data, chunk.w)
         wiring.connect(m, bridge.wr_request, writer.request)
         wiring.connect(m, chunk.r, writer.data)
-        m.d.comb += [bridge.rd_done.eq(reader.done & ~seq_active),
+        # the DMA's ends reach the bridge a cycle late (registered: the DMA's counters then
+        # end at these flip-flops, not in the bridge's answer; on the ULX3S that path was
+        # the critical one once the crossings had their slices)
+        m.d.sync += [bridge.rd_done.eq(reader.done & ~seq_active),
                      bridge.rd_error.eq(reader.error & ~seq_active),
                      bridge.wr_done.eq(writer.done), bridge.wr_error.eq(writer.error)]
         if seq is not None:

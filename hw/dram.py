@@ -42,7 +42,8 @@ from spec.dram import (
     variant_name,
 )
 
-from .memory_bridge import WISHBONE_SIGNATURE, StreamSlice, native_port_signature  # noqa: I001
+from .memory_bridge import WISHBONE_SIGNATURE, native_port_signature  # noqa: I001
+from .stream_fifo import StreamSlice
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
@@ -59,10 +60,11 @@ BOARD_GENERATOR_REVISION = 2
 
 
 def variant_clock(config: DramConfig) -> int:
-    """The clock a variant's controller is generated for: its board's system clock
-    (``boards``), the one clock domain of the board top and of the simulated board. On the
-    Arty the controller makes that clock itself (``hw.litedram_crg.ArtyCascadeCRG``)."""
-    clocks = {b.clock_hz for b in BOARDS.values() if b.dram == config}
+    """The clock a variant's controller is generated for: its board's memory clock
+    (``boards``: ``dram_clock_hz``, or the system clock where the controller shares the
+    design's one clock domain), on the board and in the simulated board alike. On the Arty
+    the controller makes that clock itself (``hw.litedram_crg.ArtyCascadeCRG``)."""
+    clocks = {b.dram_clock_hz or b.clock_hz for b in BOARDS.values() if b.dram == config}
     if len(clocks) != 1:
         raise ValueError(f"{config.name}: the boards with this memory disagree on their "
                          f"clock ({sorted(clocks)}) or there are none")
@@ -349,7 +351,7 @@ class LiteDRAM(wiring.Component):
         c = self.core.config
         for name in USER_PORTS:
             # each port through a register slice on its commands and a register on its read
-            # data. The command slice (``hw.memory_bridge.StreamSlice``) cuts the
+            # data. The command slice (``hw.stream_fifo.StreamSlice``) cuts the
             # combinational loop through LiteDRAM's crossbar (its ``cmd.ready`` depends on
             # the port's ``cmd.valid`` and address) into register-to-register paths, and
             # takes nothing while the controller blocks its ports (``init_done`` and not

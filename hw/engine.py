@@ -28,16 +28,22 @@ components add no logic between registers (docs/engine.md, timing).
 
 from __future__ import annotations
 
-from amaranth import Module, signed, unsigned
+from amaranth import Module, Mux, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spec.params import GROUP_FIFO_DEPTH, OUTPUT_FIFO_DEPTH, ConfigError, EngineParams
+from spec.params import (
+    CONV_LANES,
+    GROUP_FIFO_DEPTH,
+    OUTPUT_FIFO_DEPTH,
+    ConfigError,
+    EngineParams,
+)
 
 from .config_unit import ConfigUnit
 from .cycle_counters import CYCLE_BITS, RUN_BITS, CycleCounters
 from .input_buffer import InputBuffer
-from .layouts import Kind, config_layout, group_tag_layout, qparam_layout
+from .layouts import Kind, config_layout, group_tag_layout, qparam_layout, wide_beat_layout
 from .line_buffer import LineBuffer
 from .mac_array import MacArray
 from .operand_fetch import OperandFetch
@@ -56,7 +62,10 @@ class FireEngine(wiring.Component):
     Streams: ``cfg`` (a layer configuration starts a run), ``weights`` (rows of
     ``oc_lanes x ic_lanes`` weights), ``qparams`` (per output channel: bias, multiplier,
     shift), ``input`` (``ic_lanes`` channels of one pixel a beat), ``bypass`` (one value a
-    beat, in output order; only when built with bypass) and ``output`` (one value a beat).
+    beat, in output order; only when built with bypass) and ``output`` (one value a beat), or
+    instead ``output_wide`` (a beat of 1 to ``CONV_LANES`` values: a ``wide`` conv run's
+    output, whose beats ``output`` would cut to their first value). The consumer takes
+    one of the two.
 
     Status: ``busy``; ``error``, the :class:`~spec.params.ConfigError` of the last refused
     configuration (``OK`` when the last one was accepted); ``cycles``, the last run's cycles
@@ -66,15 +75,21 @@ class FireEngine(wiring.Component):
     when a configuration is checked.
     """
 
-    def __init__(self, params: EngineParams, *, multipliers: str = "dsp"):
+    def __init__(self, params: EngineParams, *, multipliers: str = "dsp", wide: bool = True):
         self._p = p = params
         self._multipliers = multipliers
+        #: the requantizer's lanes a wide conv run drains: ``CONV_LANES``, or 1 in an engine
+        #: built without the narrow lanes (``wide=False``: only the layer sequencer asks for
+        #: wide runs, so a build without it leaves them out, and its ``wide`` runs drain
+        #: one channel a cycle)
+        self._lanes = CONV_LANES if wide else 1
         members = {
             "cfg": In(stream.Signature(config_layout(p))),
             "weights": In(stream.Signature(unsigned(p.weight_row_bits))),
             "qparams": In(stream.Signature(qparam_layout(p))),
             "input": In(stream.Signature(data.ArrayLayout(signed(p.bits), p.ic_lanes))),
             "output": Out(stream.Signature(signed(p.bits))),
+            "output_wide": Out(stream.Signature(wide_beat_layout(p, self._lanes))),
             "busy": Out(1),
             "error": Out(ConfigError),
             "cycles": Out(CYCLE_BITS),
@@ -95,12 +110,13 @@ class FireEngine(wiring.Component):
         m = Module()
         p, style = self._p, self._multipliers
         m.submodules.config = config = ConfigUnit(p)
-        m.submodules.buffers = buffers = WeightBuffers(p)
+        m.submodules.buffers = buffers = WeightBuffers(p, copies=self._lanes > 1)
         m.submodules.input_buffer = inbuf = InputBuffer(p)
         m.submodules.line_buffer = lb = LineBuffer(p)
-        m.submodules.output_stage = out = OutputStage(p, multipliers=style)
+        m.submodules.output_stage = out = OutputStage(p, multipliers=style, lanes=self._lanes)
         m.submodules.requant_stage = rq = RequantStage(p, output_credits=out.depth,
-                                                       multipliers=style)
+                                                       multipliers=style, lend=out.lend,
+                                                       lanes=self._lanes)
         m.submodules.sequencer = seq = Sequencer(
             p, credits=rq.group_depth, pending=rq.group_depth + rq.write_latency)
         m.submodules.fetch = fetch = OperandFetch(p)
@@ -122,6 +138,14 @@ class FireEngine(wiring.Component):
         wiring.connect(m, rq.qparam_read, buffers.qparam_read)
         wiring.connect(m, rq.expand, out.i)
         wiring.connect(m, out.output, wiring.flipped(self.output))
+        wiring.connect(m, out.output_wide, wiring.flipped(self.output_wide))
+        wiring.connect(m, rq.lane1_read, buffers.lane1_read)
+        wiring.connect(m, rq.lane2_read, buffers.lane2_read)
+        m.d.comb += [rq.narrow_ok.eq(buffers.narrow_ok), out.i_more.eq(rq.expand_more),
+                     out.i_extra.eq(rq.expand_extra)]
+        if out.lend:
+            m.d.comb += [out.alt_a.eq(rq.prod_a), out.alt_m.eq(rq.prod_m),
+                         rq.prod_p.eq(out.alt_p)]
         if p.bypass:
             wiring.connect(m, wiring.flipped(self.bypass), out.bypass)
 
@@ -162,7 +186,11 @@ class FireEngine(wiring.Component):
             counters.input_wait.eq(seq.input_wait), counters.load_wait.eq(buffers.waiting),
             counters.credit_stall.eq(seq.credit_stall), counters.in_run.eq(config.in_run),
             counters.issuing.eq(seq.issuing), counters.congested.eq(out.congested),
-            counters.group_channels.eq(fetch.group_channels),
+            # the requantizer's cycles for the group: a wide run takes CONV_LANES channels a
+            # cycle
+            counters.group_channels.eq(Mux(rq.wide,
+                                           (fetch.group_channels + CONV_LANES - 1) // CONV_LANES,
+                                           fetch.group_channels)),
             self.cycles.eq(counters.cycles), self.compute.eq(counters.compute),
             self.runs.eq(counters.runs),
         ]

@@ -30,7 +30,7 @@ from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spec.params import EngineParams, config_bits, qparam_bits
+from spec.params import CONV_LANES, EngineParams, config_bits, qparam_bits
 from spec.program import (
     DESC_BYTES,
     DESC_FIELDS,
@@ -45,6 +45,7 @@ from spec.program import (
     value_bytes,
 )
 
+from .layouts import wide_beat_layout
 from .memory_bridge import dma_request, native_port_signature
 from .pool import GlobalAvgPool, MaxPool
 from .stream_fifo import StreamFIFO
@@ -142,9 +143,9 @@ class LayerSequencer(wiring.Component):
         if self._port_bytes < self._vb or self._vb not in (1, 2) or p.bits not in (8, 16):
             raise ValueError(f"the layer sequencer stores {p.bits}-bit values in a "
                              f"{port_bits}-bit memory word: only 8- and 16-bit engines")
-        #: the average pool's channels a cycle: four, or fewer on a narrow engine (a beat
-        #: must take it four cycles or more: ``GlobalAvgPool``)
-        self._avg_group = min(4, p.ic_lanes // 4)
+        #: the average pool's channels a cycle: one (a beat must take it four cycles or
+        #: more: ``GlobalAvgPool``)
+        self._avg_group = min(1, p.ic_lanes // 4)
         if units and self._avg_group < 1:
             raise ValueError(f"ic_lanes={p.ic_lanes}: resident mode's average pool needs "
                              "ic_lanes >= 4 (build without it: --no-resident)")
@@ -157,7 +158,7 @@ class LayerSequencer(wiring.Component):
             "weights": Out(stream.Signature(p.weight_beat_bits)),  # a row in oc_lanes beats
             "qparams": Out(stream.Signature(qparam_bits(p))),
             "input": Out(stream.Signature(p.ic_lanes * p.bits)),
-            "output": In(stream.Signature(signed(p.bits))),
+            "output": In(stream.Signature(wide_beat_layout(p))),
             "accepted": In(1), "refused": In(1), "error": In(8),
             "runs": In(16), "cycles": In(32), "compute": In(32),
             "rd_request": Out(stream.Signature(dma_request(self._port_addr_bits))),
@@ -172,7 +173,7 @@ class LayerSequencer(wiring.Component):
         """The pools and the window packer (``hw.pool``, ``hw.window``), sized for
         SqueezeNet at inputs up to 256 x 256. The packer reads two values a cycle (four cost
         310 LUTs more on the Arty; two keep it ahead of the engine); the average pool sums
-        four channels a cycle (one would save 570 LUTs but cost 159 k cycles a frame)."""
+        one channel a cycle (two cost 150 LUTs more on the Arty, four 480)."""
         p = self._p
         m.submodules.maxpool = mp = MaxPool(bits=p.bits, lanes=p.ic_lanes, max_h=128,
                                             max_w=128, max_cw=32, row_words=512)
@@ -320,21 +321,71 @@ class LayerSequencer(wiring.Component):
         cur_valid = Signal()
         o_word = o_addr[shift:]
         lane = o_addr[vshift:shift] if shift > vshift else Const(0, 1)
-        flush_now = Signal()
         out = self.output
-        with m.If(o_on):
-            with m.If(cur_valid & (o_word != cur_word)):
-                m.d.comb += flush_now.eq(1)
+        stats_go = Signal()
+        # The packer: each cycle it takes n = min(values left in the beat, values left in
+        # the run) of the engine's beat (1 to CONV_LANES values), the ones that fall in the
+        # current word merged into it and the rest starting the next word; a word that
+        # completes goes to the writer in the same cycle (no stall per word: conv1 writes
+        # four a pixel). Only a run that continues in another word than the open one costs a
+        # cycle, to write the open word first.
+        per_word = pbytes // vb
+        width = 8 * vb
+        beat = out.payload
+        pos = Signal(range(CONV_LANES))  # the beat's values already taken
+        avail = Signal(range(CONV_LANES + 1))
+        m.d.comb += avail.eq(beat.count - pos)
+        n = Signal(range(CONV_LANES + 1))
+        cap = avail
+        if per_word < CONV_LANES:  # a narrow port: never complete two words in one cycle
+            room = Signal(range(2 * per_word + 1))
+            m.d.comb += room.eq(2 * per_word - 1 - lane)
+            cap = Mux(room < avail, room, avail)
+        m.d.comb += n.eq(Mux(o_left < cap, o_left, cap))
+        span = Signal(range(per_word + CONV_LANES + 1))
+        m.d.comb += span.eq(lane + n)
+        completes = span >= per_word
+        slots = min(per_word + CONV_LANES - 1, 2 * per_word - 1)
+        first_data, first_we = Signal(pb), Signal(pbytes)
+        next_data, next_we = Signal(pb), Signal(pbytes)
+        m.d.comb += [first_data.eq(cur_data), first_we.eq(cur_we), next_we.eq(0)]
+        for q in range(slots):
+            rel = Signal(signed(8), name=f"pack_rel{q}")  # the slot's value in this cycle's n
+            at = Signal(range(2 * CONV_LANES), name=f"pack_at{q}")  # ... in the beat
+            m.d.comb += [rel.eq(q - lane), at.eq(rel[:3] + pos)]
+            on = (rel >= 0) & (rel < n) if q < per_word else (q < span)
+            value = Signal(width, name=f"pack_value{q}")
+            m.d.comb += value.eq(beat.values[at])
+            if q < per_word:
+                with m.If(on):
+                    m.d.comb += [first_data.word_select(q, width).eq(value),
+                                 first_we.word_select(q, vb).eq((1 << vb) - 1)]
+            else:
+                m.d.comb += [next_data.word_select(q - per_word, width).eq(value),
+                             next_we.word_select(q - per_word, vb).eq(
+                                 Mux(on, (1 << vb) - 1, 0))]
+        other_word = cur_valid & (o_word != cur_word)
+        take = Signal()
+        with m.If(o_on & out.valid & ~stats_go):
+            # a run continuing elsewhere (other_word): the open word goes first, below
+            with m.If(~other_word & (~completes | wr_free)):
+                m.d.comb += take.eq(1)
+        with m.If(take):
+            with m.If(completes):
+                m.d.sync += [wr_valid.eq(1), wr_item.addr.eq(o_word),
+                             wr_item.data.eq(first_data), wr_item.we.eq(first_we),
+                             cur_word.eq(o_word + 1), cur_data.eq(next_data),
+                             cur_we.eq(next_we), cur_valid.eq(next_we.any())]
             with m.Else():
+                m.d.sync += [cur_word.eq(o_word), cur_data.eq(first_data), cur_we.eq(first_we),
+                             cur_valid.eq(1)]
+            with m.If(pos + n >= beat.count):
                 m.d.comb += out.ready.eq(1)
-        with m.If(out.valid & out.ready):
-            value = Signal(8 * vb)
-            m.d.comb += value.eq(out.payload)  # sign-extended
-            m.d.sync += [cur_word.eq(o_word), cur_valid.eq(1),
-                         cur_data.word_select(lane, 8 * vb).eq(value),
-                         cur_we.word_select(lane, vb).eq((1 << vb) - 1),
-                         o_left.eq(o_left - 1), o_addr.eq(o_addr + vb)]
-            with m.If(o_left == 1):
+                m.d.sync += pos.eq(0)
+            with m.Else():
+                m.d.sync += pos.eq(pos + n)
+            m.d.sync += [o_left.eq(o_left - n), o_addr.eq(o_addr + (n << vshift))]
+            with m.If(o_left == n):
                 with m.If(~o_second & has_second):
                     m.d.sync += [o_second.eq(1), o_left.eq(desc.len1),
                                  o_addr.eq(o_base + desc.off1)]
@@ -346,11 +397,9 @@ class LayerSequencer(wiring.Component):
                     with m.If(o_pixels == 1):
                         m.d.sync += o_on.eq(0)
         flush_end = ~o_on & cur_valid  # the pattern is done: its last word goes out
-        stats_go = Signal()
-        with m.If((flush_now | flush_end) & wr_free & ~stats_go):
+        with m.If(((o_on & out.valid & other_word) | flush_end) & wr_free & ~stats_go):
             m.d.sync += [wr_valid.eq(1), wr_item.addr.eq(cur_word), wr_item.data.eq(cur_data),
                          wr_item.we.eq(cur_we), cur_valid.eq(0), cur_we.eq(0)]
-            m.d.comb += out.ready.eq(0)
 
         # stats: STATS_BYTES written a word at a time, the word chosen by its index (a
         # register loaded whole: shifting it would put a multiplexer before every bit)
@@ -574,7 +623,7 @@ class LayerSequencer(wiring.Component):
                     m.next = "RUN_START"
             read_phase("QPARAMS", "RUN_START")
             with state("RUN_START"):
-                m.d.sync += [o_on.eq((desc.out_pixels != 0) & (first_len != 0)),
+                m.d.sync += [pos.eq(0), o_on.eq((desc.out_pixels != 0) & (first_len != 0)),
                              o_pixels.eq(desc.out_pixels), o_second.eq(0),
                              o_left.eq(first_len), o_base.eq(desc.out_addr),
                              o_addr.eq(desc.out_addr + first_off)]

@@ -13,7 +13,7 @@ from amaranth import signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from spec.params import EngineParams, ceil_div, config_fields, qparam_fields
+from spec.params import CONV_LANES, EngineParams, ceil_div, config_fields, qparam_fields
 
 
 class Kind(enum.Enum, shape=2):
@@ -76,6 +76,14 @@ def group_tag_layout(p: EngineParams) -> data.StructLayout:
         "row": range(p.max_h + 1),  # the row squeezed into, or expanded
         "xoff": range(p.squeeze_depth + 1),  # the pixel's first word in its squeeze row
     })
+
+
+def wide_beat_layout(p: EngineParams, lanes: int = CONV_LANES) -> data.StructLayout:
+    """A beat of the engine's wide output (``output_wide``): ``count`` (1 to ``lanes``)
+    values in output order, ``values[0]`` first. ``lanes``: ``CONV_LANES``, or 1 in an
+    engine built without the narrow lanes (``FireEngine(wide=False)``)."""
+    return data.StructLayout({"values": data.ArrayLayout(signed(p.bits), lanes),
+                              "count": range(lanes + 1)})
 
 
 def input_slot_words(p: EngineParams) -> int:

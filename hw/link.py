@@ -285,6 +285,8 @@ class Executor(wiring.Component):
             "refused": In(1),  # the engine refused one (pulse); its code on ``error``
             "error": In(8),
             "progress": In(1),
+            # nothing handed on is still on its way: a frame is answered only then
+            "drained": In(1),
             "stalled": Out(1),
             "idle": Out(1),
         }
@@ -345,6 +347,7 @@ class Executor(wiring.Component):
             """Drop the frame once ``stall`` reaches the limit; ``progress`` restarts it."""
             with m.If(stall == self._stall):
                 m.d.comb += self.stalled.eq(1)
+                m.d.sync += offering.eq(0)  # (declared below) the item is dropped with it
                 finish(Reply.ERROR, LinkError.STALL)
             with m.Else():
                 m.d.sync += stall.eq(Mux(progress, 0, stall + 1))
@@ -364,18 +367,25 @@ class Executor(wiring.Component):
 
         # the stream of the current job offers the assembled item. The executor acts on a
         # taken item a cycle later (``taken_r``), not offering it meanwhile: the sinks'
-        # ``ready`` (the engine's, through the core's switch) then reaches only that
-        # register, not the executor's decisions (a critical path on the ECP5). Bytes come
-        # far slower than the cycle this costs an item.
+        # ``ready`` (the memory bridge's; the engine's streams now meet a register of the
+        # core's first) then reaches only that register, not the executor's decisions (a
+        # critical path on the ECP5). Bytes come far slower than the cycle this costs an item.
+        # ``offering`` is a register of its own, set as the item completes and cleared a
+        # cycle after it is taken (or as the frame is dropped): a stream's valid is three
+        # registers ANDed (``offering``, not ``taken_r``, the stream selected), not the FSM's
+        # state through the stream select, and a sink's ready reaches ``taken_r`` alone (the
+        # ULX3S's critical paths went from the state through the engine's ready and back)
         offering = Signal()
         taken = Signal()
         taken_r = Signal()
         m.d.sync += taken_r.eq(taken)
+        with m.If(taken_r):
+            m.d.sync += offering.eq(0)
         for cmd, width in self._streams.items():
             s = self.stream_for(cmd)
             low = self._item_bits - 8 * -(-width // 8)
             m.d.comb += [s.payload.eq(item[low:low + width]),
-                         s.valid.eq(offering & selected[cmd])]
+                         s.valid.eq(offering & ~taken_r & selected[cmd])]
             with m.If(selected[cmd]):
                 m.d.comb += taken.eq(s.valid & s.ready)
 
@@ -426,9 +436,9 @@ class Executor(wiring.Component):
                 with m.If(pending):
                     # bytes shift in from the top: an item of n bytes ends in the top n bytes
                     m.d.sync += [item.eq(Cat(item[8:], self.rd_data)), fill.eq(fill + 1),
-                                 full.eq(fill + 1 == item_bytes)]
+                                 full.eq(fill + 1 == item_bytes),
+                                 offering.eq(fill + 1 == item_bytes)]
                 with m.If(full):
-                    m.d.comb += offering.eq(~taken_r)
                     with m.If(taken_r):
                         m.d.sync += [fill.eq(0), full.eq(0), stall.eq(0)]
                         with m.If(job.kind == Command.CONFIGURE):
@@ -438,11 +448,16 @@ class Executor(wiring.Component):
                                 with m.If(Cat(job.kind == c for c in MEM_COMMANDS).any()):
                                     m.next = "MEMORY"
                                 with m.Else():
-                                    finish(Reply.ACK)
+                                    m.next = "DRAIN"
                             else:
-                                finish(Reply.ACK)
+                                m.next = "DRAIN"
                     with m.Else():
                         count_stall(self.progress)
+            with m.State("DRAIN"):  # the last item reaches the engine before the answer
+                with m.If(self.drained):
+                    finish(Reply.ACK)
+                with m.Else():
+                    count_stall(self.progress)
             if self._memory:
                 with m.State("MEMORY"):  # the bridge finishes the job and answers
                     a = self.mem_answer.payload
@@ -511,18 +526,24 @@ class OutputFramer(wiring.Component):
                          self.job.payload.half.eq(half), seq.eq(seq + 1)]
 
         busy = self.job.valid
+        # whether the half is full, or has anything: flags kept beside the count, so that
+        # the decision below compares no count (the fill count into the frame job was the
+        # ULX3S's critical path)
+        full = Signal()
+        nonempty = Signal()
         with m.If(part != 0):
             # write the value's bytes, low first
             m.d.comb += self.wr_en.eq(1)
-            m.d.sync += [value.eq(value >> 8), part.eq(part - 1), fill.eq(fill + 1)]
+            m.d.sync += [value.eq(value >> 8), part.eq(part - 1), fill.eq(fill + 1),
+                         full.eq(fill == MAX_PAYLOAD - 1), nonempty.eq(1)]
         with m.Elif(busy):
             pass
-        with m.Elif(fill == MAX_PAYLOAD):
+        with m.Elif(full):
             post(Reply.OUTPUT, MAX_PAYLOAD)
-            m.d.sync += [half.eq(~half), fill.eq(0)]
-        with m.Elif(done_pending & (fill != 0)):
+            m.d.sync += [half.eq(~half), fill.eq(0), full.eq(0), nonempty.eq(0)]
+        with m.Elif(done_pending & nonempty):
             post(Reply.OUTPUT, fill)
-            m.d.sync += [half.eq(~half), fill.eq(0)]
+            m.d.sync += [half.eq(~half), fill.eq(0), full.eq(0), nonempty.eq(0)]
         with m.Elif(done_pending):
             m.d.sync += [self.job.valid.eq(1), self.job.payload.eq(done),
                          self.job.payload.seq.eq(seq), seq.eq(seq + 1), done_pending.eq(0)]

@@ -10,7 +10,11 @@ data registers need none, and a reset reaching thousands of them is a slow net.
 ``multipliers`` chooses how the products are built; only the latency differs:
 
 * ``"dsp"``: ``d * w`` registered twice, which Xilinx synthesis packs into the DSP48E1's M
-  and P registers.
+  and P registers; with an even ``ic_lanes`` the adder tree's first level is in the DSP
+  blocks' post-adders: an odd lane's DSP takes its operands a register later (its A and B
+  registers) and adds its even neighbour's product (P) to its own, so the tree in the
+  fabric starts from ``ic_lanes / 2`` pair sums (on the Arty's 16 x 5 array, 2,391 LUTs
+  alone -> 1,355), at the same latency: its last level is the accumulator's adder.
 * ``"mult18x18d"``: for the ECP5, whose multipliers yosys leaves combinational: each
   product comes from :func:`hw.dsp.registered_product` (a MULT18X18D with its input and
   output registers on an ECP5 platform), then one register in the fabric.
@@ -104,8 +108,29 @@ class MacArray(wiring.Component):
                 m.d.sync += w[o][k].eq(i.weights[o][k])
         # Stages 2-3: products, registered twice (the multiplier's M and P registers).
         sums = []
+        pair = self._style == "dsp" and ic % 2 == 0
+        if pair:
+            # the odd lanes' activations a cycle later (their DSPs' A registers)
+            d_late = {k: Signal.like(d[k], name=f"dl{k}") for k in range(1, ic, 2)}
+            m.d.sync += [late.eq(d[k]) for k, late in d_late.items()]
         for o in range(oc):
             terms = []
+            if pair:
+                # the first adder level in the DSP48E1s' post-adders: an even lane's product
+                # (M, P) goes into its odd neighbour's adder, whose operands are a register
+                # later (A, B), so the pair's sum is its P register, when the tree's first
+                # register would have been
+                for k in range(0, ic, 2):
+                    pa = Signal(signed(2 * bits + 1), name=f"p{o}_{k}", reset_less=True)
+                    pa_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}", reset_less=True)
+                    wb = Signal(signed(bits), name=f"wl{o}_{k + 1}", reset_less=True)
+                    pb = Signal(signed(2 * bits + 1), name=f"p{o}_{k + 1}", reset_less=True)
+                    s = Signal(signed(2 * bits + 2), name=f"ps{o}_{k}", reset_less=True)
+                    m.d.sync += [pa.eq(d[k] * w[o][k]), pa_r.eq(pa), wb.eq(w[o][k + 1]),
+                                 pb.eq(d_late[k + 1] * wb), s.eq(pb + pa_r)]
+                    terms.append(s)
+                sums.append(self._pair_tree(m, terms, f"t{o}", tree_registers(ic) - 1))
+                continue
             for k in range(ic):
                 prod_r = Signal(signed(2 * bits + 1), name=f"pr{o}_{k}", reset_less=True)
                 if self._style == "lut":
@@ -127,7 +152,9 @@ class MacArray(wiring.Component):
         # Accumulate; a reduction's result leaves on the cycle after its last beat.
         for o in range(oc):
             acc = Signal(signed(p.acc_bits), name=f"acc{o}", reset_less=True)
-            m.d.sync += acc.eq(Mux(first, sums[o], acc + sums[o]))
+            # the tree's last terms (one, or two whose addition is the accumulator's)
+            total = sum(sums[o][1:], sums[o][0])
+            m.d.sync += acc.eq(Mux(first, total, acc + total))
             m.d.comb += self.o.payload.acc[o].eq(acc)
         valid = Signal()
         m.d.sync += valid.eq(last)
@@ -159,18 +186,36 @@ class MacArray(wiring.Component):
             m.d.sync += out.eq(terms[0])
 
     @staticmethod
-    def _adder_tree(m, terms, name, every_level=False):
+    def _add_pairs(m, terms, name, level, registered):
+        """One adder-tree level: ``terms`` added in pairs (an odd one out passed on),
+        registered or not."""
+        nxt = []
+        for k in range(0, len(terms), 2):
+            pair = terms[k:k + 2]
+            width = max(len(t) for t in pair) + 1
+            s = Signal(signed(width), name=f"{name}_l{level}_{k}", reset_less=True)
+            m.d["sync" if registered else "comb"] += s.eq(sum(pair[1:], pair[0]))
+            nxt.append(s)
+        return nxt
+
+    @classmethod
+    def _pair_tree(cls, m, terms, name, registers):
+        """The pair sums (registered, at the cycle of the plain tree's first register) added
+        up to two terms with ``registers`` registers on the way (the last levels'), the
+        final addition in the accumulator's adder: the plain tree's latency."""
+        levels = max(0, (len(terms) - 1).bit_length() - 1)
+        assert registers <= levels, (registers, levels)
+        level = 0
+        while len(terms) > 2:
+            terms = cls._add_pairs(m, terms, name, level, levels - 1 - level < registers)
+            level += 1
+        return terms
+
+    @classmethod
+    def _adder_tree(cls, m, terms, name, every_level=False):
         level = 0
         while len(terms) > 1:
-            nxt = []
-            for k in range(0, len(terms), 2):
-                pair = terms[k:k + 2]
-                width = max(len(t) for t in pair) + 1
-                s = Signal(signed(width), name=f"{name}_l{level}_{k}", reset_less=True)
-                total = pair[0] + pair[1] if len(pair) == 2 else pair[0]
-                registered = every_level or level % 2 == 1 or len(terms) <= 2
-                m.d["sync" if registered else "comb"] += s.eq(total)
-                nxt.append(s)
-            terms = nxt
+            registered = every_level or level % 2 == 1 or len(terms) <= 2
+            terms = cls._add_pairs(m, terms, name, level, registered)
             level += 1
-        return terms[0]
+        return terms

@@ -40,38 +40,6 @@ def native_port_signature(addr_bits: int, data_bits: int) -> wiring.Signature:
     })
 
 
-class StreamSlice(wiring.Component):
-    """A register slice (skid buffer) on a stream: ``o``'s valid and payload come from
-    registers and so does ``i.ready``, so no combinational path crosses it either way. Full
-    throughput (a payload a cycle), one cycle of latency. ``enable`` low: nothing is taken.
-
-    Between the design and LiteDRAM's native ports (``hw.dram``), whose crossbar makes a
-    port's ``cmd.ready`` from its ``cmd.valid`` and address: on the ULX3S, paths that ran
-    from our logic through the crossbar and back were among the critical ones of the build
-    with the controller.
-    """
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
-                          "enable": In(1, init=1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        skid = Signal.like(i.payload)
-        skid_valid = Signal()
-        m.d.comb += i.ready.eq(~skid_valid & self.enable)
-        take = i.valid & i.ready
-        with m.If(~o.valid | o.ready):  # the output register is free this cycle
-            with m.If(skid_valid):
-                m.d.sync += [o.payload.eq(skid), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.payload.eq(i.payload), o.valid.eq(take)]
-        with m.Elif(take):
-            m.d.sync += [skid.eq(i.payload), skid_valid.eq(1)]
-        return m
-
-
 #: LiteDRAM's control bus (``wb_ctrl``): Wishbone classic, 32-bit, word addresses.
 WISHBONE_SIGNATURE = wiring.Signature({
     "adr": Out(30), "dat_w": Out(32), "dat_r": In(32), "sel": Out(4), "cyc": Out(1),
@@ -139,7 +107,7 @@ class MemoryBridge(wiring.Component):
         chunk = Signal(self._addr_bits + 1)
         addr = Signal(32)
         count = Signal(32)  # WRITE_MEM: data bytes; READ_MEM: the length asked
-        word = Signal(8 * pb)  # a native-port word, assembled or being unpacked
+        word = Signal(8 * pb)  # a native-port word, assembled or unpacked, a byte at a time
         fill = Signal(range(pb + 1))
         waddr = Signal(self._addr_bits)  # the word address being accessed
         left = Signal(32)  # words still to move
@@ -292,7 +260,7 @@ class MemoryBridge(wiring.Component):
                 with m.Else():
                     m.d.comb += self.data.ready.eq(1)
                     with m.If(self.data.valid):
-                        m.d.sync += [word.eq(Cat(word[8:], self.data.payload)),
+                        m.d.sync += [word.word_select(fill, 8).eq(self.data.payload),
                                      fill.eq(fill + 1), length.eq(length - 1)]
             with m.State("WR_CMD"):
                 with m.If(aborted):
@@ -324,16 +292,18 @@ class MemoryBridge(wiring.Component):
             with m.State("RD_DATA"):
                 m.d.comb += port.rdata.ready.eq(1)
                 with m.If(port.rdata.valid):
-                    m.d.sync += [word.eq(port.rdata.payload), fill.eq(pb),
+                    m.d.sync += [word.eq(port.rdata.payload), fill.eq(0),
                                  waddr.eq(waddr + 1), left.eq(left - 1)]
                     m.next = "RD_UNPACK"
                 with m.Else():
                     waiting(MemFault.READ_DATA)
             with m.State("RD_UNPACK"):
+                # a byte at a time by index (shifting the word would put a multiplexer
+                # before every bit: a word is 128 bits on the Arty)
                 m.d.comb += [self.buf_en.eq(1), self.buf_addr.eq(out_at),
-                             self.buf_data.eq(word[:8])]
-                m.d.sync += [word.eq(word >> 8), fill.eq(fill - 1), out_at.eq(out_at + 1)]
-                with m.If(fill == 1):
+                             self.buf_data.eq(word.word_select(fill, 8))]
+                m.d.sync += [fill.eq(fill + 1), out_at.eq(out_at + 1)]
+                with m.If(fill == pb - 1):
                     m.d.sync += wait.eq(0)
                     m.next = "RD_CMD"
 

@@ -22,9 +22,11 @@ from amaranth.lib import memory
 RAM_ATTRS = {"no_rw_check": 1}
 
 
-def ram(*, shape, depth: int) -> memory.Memory:
-    """A zero-initialized memory whose ports never collide on one address."""
-    return memory.Memory(shape=shape, depth=depth, init=[], attrs=RAM_ATTRS)
+def ram(*, shape, depth: int, block: bool = False) -> memory.Memory:
+    """A zero-initialized memory whose ports never collide on one address. ``block``: in a
+    block RAM however small (``ram_style``), where LUTs are scarcer than block RAMs."""
+    attrs = {**RAM_ATTRS, "ram_style": "block"} if block else RAM_ATTRS
+    return memory.Memory(shape=shape, depth=depth, init=[], attrs=attrs)
 
 
 class RegisteredRead:

@@ -11,7 +11,12 @@ twice (``rescale``: first to each branch's own zero point ``z_e1``/``z_e3``), th
 expand value of the layer (all of them, so that they keep their order); squeeze values never
 take it. In a convolution run (``conv``, docs/engine.md) the squeeze values are the run's
 output: they go to the output stage, at ``z_out``, under output credits, with the run's
-``relu``.
+``relu``. A conv run with ``wide`` set whose parameters all qualify (``narrow_ok``, decided by
+the parameter loader) drains up to ``CONV_LANES`` channels of a group a cycle: the first
+through the requantizer, the next two through ``hw.arith.NarrowRequantizer`` lanes (their
+parameters from LUT-RAM copies, their products, on DSP multipliers, lent by the bypass
+adder, idle in a conv run), leaving together as one output beat of up to three values
+(``expand`` and ``expand_more``, ``expand_extra`` of them valid).
 
 Flow control is by credits, so that the MAC array and the requantizer are fixed-latency
 pipelines with no stall logic (their registers map onto DSP pipeline registers):
@@ -25,13 +30,14 @@ pipelines with no stall logic (their registers map onto DSP pipeline registers):
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spec.params import GROUP_FIFO_DEPTH, EngineParams
+from spec.params import CONV_LANES, GROUP_FIFO_DEPTH, EngineParams
+from spec.quant import MULT_BITS, NARROW_BITS
 
-from .arith import Requantizer, Rescaler
+from .arith import NARROW_PRODUCT_BITS, NarrowRequantizer, Requantizer, Rescaler
 from .layouts import Kind, config_layout, group_tag_layout, qparam_layout, read_signature
 from .mac_array import array_out_layout
 
@@ -82,18 +88,45 @@ class RequantStage(wiring.Component):
         An output credit comes back (registered by the output stage).
     idle : Out(1)
         Nothing in the requantizer, every output credit back.
+    lane1_read, lane2_read : Out(read_signature)
+        The narrow lanes' parameter copies (``WeightBuffers``).
+    narrow_ok : In(1)
+        The loaded parameters qualify for the narrow lanes.
+    expand_more : Out(array of 2 signed(bits))
+        With ``expand``: the narrow lanes' values, ``expand_extra`` (0 to 2) of them valid.
+    wide : Out(1)
+        The run drains ``CONV_LANES`` channels a cycle.
+    prod_a, prod_m : Out, prod_p : In
+        With ``lend``: the narrow lanes' products, made by the bypass adder's multipliers.
     """
 
     def __init__(self, params: EngineParams, *, output_credits: int,
-                 multipliers: str = "dsp"):
+                 multipliers: str = "dsp", lend: bool = False, lanes: int = CONV_LANES):
         self._p = p = params
         self._output_credits = output_credits
+        self._lend = lend
         self._requantizer = Requantizer(p.spec, p.acc_bits,
                                         tag_bits=result_tag_layout(p).size,
                                         multipliers=multipliers)
+        self._narrow = [NarrowRequantizer(p.spec, p.acc_bits, latency=self._requantizer.latency,
+                                          multipliers=multipliers, shared=lend)
+                        for _ in range(lanes - 1)]
         self._rescaler = Rescaler(p.spec, multipliers=multipliers)
         tag_bits = group_tag_layout(p).size
+        extra = CONV_LANES - 1
+        members = {}
+        if lend:
+            members = {"prod_a": Out(data.ArrayLayout(signed(NARROW_BITS), extra)),
+                       "prod_m": Out(data.ArrayLayout(MULT_BITS - 1, extra)),
+                       "prod_p": In(data.ArrayLayout(signed(NARROW_PRODUCT_BITS), extra))}
         super().__init__({
+            **members,
+            "lane1_read": Out(read_signature(range(p.max_squeeze), qparam_layout(p))),
+            "lane2_read": Out(read_signature(range(p.max_squeeze), qparam_layout(p))),
+            "narrow_ok": In(1),
+            "expand_more": Out(data.ArrayLayout(signed(p.bits), extra)),
+            "expand_extra": Out(range(extra + 1)),
+            "wide": Out(1),
             "groups": In(stream.Signature(array_out_layout(p, tag_bits), always_ready=True)),
             "layer": In(config_layout(p)),
             "go": In(1),
@@ -139,12 +172,15 @@ class RequantStage(wiring.Component):
         # expand, or a convolution's channel), which takes an output credit
         to_line = is_sq & ~layer.conv
         can_rq = r.valid & (to_line | (out_credit != 0))
-        lane_last = lane + 1 >= head.tag.count
+        # a wide conv run takes CONV_LANES channels of the group a cycle
+        wide = (layer.conv & layer.wide & self.narrow_ok) if self._narrow else Const(0)
+        m.d.comb += self.wide.eq(wide)
+        lane_last = lane + Mux(wide, CONV_LANES, 1) >= head.tag.count
         pop = can_rq & lane_last
         m.d.comb += r.ready.eq(pop)
         m.d.sync += self.group_freed.eq(pop)
         with m.If(can_rq):
-            m.d.sync += lane.eq(Mux(lane_last, 0, lane + 1))
+            m.d.sync += lane.eq(Mux(lane_last, 0, lane + Mux(wide, CONV_LANES, 1)))
         qbase = Mux(is_sq, 0, Mux(head.tag.kind == Kind.EXPAND1, layer.s, layer.s + layer.e1))
         channel = head.tag.chan + lane
 
@@ -182,6 +218,44 @@ class RequantStage(wiring.Component):
             ri.hi.eq(Mux(req3.kind == Kind.SQUEEZE, p.spec.act_max,
                          Mux(req3.kind == Kind.EXPAND1, layer.e1_max, layer.e3_max))),
         ]
+        # the narrow lanes: channels lane + 1 and lane + 2 of the group, their parameters
+        # from the copies (read with lane 0's timing: address, copy, register)
+        def lane_acc(k):
+            # a wide run's lane is a multiple of CONV_LANES: lane k's sum is one of few
+            starts = [s for s in range(0, oc, CONV_LANES) if s + k < oc]
+            acc = head.acc[starts[-1] + k] if starts else head.acc[0]
+            for s in reversed(starts[:-1]):
+                acc = Mux(lane == s, head.acc[s + k], acc)
+            return acc
+
+        extra = []
+        for k, nq in enumerate(self._narrow, start=1):
+            m.submodules[f"narrow{k}"] = nq
+            rd = getattr(self, f"lane{k}_read")
+            n_req = [Signal(data.StructLayout({"valid": 1, "acc": signed(p.acc_bits)}),
+                            name=f"lane{k}_request{i}") for i in (1, 2, 3)]
+            n_addr = Signal.like(rd.addr, name=f"lane{k}_addr")
+            n_data = Signal.like(rd.data, name=f"lane{k}_data", reset_less=True)
+            m.d.sync += [
+                n_req[0].valid.eq(can_rq & wide & (lane + k < head.tag.count)),
+                n_req[0].acc.eq(lane_acc(k)),
+                n_addr.eq(channel + k), n_req[1].eq(n_req[0]), n_req[2].eq(n_req[1]),
+                n_data.eq(rd.data),
+            ]
+            ni = nq.i.payload
+            m.d.comb += [
+                rd.addr.eq(n_addr),
+                nq.i.valid.eq(n_req[2].valid), ni.acc.eq(n_req[2].acc),
+                ni.bias.eq(n_data.bias), ni.mult.eq(n_data.mult), ni.shift.eq(n_data.shift),
+                nq.relu.eq(layer.relu), nq.z.eq(layer.z_out),
+                self.expand_more[k - 1].eq(nq.o.payload.y),
+            ]
+            if self._lend:
+                m.d.comb += [self.prod_a[k - 1].eq(nq.prod_a), self.prod_m[k - 1].eq(nq.prod_m),
+                             nq.prod_p.eq(self.prod_p[k - 1])]
+            extra.append(nq.o.valid)
+        m.d.comb += self.expand_extra.eq(sum(extra) if extra else Const(0))
+
         # values in the requantizer: at most one a cycle for its latency
         in_flight = Signal(range(rq.latency + 1))
         m.d.sync += in_flight.eq(in_flight + rq.i.valid - rq.o.valid)
@@ -216,7 +290,14 @@ class RequantStage(wiring.Component):
         with m.If(self.go):
             m.d.sync += out_credit.eq(self._output_credits)
         with m.Else():
-            m.d.sync += out_credit.eq(out_credit - issue_ex + self.output_freed)
+            # the count plus or minus one, chosen by the issue decision after the adders (the
+            # decision comes late: from the group FIFO's head, through LUT RAM)
+            up, down = Signal.like(out_credit), Signal.like(out_credit)
+            m.d.comb += [up.eq(out_credit + 1), down.eq(out_credit - 1)]
+            with m.If(issue_ex & ~self.output_freed):
+                m.d.sync += out_credit.eq(down)
+            with m.Elif(~issue_ex & self.output_freed):
+                m.d.sync += out_credit.eq(up)
         m.d.comb += self.idle.eq((in_flight == 0) & ~req.valid & ~req2.valid & ~req3.valid
                                  & (out_credit == self._output_credits))
         return m

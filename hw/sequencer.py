@@ -144,7 +144,11 @@ class Sequencer(wiring.Component):
         v.wrow = Signal(range(p.weight_depth + 1))
         v.xoff = Signal(range(p.squeeze_depth + 1))  # x * ks
         v.ey = Signal(range(p.max_h + 1))  # the row being expanded: t - 1
-        v.emit_credit = Signal(range(self._credits + 1))
+        # credits: ``emit_credit`` less a group taken last cycle (``credit_taken``, see
+        # ``_credits_and_issue``)
+        v.emit_credit = Signal(range(self._credits + 2))
+        v.credit_taken = Signal()
+        v.credit_left = Signal()  # a credit is free this cycle (from registers only)
         v.sq_pending = Signal(range(self._pending + 1))  # squeeze groups not yet written
         v.sq_none = Signal()  # and none issued last cycle
         v.step_active = Signal()  # issuing squeeze or expand of the current row step
@@ -182,7 +186,7 @@ class Sequencer(wiring.Component):
         pixel_start = (v.g == 0) & (v.k == 0) & (v.tap_y == 0) & (v.tap_x == 0)
         need_input = (phase == Kind.SQUEEZE) & pixel_start
         input_ok = ~need_input | self.pixel_ready
-        credit_ok = ~v.group_last | (v.emit_credit != 0)
+        credit_ok = ~v.group_last | v.credit_left
         m.d.comb += [
             self.issuing.eq(v.step_active & input_ok & credit_ok),
             self.input_wait.eq(v.step_active & ~input_ok),
@@ -284,12 +288,19 @@ class Sequencer(wiring.Component):
         issuing = self.issuing
         # Release an input slot with its pixel's last issue.
         m.d.comb += self.release.eq(issuing & (phase == Kind.SQUEEZE) & v.pixel_last)
-        # Credits: a group's last beat takes one; ``group_freed`` returns it.
+        # Credits: a group's last beat takes one; ``group_freed`` returns it. The count takes
+        # a group a cycle late (``credit_taken``, registered: the issue decision reaches no
+        # adder), and what is free is the count less that group, from registers alone: the
+        # same credits every cycle as a count that took it at once, one adder shorter (the
+        # issue logic into the count's carry chain was the ULX3S's critical path)
+        take = issuing & v.group_last
+        m.d.sync += v.credit_taken.eq(take & ~self.go)
         with m.If(self.go):
             m.d.sync += v.emit_credit.eq(self._credits)
         with m.Else():
-            take = issuing & v.group_last
-            m.d.sync += v.emit_credit.eq(v.emit_credit - take + self.group_freed)
+            m.d.sync += v.emit_credit.eq(v.emit_credit - v.credit_taken + self.group_freed)
+        m.d.comb += v.credit_left.eq(Mux(v.credit_taken, v.emit_credit > 1,
+                                         v.emit_credit != 0))
         # a convolution's groups go to the output, not the line buffer: none is pending.
         # The count takes an issued group a cycle late (``sq_issued``, registered: the issue
         # decision reaches no adder), so whoever asks whether none is pending asks that too.
@@ -299,7 +310,8 @@ class Sequencer(wiring.Component):
         with m.If(~self.go):
             m.d.sync += v.sq_pending.eq(v.sq_pending + sq_issued - self.squeeze_written)
         m.d.comb += v.sq_none.eq((v.sq_pending == 0) & ~sq_issued)
-        m.d.comb += self.idle.eq((v.emit_credit == self._credits) & v.sq_none)
+        m.d.comb += self.idle.eq((v.emit_credit == self._credits) & ~v.credit_taken
+                                 & v.sq_none)
 
         op = self.issue.payload
         # channels left in this phase: registered here, clipped to a group one stage later

@@ -6,7 +6,15 @@ board with memory) and ``BoardTop`` (a bitstream's: clocking, pins, memory).
 external memory through the generated LiteDRAM controller (``hw.dram``).
 """
 
-from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth import (
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,6 +24,30 @@ from spec.params import EngineParams
 
 from .core import DEFAULT_STALL_CYCLES, AcceleratorCore
 from .uart import UARTRx, UARTTx, baud_divisor
+
+
+def connect_memory(m, core, dram, config: DramConfig, separate: bool) -> None:
+    """The core's memory ports to the controller's (``hw.dram.LiteDRAM``): directly, or with
+    ``separate`` through crossings into the controller's ``dram`` domain (``hw.dram_cdc``)."""
+    from .core import MEMORY_PORTS
+    from .dram import USER_PORTS
+    from .dram_cdc import NativePortCDC, WishboneCDC
+
+    for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
+        theirs = getattr(dram, f"port_{dram_port}")
+        if separate:
+            m.submodules[f"{dram_port}_cdc"] = cdc = NativePortCDC(config.addr_bits,
+                                                                  config.port_bits)
+            wiring.connect(m, getattr(core, core_port), cdc.i)
+            wiring.connect(m, cdc.o, theirs)
+        else:
+            wiring.connect(m, getattr(core, core_port), theirs)
+    if separate:
+        m.submodules.bus_cdc = cdc = WishboneCDC()
+        wiring.connect(m, core.dram_bus, cdc.i)
+        wiring.connect(m, cdc.o, dram.bus)
+    else:
+        wiring.connect(m, core.dram_bus, dram.bus)
 
 
 class UartTop(wiring.Component):
@@ -52,7 +84,10 @@ class UartTop(wiring.Component):
 class SimMemoryTop(wiring.Component):
     """The simulated board's top with external memory: the accelerator core beside the same
     LiteDRAM controller a board has, generated with LiteDRAM's PHY model in place of the PHY
-    (``hw.dram``), one clock for both. Its ports are the core's byte streams."""
+    (``hw.dram``). Its ports are the core's byte streams. The controller runs on the design's
+    clock, or where its board gives it a clock of its own (``dram_clock_hz``), on the
+    ``dram`` domain's (the top's ``dram_clk``/``dram_rst`` ports), its ports crossing as on
+    the board (``hw.dram_cdc``)."""
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
@@ -62,25 +97,29 @@ class SimMemoryTop(wiring.Component):
 
     def __init__(self, params: EngineParams, *, clock_hz: int, baud: int, memory: DramConfig,
                  **core_kw):
-        from .dram import generate
+        from .dram import generate, variant_clock
 
-        self.generated = generate(memory, sim=True, clock_hz=clock_hz)
+        #: the controller's clock (its own domain where it is not ``clock_hz``)
+        self.dram_clock_hz = variant_clock(memory)
+        self.generated = generate(memory, sim=True, clock_hz=self.dram_clock_hz)
         self.core = AcceleratorCore(params, clock_hz=clock_hz, baud=baud, memory=memory,
                                     mem_variant=variant_index(memory, sim=True), **core_kw)
+        self._memory = memory
+        self._separate = self.dram_clock_hz != clock_hz
         super().__init__()
 
     def elaborate(self, platform):
-        from .core import MEMORY_PORTS
-        from .dram import USER_PORTS, LiteDRAM
+        from .dram import LiteDRAM
 
         m = Module()
         m.submodules.core = core = self.core
-        m.submodules.dram = dram = LiteDRAM(self.generated)
+        dram = LiteDRAM(self.generated)
+        if self._separate:
+            dram = DomainRenamer("dram")(dram)
+        m.submodules.dram = dram
         wiring.connect(m, wiring.flipped(self.rx), core.rx)
         wiring.connect(m, core.tx, wiring.flipped(self.tx))
-        for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
-            wiring.connect(m, getattr(core, core_port), getattr(dram, f"port_{dram_port}"))
-        wiring.connect(m, core.dram_bus, dram.bus)
+        connect_memory(m, core, dram, self._memory, self._separate)
         m.d.comb += [core.uart_error.eq(self.uart_error), self.busy.eq(core.busy),
                      self.active.eq(core.active)]
         return m
@@ -113,10 +152,12 @@ class BoardTop(wiring.Component):
             memory = board.dram_in_bitstream
         if memory and board.dram is None:
             raise ValueError(f"{board.name} has no external memory")
+        #: the memory controller's clock (the system clock unless the board says)
+        self.dram_clock_hz = board.dram_clock_hz or board.clock_hz
         if memory:
             from .dram import generate
 
-            self.dram = generate(board.dram, sim=False, clock_hz=board.clock_hz)
+            self.dram = generate(board.dram, sim=False, clock_hz=self.dram_clock_hz)
         super().__init__({})
 
     @property
@@ -125,8 +166,7 @@ class BoardTop(wiring.Component):
         return variant_index(self.board.dram, sim=False) if self.dram else 0
 
     def elaborate(self, platform):
-        from .core import MEMORY_PORTS
-        from .dram import USER_PORTS, LiteDRAM
+        from .dram import LiteDRAM
 
         m = Module()
         b = self.board
@@ -138,12 +178,20 @@ class BoardTop(wiring.Component):
         dram = None
         if mem is not None:
             pads = platform.request("ddr3" if b.family == "xc7" else "sdram", 0, dir="-")
-            m.submodules.dram = dram = LiteDRAM(mem, pads=pads)
+            dram = LiteDRAM(mem, pads=pads)
+            if self.dram_clock_hz != b.clock_hz:
+                dram = DomainRenamer("dram")(dram)
+            m.submodules.dram = dram
             platform.add_file("litedram_core.v", mem.verilog_text())
             if mem.timing_xdc is not None:
                 platform.add_file("litedram_core_timing.xdc", mem.timing_xdc.read_text())
 
+        # the controller's own clock domain (``dram``) where it runs slower than the design
+        # (``board.dram_clock_hz``): its ports cross through ``hw.dram_cdc``
+        separate = dram is not None and self.dram_clock_hz != b.clock_hz
         if b.family == "xc7" and dram is not None:
+            if separate:
+                raise ValueError(f"{b.name}: the DDR3 controller runs on the system clock")
             # the controller's CRG makes the system clock from the oscillator
             m.d.comb += [dram.clk.eq(clk_buf.i), dram.rst.eq(0)]
         else:
@@ -152,22 +200,29 @@ class BoardTop(wiring.Component):
             if b.family == "xc7":
                 self._mmcm(m, clk_buf.i, clk_sys, locked, f_in)
             elif b.family == "ecp5":
-                clk_mem = None
+                outputs = []
                 if dram is not None:
+                    clk_dram = Signal() if separate else clk_sys
+                    if separate:
+                        outputs.append((clk_dram, self.dram_clock_hz, 0.0))
                     m.domains.sdram_clk = ClockDomain("sdram_clk", reset_less=True, local=True)
-                    clk_mem = ClockSignal("sdram_clk")
-                self._pll(m, clk_buf.i, clk_sys, locked, f_in, clk_mem)
+                    outputs.append((ClockSignal("sdram_clk"), self.dram_clock_hz,
+                                    b.dram_clock_phase))
+                self._pll(m, clk_buf.i, clk_sys, locked, f_in, outputs)
             else:
                 raise ValueError(f"{b.name}: no clocking for family {b.family!r}")
         # (Vivado and nextpnr derive the generated clocks' constraints from the oscillator's)
-        if dram is not None:
-            if b.family == "ecp5":
-                # the controller synchronizes the reset (LiteX's AsyncResetSynchronizer)
-                m.d.comb += [dram.clk.eq(clk_sys), dram.rst.eq(~locked)]
-                # the SDRAM's clock pin: the phase-shifted clock through an ODDRX1F
-                m.submodules.sdram_clk_pin = ck = io.DDRBuffer("o", pads.clk,
-                                                               o_domain="sdram_clk")
-                m.d.comb += [ck.o[0].eq(1), ck.o[1].eq(0)]
+        if dram is not None and b.family == "ecp5":
+            # the controller synchronizes the reset (LiteX's AsyncResetSynchronizer)
+            m.d.comb += [dram.clk.eq(clk_dram), dram.rst.eq(~locked)]
+            # the SDRAM's clock pin: the phase-shifted clock through an ODDRX1F
+            m.submodules.sdram_clk_pin = ck = io.DDRBuffer("o", pads.clk, o_domain="sdram_clk")
+            m.d.comb += [ck.o[0].eq(1), ck.o[1].eq(0)]
+        if separate:
+            m.domains.dram = ClockDomain("dram")
+            m.d.comb += [ClockSignal("dram").eq(dram.user_clk),
+                         ResetSignal("dram").eq(dram.user_rst)]
+        if dram is not None and not separate:
             m.d.comb += [ClockSignal("sync").eq(dram.user_clk),
                          ResetSignal("sync").eq(dram.user_rst)]
         else:
@@ -185,10 +240,7 @@ class BoardTop(wiring.Component):
                                          mem_variant=self.mem_variant,
                                          resident=self.resident)
         if dram is not None:
-            core = top.core
-            for core_port, dram_port in zip(MEMORY_PORTS, USER_PORTS, strict=True):
-                wiring.connect(m, getattr(core, core_port), getattr(dram, f"port_{dram_port}"))
-            wiring.connect(m, core.dram_bus, dram.bus)
+            connect_memory(m, top.core, dram, b.dram, separate)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_pin = tx_buf = io.Buffer("o", uart.tx)
@@ -215,10 +267,10 @@ class BoardTop(wiring.Component):
             o_CLKOUT0=clk_out, o_LOCKED=locked, i_RST=0, i_PWRDWN=0)
         m.submodules.bufg = Instance("BUFG", i_I=clk_out, o_O=clk_sys)
 
-    def _pll(self, m, clk_in, clk_sys, locked, f_in, clk_shifted=None):
+    def _pll(self, m, clk_in, clk_sys, locked, f_in, outputs=()):
         # f_out = f_in * CLKFB_DIV / CLKI_DIV (feedback from CLKOP), VCO = f_out * CLKOP_DIV
         # in 400-800 MHz, phase detector >= 3.125 MHz; e.g. 25 MHz * 4 = 100 MHz, VCO 600.
-        # clk_shifted: CLKOS, the same clock board.dram_clock_phase degrees later.
+        # outputs: up to three more (CLKOS, CLKOS2, CLKOS3) as (signal, Hz, degrees late)
         f_out = self.board.clock_hz
         op_div = 600_000_000 // f_out
         for ref_div in range(1, 129):
@@ -228,19 +280,27 @@ class BoardTop(wiring.Component):
                 break
         else:
             raise ValueError(f"{self.board.name}: no PLL setting for {f_out} Hz")
-        clk_out = clk_sys
+        vco = f_out * op_div
         # Phases count VCO cycles (CPHASE) and eighths of one (FPHASE); CPHASE = DIV - 1 is
         # an output's zero (as LiteX's ECP5PLL sets them)
-        phased = {}
-        if clk_shifted is not None:
-            steps = round(self.board.dram_clock_phase * op_div / 45)
-            phased = dict(p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=op_div,
-                          p_CLKOS_CPHASE=op_div - 1 + (steps >> 3), p_CLKOS_FPHASE=steps & 7,
-                          o_CLKOS=clk_shifted, i_ENCLKOS=0)
+        if len(outputs) > 3:
+            raise ValueError(f"{self.board.name}: more PLL outputs than the EHXPLLL has")
+        more = {}
+        for port, (signal, freq, phase) in zip(("CLKOS", "CLKOS2", "CLKOS3")[:len(outputs)],
+                                               outputs, strict=True):
+            div, rest = divmod(vco, freq)
+            if rest or not 1 <= div <= 128:
+                raise ValueError(f"{self.board.name}: no PLL output for {freq} Hz "
+                                 f"(VCO {vco / 1e6:g} MHz)")
+            steps = round(phase * div / 45)
+            more.update({f"p_{port}_ENABLE": "ENABLED", f"p_{port}_DIV": div,
+                         f"p_{port}_CPHASE": div - 1 + (steps >> 3),
+                         f"p_{port}_FPHASE": steps & 7, f"o_{port}": signal,
+                         f"i_EN{port}": 0,
+                         f"a_FREQUENCY_PIN_{port}": str(freq / 1e6)})
         m.submodules.pll = Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=str(f_in / 1e6), a_FREQUENCY_PIN_CLKOP=str(f_out / 1e6),
-            **({"a_FREQUENCY_PIN_CLKOS": str(f_out / 1e6)} if phased else {}),
             a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
             a_MFG_GMCREF_SEL="2",
             p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
@@ -248,6 +308,6 @@ class BoardTop(wiring.Component):
             p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=ref_div,
             p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op_div, p_CLKOP_CPHASE=op_div - 1,
             p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=fb_div,
-            i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out,
+            i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_sys, i_CLKFB=clk_sys,
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
-            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked, **phased)
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked, **more)

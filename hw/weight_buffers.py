@@ -18,6 +18,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spec.params import EngineParams
+from spec.quant import MULT_BITS, NARROW_SHIFT_MIN, narrow_shift_max
 
 from .layouts import qparam_layout, read_signature
 from .ram import RegisteredRead, ram
@@ -44,10 +45,18 @@ class WeightBuffers(wiring.Component):
         A parameter row of this load has a shift of 0.
     weight_read, qparam_read : In(read_signature)
         The memories' read ports.
+    lane1_read, lane2_read : In(read_signature)
+        Copies of the first ``max_squeeze`` parameter rows (a convolution run's channels) in
+        block RAM, for the requantizer's narrow lanes (``CONV_LANES`` channels a cycle).
+    narrow_ok : Out(1)
+        Every parameter row of the last load qualifies for a narrow lane
+        (``spec.quant.narrow_ok``: the multiplier's top bit set, the shift from
+        ``NARROW_SHIFT_MIN`` to ``narrow_shift_max``): decided here, whatever the host claims.
     """
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, *, copies: bool = True):
         self._p = p = params
+        self._copies = copies  #: the narrow lanes' copies (without them, narrow_ok is 0)
         super().__init__({
             "weights": In(stream.Signature(unsigned(p.weight_row_bits))),
             "qparams": In(stream.Signature(qparam_layout(p))),
@@ -61,6 +70,9 @@ class WeightBuffers(wiring.Component):
             "weight_read": In(read_signature(range(p.weight_depth),
                                              unsigned(p.weight_row_bits))),
             "qparam_read": In(read_signature(range(p.qparam_depth), qparam_layout(p))),
+            "lane1_read": In(read_signature(range(p.max_squeeze), qparam_layout(p))),
+            "lane2_read": In(read_signature(range(p.max_squeeze), qparam_layout(p))),
+            "narrow_ok": Out(1),
         })
 
     def elaborate(self, platform):
@@ -73,6 +85,17 @@ class WeightBuffers(wiring.Component):
         q_wr, q_rd = qmem.write_port(), RegisteredRead(m, qmem, "q_rd")
         m.d.comb += [w_rd.addr.eq(self.weight_read.addr), self.weight_read.data.eq(w_rd.data),
                      q_rd.addr.eq(self.qparam_read.addr), self.qparam_read.data.eq(q_rd.data)]
+
+        # the narrow lanes' copies, written with the parameter memory: block RAMs (in LUT
+        # RAM, 64 rows of 69 bits would take 184 of the Arty's LUTs)
+        for k in (1, 2) if self._copies else ():
+            copy = ram(shape=qparam_layout(p), depth=p.max_squeeze, block=True)
+            m.submodules[f"lane{k}_memory"] = copy
+            wr, rd = copy.write_port(), RegisteredRead(m, copy, f"lane{k}_rd")
+            port = getattr(self, f"lane{k}_read")
+            m.d.comb += [wr.addr.eq(q_wr.addr), wr.data.eq(q_wr.data),
+                         wr.en.eq(q_wr.en & (q_wr.addr < p.max_squeeze)),
+                         rd.addr.eq(port.addr), port.data.eq(rd.data)]
 
         w_count = Signal(range(p.weight_depth + 1))
         q_count = Signal(range(p.qparam_depth + 1))
@@ -92,9 +115,15 @@ class WeightBuffers(wiring.Component):
             m.d.sync += [q_count.eq(q_count + 1), q_room.eq(q_count + 1 != self.channels)]
         with m.If(q_wr.en & (q_wr.data.shift == 0)):
             m.d.sync += self.shift_bad.eq(1)
+        if self._copies:  # (without the lanes no run is wide: narrow_ok stays 0)
+            with m.If(q_wr.en & (~q_wr.data.mult[MULT_BITS - 2]
+                                 | (q_wr.data.shift > narrow_shift_max(p.spec))
+                                 | (q_wr.data.shift < NARROW_SHIFT_MIN))):
+                m.d.sync += self.narrow_ok.eq(0)
         with m.If(self.start):
             m.d.sync += [w_count.eq(0), q_count.eq(0), w_room.eq(self.rows != 0),
-                         q_room.eq(self.channels != 0), self.shift_bad.eq(0)]
+                         q_room.eq(self.channels != 0), self.shift_bad.eq(0),
+                         self.narrow_ok.eq(self._copies)]
         m.d.comb += [
             self.done.eq(~w_room & ~q_room & ~w_wr.en & ~q_wr.en),
             self.waiting.eq(self.loading & (w_room | q_room) & ~w_take & ~q_take),
@@ -112,8 +141,9 @@ class RowAssembler(wiring.Component):
     Reset with the engine (a row cut short by a RESET is dropped).
     """
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, *, copies: bool = True):
         self._p = p = params
+        self._copies = copies  #: the narrow lanes' copies (without them, narrow_ok is 0)
         super().__init__({
             "beats": In(stream.Signature(unsigned(p.weight_beat_bits))),
             "rows": Out(stream.Signature(unsigned(p.weight_row_bits))),

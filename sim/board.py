@@ -25,6 +25,7 @@ from amaranth.back import verilog
 
 from boards import BOARDS, DEFAULT_BOARD, get_board
 from hw.core import AcceleratorCore
+from hw.dram import variant_clock
 from hw.top import SimMemoryTop
 from spec.cli import ArgumentParser, Progress, add_quiet
 from spec.dram import DramConfig
@@ -50,13 +51,24 @@ def core_verilog(params: EngineParams, clock_hz: int, baud: int,
 
 def _harness_args(params: EngineParams, clock_hz: int, baud: int,
                   memory: DramConfig | None) -> tuple:
+    defines = ()
+    if memory is not None:
+        # a controller on a clock of its own (the board's ``dram_clock_hz``): the harness
+        # drives the top's ``dram_clk`` at that rate, an integer fraction of the clock's
+        ratio, rest = divmod(clock_hz, variant_clock(memory))
+        if rest:
+            raise ValueError(f"{memory.name}: the simulated board needs the memory's clock to "
+                             f"divide the system clock ({clock_hz} Hz)")
+        if ratio != 1:
+            defines = (f"DRAM_CLOCK_DIV={ratio}",)
     return "board_tb", core_verilog(params, clock_hz, baud, memory), \
-        [HARNESS / "board_tb.cpp"], "accelerator_core"
+        [HARNESS / "board_tb.cpp"], "accelerator_core", defines
 
 
 def harness(params: EngineParams, clock_hz: int, baud: int,
             memory: DramConfig | None = None) -> Path:
-    return build(*_harness_args(params, clock_hz, baud, memory))
+    name, text, sources, top, defines = _harness_args(params, clock_hz, baud, memory)
+    return build(name, text, sources, top, defines=defines)
 
 
 def harness_built(params: EngineParams, clock_hz: int, baud: int,
@@ -64,7 +76,8 @@ def harness_built(params: EngineParams, clock_hz: int, baud: int,
     """Whether the simulated board for these parameters is compiled already, so that a start
     takes seconds rather than a Verilator build of a minute or two (the core is elaborated
     to tell, a few seconds, which a start then reuses)."""
-    return verilator.executable(*_harness_args(params, clock_hz, baud, memory)).exists()
+    name, text, sources, top, defines = _harness_args(params, clock_hz, baud, memory)
+    return verilator.executable(name, text, sources, top, defines=defines).exists()
 
 
 class SimulatedBoard:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spec.cache import build_lock, publish, scratch_dir
+from spec.cache import build_lock, prune, publish, scratch_dir, touch
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "sim"
@@ -63,11 +63,13 @@ def build(name: str, verilog: str, sources: list[Path], top: str, *, defines=(),
     Safe for concurrent callers (processes or threads, e.g. ``pytest -n 2`` workers): the
     first builds under a lock while the others wait, then find its executable. The build runs
     in a scratch directory renamed into place when complete, so a killed build never leaves a
-    directory that looks built.
+    directory that looks built. Each name keeps its 16 most recently used builds; older ones
+    unused for an hour are removed when a new one is built (``spec.cache.prune``).
     """
     exe = executable(name, verilog, sources, top, defines=defines, cflags=cflags, root=root)
     out_dir = exe.parent
     if exe.exists():
+        touch(out_dir)
         return exe
     with build_lock(out_dir):
         if exe.exists():
@@ -92,6 +94,8 @@ def build(name: str, verilog: str, sources: list[Path], top: str, *, defines=(),
             publish(work, out_dir)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when published
+    # the models of earlier versions of the design, unused for an hour, beyond the last few
+    prune(out_dir)
     return exe
 
 

@@ -9,6 +9,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,3 +48,41 @@ def publish(scratch: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(scratch, target)
+
+
+def prune(target: Path, *, keep: int = 16, min_age: float = 3600.0) -> list[Path]:
+    """Remove the builds beside ``target`` made under the same name with other content
+    (``<name>_<key>``, ``target`` being one of them), so that a cache keyed by content does not
+    grow with every change of the design: all but the ``keep`` most recently used, and of those
+    only the ones unused for ``min_age`` seconds whose lock nobody holds (a build or a run in
+    progress keeps its directory). Returns what it removed. A build's user marks it used with
+    :func:`touch`."""
+    stem = target.name.rsplit("_", 1)[0]
+    siblings = [p for p in target.parent.glob(f"{stem}_*")
+                if p.is_dir() and p != target and p.name.rsplit("_", 1)[0] == stem]
+    siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    now = time.time()
+    removed = []
+    for old in siblings[max(keep - 1, 0):]:
+        if now - old.stat().st_mtime < min_age:
+            continue
+        lock = old.parent / f"{old.name}.lock"
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            try:
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    return removed
+
+
+def touch(target: Path) -> None:
+    """Mark a build used now (what :func:`prune` keeps by)."""
+    try:
+        os.utime(target)
+    except OSError:
+        pass

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .params import GROUP_FIFO_DEPTH, EngineParams, ceil_div
+from .params import CONV_LANES, GROUP_FIFO_DEPTH, EngineParams, ceil_div
 from .tiling import ConvPlan, ConvRun, ConvShape, FirePlan, Shape, Tile
 
 #: Registers of an issued operand before the MAC array (op to op5).
@@ -97,7 +97,7 @@ class _Schedule:
         self.last_out = 0  # the last output beat
         self.reserved: deque[int] = deque()  # when each reserved FIFO place is freed
 
-    def group(self, beats: int, channels: int, squeeze: bool) -> None:
+    def group(self, beats: int, channels: int, squeeze: bool, lanes: int = 1) -> None:
         self.t += beats - 1
         while self.reserved and self.reserved[0] < self.t:
             self.reserved.popleft()
@@ -108,7 +108,7 @@ class _Schedule:
         last_beat = self.t
         self.t += 1
         start = max(last_beat + self.lat.issue_to_fifo + 1, self.rq_free)
-        self.rq_free = start + channels
+        self.rq_free = start + ceil_div(channels, lanes)  # ``lanes`` channels a cycle
         self.reserved.append(self.rq_free + 1)  # the credit returns a cycle late
         if squeeze:
             self.squeezed = self.rq_free + self.lat.requant_to_line
@@ -194,10 +194,12 @@ class ConvCost:
 
 
 def conv_run_cycles(p: EngineParams, shape: ConvShape, run: ConvRun,
-                    latencies: Latencies = Latencies()) -> int:
+                    latencies: Latencies = Latencies(), *, wide: bool = False) -> int:
     """Cycles of one convolution run at full rate, configuration beat to last output beat:
     a Fire run's squeeze alone (``run_cycles``' terms without the expands), its values
-    requantized to the output a channel a cycle."""
+    requantized to the output a channel a cycle, or with ``wide`` (a wide run whose
+    parameters qualify, ``spec.quant.narrow_ok``) ``CONV_LANES`` channels of a group a
+    cycle."""
     kc = ceil_div(shape.cin, p.ic_lanes)
     s = len(run.channels)
     ks, gs = ceil_div(s, p.ic_lanes), ceil_div(s, p.oc_lanes)
@@ -213,18 +215,19 @@ def conv_run_cycles(p: EngineParams, shape: ConvShape, run: ConvRun,
         sched.t += 1  # the row step
         for _ in range(run.w):
             for beats, channels in groups:
-                sched.group(beats, channels, False)
+                sched.group(beats, channels, False, CONV_LANES if wide else 1)
     # a convolution's run ends without the Fire schedule's last row step and expand
     # (measured against the RTL, tests/test_cost.py)
     return config + load + start + sched.last_out - CONV_END
 
 
 def conv_cost(p: EngineParams, shape: ConvShape, *, relu: bool = True,
-              latencies: Latencies = Latencies()) -> ConvCost:
+              latencies: Latencies = Latencies(), wide: bool = False) -> ConvCost:
     """The cost of a 1x1 convolution of ``shape`` planned as the driver plans it
-    (:class:`spec.tiling.ConvPlan`)."""
+    (:class:`spec.tiling.ConvPlan`); ``wide``: as the layer sequencer runs it, ``CONV_LANES``
+    channels a cycle (parameters that qualify)."""
     plan = ConvPlan(p, shape, relu=relu)
     runs = [ConvRunCost(run, beats["weights"], beats["qparams"], {"cfg": 1, **beats},
-                        conv_run_cycles(p, shape, run, latencies))
+                        conv_run_cycles(p, shape, run, latencies, wide=wide))
             for run, beats in zip(plan.runs, plan.stream_counts(), strict=True)]
     return ConvCost(shape, runs)

@@ -19,6 +19,9 @@ from .quant import MULT_BITS, RESCALE_MULT_BITS, RESCALE_SHIFT_MAX, SHIFT_MAX, Q
 GROUP_FIFO_DEPTH = 16
 #: Output values buffered after the requantizer, and again after the bypass join.
 OUTPUT_FIFO_DEPTH = 32
+#: Channels a cycle the requantizer drains in a wide conv run (config field ``wide``): the
+#: full-width requantizer and two narrow lanes (docs/engine.md, "1x1 convolutions").
+CONV_LANES = 3
 
 
 class ParamError(ValueError):
@@ -259,6 +262,10 @@ def config_fields(p: EngineParams) -> list[ConfigField]:
         ConfigField("conv", 1),
         # a conv run's ReLU (a Fire layer's convolutions always have one)
         ConfigField("relu", 1, default=1),
+        # a conv run may requantize up to CONV_LANES channels a cycle (when every channel's
+        # parameters allow, spec.quant.narrow_ok) and give them on the engine's wide output
+        # (output_wide): the layer sequencer's runs only; the link clears it
+        ConfigField("wide", 1),
     ]
 
 

@@ -43,6 +43,13 @@ SHIFT_MAX = 63
 #: multiplier takes it whole) and its largest shift.
 RESCALE_MULT_BITS = 17
 RESCALE_SHIFT_MAX = 31
+#: Width ``acc + bias`` is saturated to in the engine's narrow requantizer lanes (a conv run's
+#: second and third channel a cycle): one DSP48E1 (25 x 18 signed) per 17-bit multiplier chunk.
+NARROW_BITS = 25
+#: The smallest shift a narrow lane takes: a scale ``m / 2**n`` below 1 (``m < 2**31``), as
+#: a convolution's almost always is; the lane's rounding then starts from the product's bits
+#: above ``NARROW_SHIFT_MIN - 1`` (a 27-bit shifter of 16 places instead of 57 of 64).
+NARROW_SHIFT_MIN = 31
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,37 @@ def scale_and_round(acc, m, n) -> np.ndarray:
     wide = rounding_shift(acc.astype(object) * m.astype(object), n.astype(object))
     limit = 1 << 62
     return np.clip(wide, -limit, limit).astype(np.int64)
+
+
+def narrow_shift_max(spec: QuantSpec) -> int:
+    """The largest shift for which saturating ``acc + bias`` to ``NARROW_BITS`` bits leaves
+    the requantization exact, for a multiplier with its top bit set (``m >= 2**30``).
+
+    Let ``W = NARROW_BITS``, ``b = spec.bits``, ``k = W - 1 + 30 - n``. A saturated value is
+    ``-2**(W-1)`` or ``2**(W-1) - 1``, and then ``|v| >= 2**(W-1)`` as well:
+
+    * negative: ``v m / 2**n <= -2**(W-1) 2**30 / 2**n = -2**k``, so its rounding is at most
+      ``-2**k``; with ``k >= b``, ``z - 2**k <= 2**(b-1) - 1 - 2**b < -2**(b-1)``: both the
+      exact and the saturated value clamp to the floor ``lo >= -2**(b-1)``;
+    * positive: ``v m / 2**n >= (2**(W-1) - 1) 2**(30-n) = 2**k - 2**(30-n)``, which rounds
+      half up to at least ``2**k >= 2**b`` when ``n >= 31`` (``2**(30-n) <= 1/2``); for
+      ``n <= 30`` it is at least ``2**(W-1) - 1 >= 2**b`` (``b <= 16``). Then
+      ``z + 2**b >= -2**(b-1) + 2**b > 2**(b-1) - 1``: both clamp to the ceiling
+      ``hi <= 2**(b-1) - 1`` (a conv run's ceiling is the largest activation).
+
+    So ``k >= b``, i.e. ``n <= W + 29 - b`` (46 at 8 bits) is exact, and the engine checks
+    ``m[30]``, this bound and ``n >= NARROW_SHIFT_MIN`` for every channel of a run before it
+    uses the narrow lanes.
+    """
+    return NARROW_BITS + 29 - spec.bits
+
+
+def narrow_ok(m, n, spec: QuantSpec) -> bool:
+    """Whether every channel ``(m, n)`` may take a narrow requantizer lane (exactly what the
+    engine checks while the parameters load)."""
+    m, n = np.asarray(m, dtype=np.int64), np.asarray(n, dtype=np.int64)
+    return bool(np.all((m >> (MULT_BITS - 2)) & 1) and np.all(n <= narrow_shift_max(spec))
+                and np.all(n >= NARROW_SHIFT_MIN))
 
 
 def requantize(acc, m, n, z_out: int, *, relu: bool, spec: QuantSpec = INT8,

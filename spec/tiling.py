@@ -357,14 +357,16 @@ class ConvPlan:
                             f"relu={conv.rq.relu}")
 
     def config(self, run: ConvRun, conv: ConvLayer, z_in: int, *, load: bool | None = None,
-               compute: bool = True) -> int:
-        """The run's configuration word (``load`` defaults to the run's own)."""
+               compute: bool = True, wide: bool = False) -> int:
+        """The run's configuration word (``load`` defaults to the run's own; ``wide``: the
+        values may leave several a beat on the engine's wide output, for the layer
+        sequencer)."""
         self.check_layer(conv)
         load = run.load if load is None else load
         return pack_config(self.p, h=run.h, w=run.w, cin=self.shape.cin,
                            s=len(run.channels), e1=0, e3=0, z_in=z_in, z_out=conv.rq.z_out,
                            load=int(load), compute=int(compute), squeeze=1, conv=1,
-                           relu=int(self.relu))
+                           relu=int(self.relu), wide=int(wide))
 
     def weight_rows(self, run: ConvRun, conv: ConvLayer) -> np.ndarray:
         """The run's weight rows, ``(rows, oc_lanes * ic_lanes)``, lane ``o * ic + i``."""

@@ -10,8 +10,22 @@ from amaranth.sim import Simulator
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from rtl import count_instances, registers_with_reset, stream_ports
 
-from hw.arith import CHUNK, BypassAdder, Requantizer
-from spec.quant import MULT_BITS, QuantSpec, requantize
+from hw.arith import (
+    CHUNK,
+    BypassAdder,
+    NarrowRequantizer,
+    Requantizer,
+    requantizer_latency,
+)
+from spec.quant import (
+    MULT_BITS,
+    NARROW_BITS,
+    NARROW_SHIFT_MIN,
+    QuantSpec,
+    narrow_ok,
+    narrow_shift_max,
+    requantize,
+)
 from sw import ops
 
 
@@ -264,3 +278,91 @@ def test_pipelines_take_no_backpressure():
         for name in ("i", "o"):
             assert dut.signature.members[name].signature.always_ready, name
         Fragment.get(dut, None)  # (elaborated, as every Elaboratable made must be)
+
+
+def narrow_cases(spec, acc_bits, rng, n_random, shift_of):
+    """Sums ``acc + bias`` at and around the narrow lanes' saturation edges (+-2**24, one
+    either side), at zero, and random ones up to the accumulator's width, with multipliers
+    at both ends of the normalized range and the given shifts."""
+    top = 1 << (NARROW_BITS - 1)
+    lim = 1 << (acc_bits - 2)  # sums the engine's accumulator and bias can make
+    edges = [top - 2, top - 1, top, top + 1, -top - 1, -top, -top + 1, 0, 1, -1, lim, -lim]
+    v = np.concatenate([np.repeat(edges, 4), rng.integers(-lim, lim, n_random)
+                        >> rng.integers(0, acc_bits - 2, n_random)])
+    n = len(v)
+    bias = rng.integers(-(1 << 20), 1 << 20, n)
+    mult = np.where(np.arange(n) % 2 == 0, 1 << 30, (1 << 31) - 1)
+    mult = np.where(np.arange(n) % 3 == 2, rng.integers(1 << 30, 1 << 31, n), mult)
+    shift = shift_of(rng, n)
+    z = np.where(np.arange(n) % 4 < 2, spec.act_min, spec.act_max)
+    z = np.where(np.arange(n) % 5 == 4, rng.integers(spec.act_min, spec.act_max + 1, n), z)
+    relu = (np.arange(n) // 2) % 2
+    hi = np.full(n, spec.act_max)
+    return list(zip(v - bias, bias, mult, shift, z, relu, hi, strict=True))
+
+
+def golden_requant(items, spec):
+    return [int(requantize(np.array([int(a) + int(b)]), int(mu), int(sh), int(zz),
+                           relu=bool(r), spec=spec, hi=int(h))[0])
+            for a, b, mu, sh, zz, r, h in items]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("multipliers", ["dsp", "mult18x18d"])
+def test_narrow_requantizer_is_exact_up_to_its_shift_limit(bits, multipliers):
+    """The narrow lane (acc + bias saturated to 25 bits) gives the full requantizer's result
+    for every normalized multiplier and every shift from ``NARROW_SHIFT_MIN`` to
+    ``narrow_shift_max``, at the
+    saturation edges (+-2**24 and one either side) and beyond; one shift further, with the
+    multiplier at its smallest, the saturated value would not clamp: the limit is tight."""
+    spec = QuantSpec(bits)
+    acc_bits = spec.acc_bits(9 * 64)
+    limit = narrow_shift_max(spec)
+    rng = np.random.default_rng(bits)
+    items = narrow_cases(spec, acc_bits, rng, 200,
+                         lambda rng, n: np.where(np.arange(n) % 2 == 0, limit,
+                                                 rng.integers(NARROW_SHIFT_MIN, limit + 1,
+                                                              n)))
+    # z and relu are the run's: one simulation each
+    for z, relu in ((spec.act_min, 0), (spec.act_max, 1), (3, 1), (-5, 0)):
+        dut = NarrowRequantizer(spec, acc_bits, tag_bits=16,
+                                latency=requantizer_latency(spec, acc_bits),
+                                multipliers=multipliers)
+        run = [(a, b, mu, sh, z, relu, spec.act_max) for a, b, mu, sh, _, _, _ in items]
+
+        def set_inputs(ctx, item, dut=dut, z=z, relu=relu):
+            a, b, mu, sh = (int(v) for v in item[:4])
+            ctx.set(dut.i.payload.acc, a)
+            ctx.set(dut.i.payload.bias, b)
+            ctx.set(dut.i.payload.mult, mu)
+            ctx.set(dut.i.payload.shift, sh)
+            ctx.set(dut.z, z)
+            ctx.set(dut.relu, relu)
+
+        out = run_pipeline(dut, run, set_inputs)
+        assert [t for t, _ in out] == list(range(len(run)))
+        np.testing.assert_array_equal([y for _, y in out], golden_requant(run, spec),
+                                      f"z={z}, relu={relu}")
+    # the bound is tight: just past 2**24 at shift limit + 1, the exact result is not clamped
+    top = 1 << (NARROW_BITS - 1)
+    v = -(top + (1 << 22))
+    exact = int(requantize(np.array([v]), 1 << 30, limit + 1, 0, relu=False, spec=spec)[0])
+    saturated = int(requantize(np.array([-top]), 1 << 30, limit + 1, 0, relu=False,
+                               spec=spec)[0])
+    assert exact == spec.act_min and saturated == spec.act_min  # both clamp here, but
+    v_hi = top + (1 << 22)
+    assert int(requantize(np.array([v_hi]), 1 << 30, limit + 2, spec.act_min, relu=False,
+                          spec=spec)[0]) != int(requantize(np.array([top - 1]), 1 << 30,
+                                                           limit + 2, spec.act_min,
+                                                           relu=False, spec=spec)[0])
+
+
+def test_narrow_ok_checks_every_channel():
+    """``narrow_ok``: every multiplier's top bit set and every shift within the limits."""
+    spec = QuantSpec(8)
+    limit = narrow_shift_max(spec)
+    assert limit == 46 and NARROW_SHIFT_MIN == 31
+    assert narrow_ok([1 << 30, (1 << 31) - 1], [31, limit], spec)
+    assert not narrow_ok([1 << 30, (1 << 30) - 1], [31, 32], spec)
+    assert not narrow_ok([1 << 30, 1 << 30], [limit + 1, 32], spec)
+    assert not narrow_ok([1 << 30, 1 << 30], [40, 30], spec)

@@ -136,3 +136,36 @@ def test_two_concurrent_cocotb_runs_of_one_build_name(tmp_path):
     assert results[0]["ino"] == results[1]["ino"] == (build_dir / "built_from.sha256").stat(
     ).st_ino
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [build_dir.name]
+
+
+def test_prune_keeps_the_recent_and_the_locked_builds(tmp_path):
+    """A content-keyed cache does not grow with every change of the design: the builds of a
+    name beyond the most recently used few, unused for long enough, go; a recent one, one in
+    use (its lock held), another name's and the new one stay."""
+    import fcntl
+
+    from spec.cache import prune
+
+    now = time.time()
+
+    def made(name, age):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model").write_text(name)
+        os.utime(d, (now - age, now - age))
+        return d
+
+    new = made("board_tb_00000000000000ff", 0)
+    old = [made(f"board_tb_{i:016x}", 7200 + i) for i in range(6)]
+    recent = made("board_tb_00000000000000aa", 60)
+    fresh = made("board_tb_00000000000000bb", 120)  # beyond `keep` but used 2 minutes ago
+    other = made("engine_tb_0000000000000001", 99999)
+    held = old[-1]
+    with open(tmp_path / f"{held.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        removed = prune(new, keep=2, min_age=3600)
+    # kept: the new one and the most recently used (recent); beyond them fresh (too recent to
+    # go), old[0:5] and old[5] (held)
+    assert sorted(removed) == sorted(old[:5])
+    assert all(not d.exists() for d in old[:5])
+    assert all(d.exists() for d in (new, recent, fresh, held, other))

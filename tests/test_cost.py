@@ -13,9 +13,10 @@ from hw.mac_array import MacArray
 from sim.engine_configs import CONFIGS
 from sim.engine_harness import conv_streams, fire_streams, run_streams
 from sim.fire_cases import random_conv, random_fire, random_input
-from spec.cost import Latencies, conv_cost, fire_cost
+from spec.cost import Latencies, conv_cost, conv_run_cycles, fire_cost
 from spec.params import weight_rows
 from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape
+from sw import ops
 from sw.network import ARCHS
 
 #: Every distinct Fire layer of v1.0 and v1.1 at 224x224 (16 layers, a few shapes shared).
@@ -119,3 +120,31 @@ def test_conv_cost_model_predicts_the_rtl_cycles(name):
         assert beats["input"] == len(run.pixels) * -(-shape.cin // p.ic_lanes)
         assert beats["weights"] == (weight_rows(p, cin=shape.cin, s=len(run.channels), e1=0,
                                                 e3=0) if run.load else 0)
+
+
+@pytest.mark.parametrize("shape", [ConvShape(7, 6, 7, 12), ConvShape(2, 9, 5, 12),
+                                   ConvShape(3, 5, 7, 7)], ids=str)
+def test_wide_conv_cost_model_is_exact_on_the_rtl(shape):
+    """A wide conv run (three channels a cycle) and the same run a channel a cycle, in the
+    Amaranth simulator at full rate on a small engine with groups of 5: every run's cycles
+    the model's to the cycle (a loading run's two streams fed one after the other here, so
+    it adds the shorter one's rows, which the model overlaps)."""
+    from test_engine_pysim import WIDE, conv_runs, simulate
+
+    lat = engine_latencies(WIDE)
+    rng = np.random.default_rng(1)
+    conv, z_in = random_conv(rng, shape.cout, shape.cin)
+    x = random_input(rng, shape.h, shape.w, shape.cin)
+    plan = ConvPlan(WIDE, shape)
+    for wide in (False, True):
+        beats = []
+        got, done = simulate(WIDE, conv_runs(WIDE, plan, conv, z_in, x, wide=wide),
+                             wide=True, beats=beats)
+        np.testing.assert_array_equal(plan.assemble(got),
+                                      ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq))
+        assert max(beats) == (3 if wide else 1)
+        for run, beats_of, (error, cycles) in zip(plan.runs, plan.stream_counts(), done,
+                                                  strict=True):
+            serial = min(beats_of["weights"], beats_of["qparams"]) if run.load else 0
+            assert error == 0
+            assert cycles == conv_run_cycles(WIDE, shape, run, lat, wide=wide) + serial

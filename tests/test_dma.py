@@ -3,8 +3,9 @@ memory behind a native port that takes commands and gives read data after random
 (LiteDRAM's own controller is behind them on the simulated board: tests/test_memory.py).
 What they catch here: words out of order or lost under backpressure, more words in flight
 than the reader can hold, a request past the end of the memory that moves anything; and
-the register slice on a port's commands (``hw.memory_bridge.StreamSlice``) losing,
-reordering or slowing them."""
+the register slice on a port's commands (``hw.stream_fifo.StreamSlice``) losing,
+reordering or slowing them; the register between the link's executor and the engine
+(``hw.stream_fifo.StreamRegister``) losing, reordering or keeping an item past a flush."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from amaranth.sim import Simulator
 from streams import randomly, stream_get, stream_put
 
 from hw.dma import CHECK_LATENCY, DMAReader, DMAWriter
-from hw.memory_bridge import StreamSlice
+from hw.stream_fifo import StreamRegister, StreamSlice
 
 WORDS, BITS = 64, 32
 
@@ -188,3 +189,57 @@ def test_stream_slice_keeps_order_and_throughput_and_waits_for_enable(seed):
     sim.run()
     assert got == words
     assert streak[5:] == [1] * (len(words) - 105)  # a command a cycle, once it flows
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stream_register_keeps_order_and_a_flush_empties_it(seed):
+    """Every item through, in order, under random gaps and backpressure, one every other
+    cycle when neither side stalls; an item held when ``flush`` comes is gone (the executor
+    drops a stalled frame's items), and the next one passes."""
+    rng = np.random.default_rng(seed)
+    dut = StreamRegister(16)
+    words = [int(v) for v in rng.integers(0, 1 << 16, 200)]
+    got, gaps_seen = [], []
+
+    async def source(ctx):
+        gaps = randomly(rng, 0.3)
+        for word in words[:100]:
+            await stream_put(ctx, dut.w, word, gaps=gaps)
+        for word in words[100:]:  # back to back
+            await stream_put(ctx, dut.w, word)
+        await stream_put(ctx, dut.w, 0xDEAD)  # held, never taken: flushed
+        for _ in range(3):
+            await ctx.tick()
+        ctx.set(dut.flush, 1)
+        await ctx.tick()
+        ctx.set(dut.flush, 0)
+        assert not ctx.get(dut.r.valid)
+        await stream_put(ctx, dut.w, 0xBEEF)
+
+    async def sink(ctx):
+        stalls = randomly(rng, 0.3)
+        while len(got) < 100:
+            got.append(await stream_get(ctx, dut.r, stalls=stalls))
+        ctx.set(dut.r.ready, 1)
+        while len(got) < len(words):  # always ready: the cycles between items
+            cycles = 1
+            while not ctx.get(dut.r.valid):
+                await ctx.tick()
+                cycles += 1
+                assert cycles < 100, f"item {len(got)} never came"
+            got.append(ctx.get(dut.r.payload))
+            gaps_seen.append(cycles)
+            await ctx.tick()
+        ctx.set(dut.r.ready, 0)
+        while not ctx.get(dut.flush):
+            await ctx.tick()
+        await ctx.tick()
+        got.append(await stream_get(ctx, dut.r))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == words + [0xBEEF]
+    assert gaps_seen[5:] == [2] * (len(words) - 105)  # an item every other cycle

@@ -1,12 +1,15 @@
 """The whole Fire engine in the Amaranth simulator on tiny layers (fast feedback; the full
 coverage runs on the generated Verilog under cocotb)."""
 
+import dataclasses
+
 import numpy as np
 from amaranth.sim import Simulator
 
 from hw.engine import FireEngine
 from sim.fire_cases import random_conv, random_fire, random_input
 from spec.params import ConfigError, EngineParams, pack_config
+from spec.quant import NARROW_SHIFT_MIN, narrow_ok, narrow_shift_max
 from spec.tiling import ConvPlan, ConvShape, FirePlan, Shape, lanes_to_ints
 from sw import ops
 
@@ -29,9 +32,9 @@ def fire_runs(params, plan, layer, x) -> list[dict]:
     return runs
 
 
-def conv_runs(params, plan, conv, z_in, x) -> list[dict]:
+def conv_runs(params, plan, conv, z_in, x, *, wide=False) -> list[dict]:
     """Every run of a 1x1-convolution plan (a channel block's first run loads)."""
-    return [{"cfg": plan.config(run, conv, z_in),
+    return [{"cfg": plan.config(run, conv, z_in, wide=wide),
              "weights": lanes_to_ints(plan.weight_rows(run, conv), params.bits)
              if run.load else [],
              "qparams": plan.qparams(run, conv) if run.load else [],
@@ -54,12 +57,16 @@ def run_conv_engine(params, plan, conv, z_in, x, *, gaps=0.0, seed=0, prelude=No
     return plan.assemble(outputs), done
 
 
-def simulate(params, runs, *, gaps=0.0, seed=0, prelude=None):
-    """Each run's streams one after the other; each run's outputs and (error, cycles)."""
+def simulate(params, runs, *, gaps=0.0, seed=0, prelude=None, wide=False, beats=None,
+             lanes=True):
+    """Each run's streams one after the other; each run's outputs and (error, cycles).
+    ``wide``: take the outputs from ``output_wide``, and append each beat's count to
+    ``beats``. ``lanes``: build the engine with its narrow lanes (``FireEngine(wide=)``)."""
     rng = np.random.default_rng(seed)
-    dut = FireEngine(params)
+    dut = FireEngine(params, wide=lanes)
     outputs = [[] for _ in runs]
     done = []
+    out = dut.output_wide if wide else dut.output
 
     async def put(ctx, stream, payload):
         while rng.random() < gaps:
@@ -97,12 +104,18 @@ def simulate(params, runs, *, gaps=0.0, seed=0, prelude=None):
         t = 0
         while True:
             ready = rng.random() >= gaps
-            ctx.set(dut.output.ready, int(ready))
+            ctx.set(out.ready, int(ready))
             # a beat is taken on the clock edge where valid and ready both hold before it
-            if ready and ctx.get(dut.output.valid):
-                while len(outputs[t]) == runs[t]["outputs"]:
-                    t += 1
-                outputs[t].append(ctx.get(dut.output.payload))
+            if ready and ctx.get(out.valid):
+                values = [ctx.get(out.payload)]
+                if wide:
+                    beat = ctx.get(out.payload)
+                    values = [beat.values[k] for k in range(beat.count)]
+                    beats.append(beat.count)
+                for v in values:
+                    while len(outputs[t]) == runs[t]["outputs"]:
+                        t += 1
+                    outputs[t].append(v)
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -242,3 +255,44 @@ def test_a_bad_convolution_configuration_is_refused():
     np.testing.assert_array_equal(cplan.assemble(outputs[:n]),
                                   ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq))
     np.testing.assert_array_equal(fplan.assemble(outputs[n:]), ops.fire(xf, layer))
+
+
+WIDE = SMALL.replace(oc_lanes=5, max_squeeze=12, weight_depth=128, squeeze_depth=192)
+
+
+def test_a_wide_convolution_takes_three_channels_a_cycle_when_every_channel_qualifies():
+    """A conv run with ``wide`` set on parameters that all qualify leaves up to three values
+    a beat on ``output_wide``, bit-exact (a lane computing another channel, or a value lost
+    at a group's edge, would show); with one channel's shift one past
+    ``narrow_shift_max`` or below ``NARROW_SHIFT_MIN`` (or its multiplier's top bit clear) the
+    engine falls back to a value
+    a beat, still bit-exact; ``wide`` left clear keeps one a beat, and so does an engine built
+    without the narrow lanes (a build without the layer sequencer), still bit-exact."""
+    rng = np.random.default_rng(11)
+    conv, z_in = random_conv(rng, 12, 7, relu=False)
+    x = random_input(rng, 3, 4, 7)
+    plan = ConvPlan(WIDE, ConvShape(3, 4, 7, 12), relu=False)
+    assert narrow_ok(conv.rq.m, conv.rq.n, WIDE.spec)
+    want = ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq)
+    limit = narrow_shift_max(WIDE.spec)
+    late = dataclasses.replace(conv, rq=dataclasses.replace(
+        conv.rq, n=np.where(np.arange(12) == 7, limit + 1, conv.rq.n)))
+    small_m = dataclasses.replace(conv, rq=dataclasses.replace(
+        conv.rq, m=np.where(np.arange(12) == 4, conv.rq.m >> 1, conv.rq.m),
+        n=np.where(np.arange(12) == 4, conv.rq.n - 1, conv.rq.n)))
+    # a scale of 1 or more: a shift below NARROW_SHIFT_MIN
+    early = dataclasses.replace(conv, rq=dataclasses.replace(
+        conv.rq, n=np.where(np.arange(12) == 11, NARROW_SHIFT_MIN - 1, conv.rq.n)))
+    for layer, wide, lanes, built in ((conv, True, 3, True), (late, True, 1, True),
+                                      (small_m, True, 1, True), (early, True, 1, True),
+                                      (conv, False, 1, True), (conv, True, 1, False)):
+        beats = []
+        got, done = simulate(WIDE, conv_runs(WIDE, plan, layer, z_in, x, wide=wide),
+                             gaps=0.2, seed=1, wide=True, beats=beats, lanes=built)
+        np.testing.assert_array_equal(
+            plan.assemble(got), ops.conv2d(x, layer.weight, layer.bias, z_in, layer.rq),
+            f"wide={wide}, lanes={lanes}")
+        assert all(error == 0 for error, _ in done)
+        assert max(beats) == lanes and sum(beats) == want.size, (wide, lanes)
+        if lanes == 3:  # 12 channels a pixel in groups of 5: beats of 3, 2, 3, 2, 2
+            assert beats[:5] == [3, 2, 3, 2, 2]

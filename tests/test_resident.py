@@ -304,3 +304,57 @@ def test_cli_bench_resident_reports_every_layer(capsys):
     assert out["projected_fps"] == pytest.approx(
         1 / max(out["device_cycles"] / out["clock_hz"],
                 max(out["link_bytes_down"], out["link_bytes_up"]) * 10 / out["baud"]))
+
+
+@pytest.mark.parametrize("len0,off0,gap,stride", [
+    (12, 0, 0, 16),  # whole words, as conv1's pixels are
+    (7, 3, 5, 29),  # two runs a pixel at odd offsets, pixels across word boundaries
+    (1, 15, 0, 13),  # a run of one value at a word's last byte, then the rest at once
+    (11, 6, 31, 45),  # the second run beyond the next word: the open word written first
+])
+def test_wide_conv_output_lands_in_any_pattern(device, len0, off0, gap, stride):
+    """A conv run on the engine's wide output (up to three values a beat) written by the
+    output packer in a pattern of two runs a pixel at any byte offset and stride: every
+    value at its address, every byte around them untouched, run three times over in one
+    program (the DRAM controller's refreshes holding the writer up now and then)."""
+    from sim.fire_cases import random_conv
+    from spec.quant import narrow_ok
+    from spec.tiling import ConvPlan, ConvShape
+    acc = device
+    mem = acc.memory
+    p = acc.params
+    rng = np.random.default_rng(len0 + stride)
+    shape = ConvShape(4, 50, 32, 12)
+    conv, z_in = random_conv(rng, shape.cout, shape.cin)
+    assert narrow_ok(conv.rq.m, conv.rq.n, p.spec)
+    x = random_input(rng, shape.h, shape.w, shape.cin)
+    plan = ConvPlan(p, shape)
+    (run,) = plan.runs
+    lay = Layout(p, port_bits=mem.config.port_bits, mem_size=mem.size, base=BASE)
+    src = lay.slot((shape.h, shape.w, shape.cin))
+    pixels = shape.h * shape.w
+    size = pixels * stride + 64
+    out_addr = lay.alloc(size)
+    d = lay._engine_run(plan.config(run, conv, z_in, wide=True),
+                        plan.weight_rows(run, conv), plan.qparams(run, conv))
+    off1 = off0 + len0 + gap
+    d.update(in_addr=src.addr, in_beats=pixels * plan.kc, out_addr=out_addr,
+             out_pixels=pixels, out_stride=stride, off0=off0, len0=len0, off1=off1,
+             len1=shape.cout - len0)
+    program = lay.program([d, d, d])
+    for addr, data in lay.regions:
+        mem.write(addr, data)
+    mem.write(src.addr, src.pack(x))
+    fill = bytes([0x5A]) * size
+    mem.write(out_addr, fill)
+    counters = acc.run_program(program)
+    assert counters["prog_status"] == SeqError.OK, counters
+    want = np.frombuffer(fill, np.uint8).copy()
+    y = ops.conv2d(x, conv.weight, conv.bias, z_in, conv.rq).reshape(pixels, shape.cout)
+    for i in range(pixels):
+        base = i * stride
+        want[base + off0:base + off0 + len0] = y[i, :len0].astype(np.int8).view(np.uint8)
+        want[base + off1:base + off1 + shape.cout - len0] = \
+            y[i, len0:].astype(np.int8).view(np.uint8)
+    got = np.frombuffer(mem.read(out_addr, size), np.uint8)
+    np.testing.assert_array_equal(got, want)

@@ -47,7 +47,20 @@ int main(int argc, char **argv) {
     auto top = std::make_unique<Vaccelerator_core>(ctx.get());
     top->clk = 0;
     top->rst = 1;
+#ifdef DRAM_CLOCK_DIV
+    // the memory controller's own clock, DRAM_CLOCK_DIV cycles of clk to one of its (the
+    // board's dram_clock_hz), its rising edges on clk's
+    top->dram_clk = 0;
+    top->dram_rst = 1;
+    for (int i = 0; i < 4 * DRAM_CLOCK_DIV; i++) {
+        top->clk ^= 1;
+        if (top->clk) top->dram_clk = (i / 2) % DRAM_CLOCK_DIV < (DRAM_CLOCK_DIV + 1) / 2;
+        top->eval();
+    }
+    top->dram_rst = 0;
+#else
     for (int i = 0; i < 4; i++) { top->clk ^= 1; top->eval(); }
+#endif
     top->rst = 0;
 
     std::vector<unsigned char> in(1 << 16);
@@ -72,6 +85,9 @@ int main(int argc, char **argv) {
         bool sent = top->SIG(tx, valid);
         if (sent) out.push_back(top->SIG(tx, payload));
         top->clk = 1;
+#ifdef DRAM_CLOCK_DIV
+        top->dram_clk = cycle % DRAM_CLOCK_DIV < (DRAM_CLOCK_DIV + 1) / 2;
+#endif
         top->eval();
         top->clk = 0;
         top->eval();

@@ -305,20 +305,25 @@ def cmd_memtest(args) -> int:
                                            != np.frombuffer(back, np.uint8)))
         errors += copy_errors
         clock = acc.identity.clock_hz
+        mem_clock = mem.record.clock_hz
         desc = acc.description
     total_w = sum(r["write_seconds"] for r in results)
     total_r = sum(r["read_seconds"] for r in results)
     n = size * len(results)
     words = dma["dma_words"]
-    rd = words / dma["dma_read_cycles"] if dma["dma_read_cycles"] else 0.0
-    wr = words / dma["dma_write_cycles"] if dma["dma_write_cycles"] else 0.0
+    # the counters count the design's clock; the port's peak is a word a cycle of the
+    # controller's (the same clock, or one of its own: the ULX3S's 50 MHz)
+    peak = mem_clock / clock  # words per design cycle
+    rd = words / dma["dma_read_cycles"] / peak if dma["dma_read_cycles"] else 0.0
+    wr = words / dma["dma_write_cycles"] / peak if dma["dma_write_cycles"] else 0.0
     port_bytes = mem.word
     on_device = {"src": base, "dst": dst, "bytes": size, "errors": copy_errors, "words": words,
               "read_cycles": dma["dma_read_cycles"], "write_cycles": dma["dma_write_cycles"],
               "read_words_per_cycle": rd, "write_words_per_cycle": wr,
-              "read_mb_s": rd * port_bytes * clock / 1e6,
-              "write_mb_s": wr * port_bytes * clock / 1e6,
-              "port_peak_mb_s": port_bytes * clock / 1e6, "clock_hz": clock}
+              "read_mb_s": rd * port_bytes * mem_clock / 1e6,
+              "write_mb_s": wr * port_bytes * mem_clock / 1e6,
+              "port_peak_mb_s": port_bytes * mem_clock / 1e6, "clock_hz": clock,
+              "memory_clock_hz": mem_clock}
     result = {"device": desc, "memory": mem.variant, "base": base, "size": size,
               "patterns": results, "errors": errors, "device_copy": on_device,
               "link_write_mb_s": n / total_w / 1e6, "link_read_mb_s": n / total_r / 1e6,
@@ -331,7 +336,7 @@ def cmd_memtest(args) -> int:
             f"on the device (DMA, {words:,} words of {port_bytes} bytes, from its cycle "
             f"counters): read {rd:.3f} words/cycle ({on_device['read_mb_s']:.0f} MB/s), write "
             f"{wr:.3f} words/cycle ({on_device['write_mb_s']:.0f} MB/s) of the port's 1 word a "
-            f"cycle ({on_device['port_peak_mb_s']:.0f} MB/s at {clock / 1e6:g} MHz)")
+            f"cycle ({on_device['port_peak_mb_s']:.0f} MB/s at {mem_clock / 1e6:g} MHz)")
     emit(args, result, text)
     return 0 if errors == 0 else 1
 

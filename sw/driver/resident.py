@@ -213,7 +213,8 @@ class Layout:
         out = self.slot((oh, ow, cout))
         descs, runs = [], []
         for t, run in enumerate(plan.runs):
-            d = self._engine_run(plan.config(run, conv, q.z_in),
+            # the sequencer takes the engine's wide output: up to three values a beat
+            d = self._engine_run(plan.config(run, conv, q.z_in, wide=True),
                                  plan.weight_rows(run, conv) if run.load else [],
                                  plan.qparams(run, conv) if run.load else [])
             n = len(run.pixels)

@@ -6,8 +6,9 @@ a standalone ``litedram_core`` (no CPU: its control bus is a Wishbone port, ``wb
 three native user ports: the link bridge's and the DMA's), and the
 :class:`~spec.dram.DramRecord` of what the host needs to bring it up. ``sim=True`` generates
 the same controller with LiteDRAM's ``SDRAMPHYModel`` in place of the PHY, for the simulated
-board. Generation takes seconds; the result is kept under
-``build/dram/`` by a hash of everything that goes into it.
+board. Generation takes seconds, in a Python process of its own (so that the Verilog depends
+on the configuration alone); the result is kept under ``build/dram/`` by a hash of
+everything that goes into it.
 
     python -m hw.dram --record     # regenerate every variant, write spec/dram_data/*.json
     python -m hw.dram --variant arty_ddr3_sim --print-verilog-path
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -48,7 +50,7 @@ from .stream_fifo import StreamSlice
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "dram"
 #: Bumped when what this module asks of the generator changes (part of the cache key).
-GENERATOR_REVISION = 4
+GENERATOR_REVISION = 5
 #: The controller's native user ports, arbitrated by its crossbar: the link's memory bridge,
 #: the DMA reader and the DMA writer.
 USER_PORTS = ("bridge", "dma_rd", "dma_wr")
@@ -225,6 +227,52 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
                       clock_hz=clock_hz, phy=phy)
 
 
+def _generate_in_fresh_process(config: DramConfig, sim: bool, clock_hz: int, out: Path, *,
+                               log: Path) -> None:
+    """:func:`_generate` into ``out`` (its ``record.json`` too), in a new Python process.
+
+    The Verilog must be a function of the configuration alone: migen numbers every object
+    it makes from one counter per process and orders statements of its output by that
+    number, so a controller generated after others in the same process (the Arty's and then
+    the ULX3S's in one test run) came out with its always blocks in another order. The same
+    logic, but another netlist for nextpnr: one such order routed at 100.3 MHz where the
+    core generated alone gives 109.2, and CI's build with the core a test run had cached did
+    not finish in its time. In a new interpreter the Verilog is the same
+    every time (its comments aside: a date, and a hierarchy listed in no fixed order). A
+    failure is one line; LiteX's output is kept in ``log``."""
+    request = json.dumps({"config": asdict(config), "sim": sim, "clock_hz": clock_hz,
+                          "out": str(out)})
+    proc = subprocess.run(
+        [sys.executable, "-c", "import hw.dram; hw.dram._generate_child()"], input=request,
+        cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode == 0:
+        log.unlink(missing_ok=True)
+        return
+    log.write_text(proc.stdout + proc.stderr)
+    lines = proc.stderr.strip().splitlines() or ["no output"]
+    if proc.returncode == _NOT_INSTALLED:
+        raise DramGenerationError(lines[-1])
+    raise DramGenerationError(f"LiteDRAM's generator failed for {variant_name(config, sim)}: "
+                              f"{lines[-1]} (log: {log})")
+
+
+#: :func:`_generate_child`'s exit status when LiteDRAM cannot be imported.
+_NOT_INSTALLED = 3
+
+
+def _generate_child() -> None:
+    """The new process of :func:`_generate_in_fresh_process`: its request on stdin."""
+    req = json.loads(sys.stdin.read())
+    out = Path(req["out"])
+    try:
+        rec = _generate(DramConfig(**req["config"]), req["sim"], req["clock_hz"], out)
+    except ImportError as exc:
+        print(f"LiteDRAM is not installed ({exc}): run the README's setup (make setup)",
+              file=sys.stderr)
+        sys.exit(_NOT_INSTALLED)
+    (out / "record.json").write_text(rec.to_json())
+
+
 def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
              root: Path = BUILD) -> GeneratedCore:
     """The generated controller for ``config`` (cached; safe for concurrent callers)."""
@@ -244,13 +292,8 @@ def generate(config: DramConfig, *, sim: bool, clock_hz: int | None = None,
             return result()
         work = scratch_dir(target)
         try:
-            try:
-                rec = _generate(config, sim, clock_hz, work)
-            except ImportError as exc:
-                raise DramGenerationError(
-                    f"LiteDRAM is not installed ({exc}): run the README's setup "
-                    "(make setup)") from exc
-            (work / "record.json").write_text(rec.to_json())
+            _generate_in_fresh_process(config, sim, clock_hz, work,
+                                       log=target.parent / f"{target.name}.log")
             publish(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when published

@@ -2,19 +2,21 @@
 PHY model, brought up by the driver, written and read back through the link; every bad
 access refused with an error that names it, by the host and by the device."""
 
+import dataclasses
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import serial
 
 from boards import get_board
-from hw.dram import generate_variant
+from hw.dram import DramGenerationError, generate, generate_variant
 from sim.board import SimulatedBoard
 from sim.fuzz import run as fuzz
-from spec.dram import VARIANTS, record
+from spec.dram import ARTY_DDR3, ULX3S_SDR, VARIANTS, record
 from spec.protocol import MAX_PAYLOAD, Command, encode_frame, pack_mem
 from sw.driver import Accelerator, DeviceError
 from sw.driver.__main__ import main as driver_main
@@ -29,6 +31,38 @@ def test_recorded_bring_up_data_is_litedrams(variant):
     assert generated.record == record(variant)
     assert generated.verilog.exists() and "module litedram_core" in generated.verilog_text()
 
+
+
+def test_generated_verilog_is_a_function_of_the_configuration(tmp_path):
+    """A controller generated again after other generations, and after migen objects were
+    made in this process, is the same Verilog (its comments aside). Generated in the caller's
+    process, its always blocks came out in another order (migen orders them by a
+    per-process object counter): the same logic, but another netlist for nextpnr, whose
+    ULX3S result then depended on what the process had done before."""
+    import migen
+
+    first = generate(ULX3S_SDR, sim=False, root=tmp_path / "a")
+    generate(ARTY_DDR3, sim=True, root=tmp_path / "b")
+    made = [migen.Signal() for _ in range(1000)]
+    again = generate(ULX3S_SDR, sim=False, root=tmp_path / "c")
+    assert made and first.verilog != again.verilog
+
+    def logic(core):  # its comments have a date and a hierarchy in no fixed order
+        text = re.sub(r"/\*.*?\*/", "", core.verilog_text(), flags=re.S)
+        return [line for line in text.splitlines() if not line.lstrip().startswith("//")]
+    assert logic(first) == logic(again)
+
+
+def test_a_generator_failure_is_one_line_naming_its_log(tmp_path):
+    bad = dataclasses.replace(ULX3S_SDR, module="NoSuchChip")
+    with pytest.raises(DramGenerationError, match=r"^LiteDRAM's generator failed for "
+                       r"ulx3s_sdr_sim: AttributeError: .*NoSuchChip.* \(log: (.*)\)$") as exc:
+        generate(bad, sim=True, clock_hz=50_000_000, root=tmp_path)
+    assert "\n" not in str(exc.value)
+    log = Path(re.search(r"\(log: (.*)\)$", str(exc.value)).group(1))
+    assert "Traceback" in log.read_text()
+    # nothing that looks generated is left behind
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
 
 def _instance_params(verilog: str, cell: str) -> dict[str, float | str]:
     """The parameters of the one instance of ``cell`` in Migen's Verilog."""

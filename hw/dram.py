@@ -11,7 +11,7 @@ on the configuration alone); the result is kept under ``build/dram/`` by a hash 
 everything that goes into it.
 
     python -m hw.dram --record     # regenerate every variant, write spec/dram_data/*.json
-    python -m hw.dram --variant arty_ddr3_sim --print-verilog-path
+    python -m hw.dram --variant arty_ddr3_sim   # generate one, print its Verilog's path
 """
 
 from __future__ import annotations
@@ -227,6 +227,10 @@ def _generate(config: DramConfig, sim: bool, clock_hz: int, out: Path) -> DramRe
                       clock_hz=clock_hz, phy=phy)
 
 
+#: :func:`_generate_child`'s exit status when LiteDRAM cannot be imported.
+_NOT_INSTALLED = 3
+
+
 def _generate_in_fresh_process(config: DramConfig, sim: bool, clock_hz: int, out: Path, *,
                                log: Path) -> None:
     """:func:`_generate` into ``out`` (its ``record.json`` too), in a new Python process.
@@ -237,9 +241,9 @@ def _generate_in_fresh_process(config: DramConfig, sim: bool, clock_hz: int, out
     the ULX3S's in one test run) came out with its always blocks in another order. The same
     logic, but another netlist for nextpnr: one such order routed at 100.3 MHz where the
     core generated alone gives 109.2, and CI's build with the core a test run had cached did
-    not finish in its time. In a new interpreter the Verilog is the same
-    every time (its comments aside: a date, and a hierarchy listed in no fixed order). A
-    failure is one line; LiteX's output is kept in ``log``."""
+    not finish in its time. In a new interpreter the Verilog is the same every time (its
+    comments aside: a date, and a hierarchy listed in no fixed order). A failure is one
+    line; LiteX's output is kept in ``log``."""
     request = json.dumps({"config": asdict(config), "sim": sim, "clock_hz": clock_hz,
                           "out": str(out)})
     proc = subprocess.run(
@@ -254,10 +258,6 @@ def _generate_in_fresh_process(config: DramConfig, sim: bool, clock_hz: int, out
         raise DramGenerationError(lines[-1])
     raise DramGenerationError(f"LiteDRAM's generator failed for {variant_name(config, sim)}: "
                               f"{lines[-1]} (log: {log})")
-
-
-#: :func:`_generate_child`'s exit status when LiteDRAM cannot be imported.
-_NOT_INSTALLED = 3
 
 
 def _generate_child() -> None:

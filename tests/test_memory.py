@@ -32,7 +32,6 @@ def test_recorded_bring_up_data_is_litedrams(variant):
     assert generated.verilog.exists() and "module litedram_core" in generated.verilog_text()
 
 
-
 def test_generated_verilog_is_a_function_of_the_configuration(tmp_path):
     """A controller generated again after other generations, and after migen objects were
     made in this process, is the same Verilog (its comments aside). Generated in the caller's
@@ -63,6 +62,7 @@ def test_a_generator_failure_is_one_line_naming_its_log(tmp_path):
     assert "Traceback" in log.read_text()
     # nothing that looks generated is left behind
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
 
 def _instance_params(verilog: str, cell: str) -> dict[str, float | str]:
     """The parameters of the one instance of ``cell`` in Migen's Verilog."""
